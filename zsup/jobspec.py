@@ -1,0 +1,235 @@
+"""A job: the template from which zsup starts identical OS processes.
+
+`JobSpec.from_dict` is the one place where a job's options are checked, whatever they came
+from (the config file, `zsupctl load_process`, the HTTP API, a Procfile): a bad option raises
+BadRequest naming the option, before anything is started.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import re
+import shlex
+from dataclasses import dataclass, field, fields
+
+from .errors import BadRequest
+from .flapping import FlappingRule
+from .signals import parse_signal, signal_name
+
+DEFAULT_SESSION = "default"
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
+LOG_FORMATS = ("text", "json")
+LOG_ROTATIONS = (None, "daily", "hourly")
+
+
+def split_job_name(name: str, session: str | None = None) -> tuple[str, str]:
+    """'web' -> ('default', 'web'); 'app.web' -> ('app', 'web'). A session argument wins."""
+    if not isinstance(name, str) or not name:
+        raise BadRequest("name: a job name is required")
+    if "." in name:
+        sess, _, job = name.partition(".")
+        if session and session != sess:
+            raise BadRequest(f"name: {name!r} is in session {sess!r}, not {session!r}")
+    else:
+        sess, job = session or DEFAULT_SESSION, name
+    check_name("session", sess)
+    check_name("name", job)
+    return sess, job
+
+
+def check_name(option: str, value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise BadRequest(f"{option}: {value!r} is not a valid name (letters, digits, '_' and '-', no dots)")
+    return value
+
+
+def to_bool(option: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
+        return value.strip().lower() in TRUE_WORDS
+    raise BadRequest(f"{option}: expected true or false, got {value!r}")
+
+
+def to_number(option: str, value, kind=float, minimum=None, allow_none=False):
+    if value is None or value == "":
+        if allow_none:
+            return None
+        raise BadRequest(f"{option}: a value is required")
+    if isinstance(value, bool):
+        raise BadRequest(f"{option}: expected a number, got {value!r}")
+    try:
+        number = kind(value) if kind is not int else int(str(value).strip())
+    except (TypeError, ValueError):
+        raise BadRequest(f"{option}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if minimum is not None and number < minimum:
+        raise BadRequest(f"{option}: must be >= {minimum}, got {value!r}")
+    return number
+
+
+def to_list(option: str, value) -> list[str]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return [v.strip() for v in value]
+    raise BadRequest(f"{option}: expected a list of names, got {value!r}")
+
+
+def resolve_uid(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
+        pwd.getpwuid(uid)
+    except (KeyError, ValueError):
+        raise BadRequest(f"uid: unknown user {value!r}") from None
+    if uid != os.geteuid() and os.geteuid() != 0:
+        raise BadRequest(f"uid: only root can run a job as another user ({value!r})")
+    return uid
+
+
+def resolve_gid(value) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
+        grp.getgrgid(gid)
+    except (KeyError, ValueError):
+        raise BadRequest(f"gid: unknown group {value!r}") from None
+    if gid != os.getegid() and os.geteuid() != 0:
+        raise BadRequest(f"gid: only root can run a job as another group ({value!r})")
+    return gid
+
+
+@dataclass
+class JobSpec:
+    name: str
+    cmd: str
+    session: str = DEFAULT_SESSION
+    args: list = field(default_factory=list)
+    env: dict = field(default_factory=dict)
+    uid: object = None
+    gid: object = None
+    cwd: str | None = None
+    detach: bool = False
+    shell: bool = False
+    os_env: bool = True
+    numprocesses: int = 1
+    flapping: FlappingRule | None = None
+    redirect_output: list = field(default_factory=lambda: ["stdout", "stderr"])
+    redirect_input: bool = False
+    graceful_timeout: float = 30.0
+    priority: int = 999
+    stop_signal: int = 15
+    ring_size: int = 1000
+    max_line: int = 65536
+    # Output kept on disk (see docs/logs.md); None means "the daemon's default".
+    log: bool | None = None
+    log_file: str | None = None
+    log_dir: str | None = None
+    log_format: str | None = None
+    log_max_bytes: int | None = None
+    log_backups: int | None = None
+    log_rotate: str | None = None
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.session}.{self.name}"
+
+    @classmethod
+    def from_dict(cls, data: dict, session: str | None = None) -> "JobSpec":
+        """Check and normalise a job given as a dict (JSON, config section, Procfile line)."""
+        if not isinstance(data, dict):
+            raise BadRequest("config: a job must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BadRequest(f"{unknown[0]}: unknown job option")
+        sess, name = split_job_name(data.get("name"), session or data.get("session"))
+        cmd = data.get("cmd")
+        if not isinstance(cmd, str) or not cmd.strip():
+            raise BadRequest("cmd: a command is required")
+        args = data.get("args") or []
+        if isinstance(args, str):
+            try:
+                args = shlex.split(args)
+            except ValueError as exc:
+                raise BadRequest(f"args: {exc}") from None
+        if not isinstance(args, (list, tuple)) or not all(isinstance(a, (str, int, float)) for a in args):
+            raise BadRequest("args: expected a list of strings or a string")
+        env = data.get("env") or {}
+        if not isinstance(env, dict):
+            raise BadRequest("env: expected a mapping of names to values")
+        env = {str(k): str(v) for k, v in env.items()}
+        cwd = data.get("cwd") or None
+        if cwd is not None:
+            if not isinstance(cwd, str) or not os.path.isdir(cwd):
+                raise BadRequest(f"cwd: no such directory {cwd!r}")
+        redirect_output = to_list("redirect_output", data.get("redirect_output", ["stdout", "stderr"]))
+        if len(redirect_output) > 2:
+            raise BadRequest("redirect_output: at most two labels (stdout, stderr)")
+        for label in redirect_output:
+            check_name("redirect_output", label)
+        log_format = data.get("log_format")
+        if log_format not in (None,) + LOG_FORMATS:
+            raise BadRequest(f"log_format: expected text or json, got {log_format!r}")
+        log_rotate = data.get("log_rotate") or None
+        if log_rotate not in LOG_ROTATIONS:
+            raise BadRequest(f"log_rotate: expected daily or hourly, got {log_rotate!r}")
+        spec = cls(
+            name=name,
+            session=sess,
+            cmd=cmd,
+            args=[str(a) for a in args],
+            env=env,
+            uid=resolve_uid(data.get("uid")),
+            gid=resolve_gid(data.get("gid")),
+            cwd=cwd,
+            detach=to_bool("detach", data.get("detach", False)),
+            shell=to_bool("shell", data.get("shell", False)),
+            os_env=to_bool("os_env", data.get("os_env", True)),
+            numprocesses=to_number("numprocesses", data.get("numprocesses", 1), int, 0),
+            flapping=FlappingRule.parse(data.get("flapping")),
+            redirect_output=redirect_output,
+            redirect_input=to_bool("redirect_input", data.get("redirect_input", False)),
+            graceful_timeout=to_number("graceful_timeout", data.get("graceful_timeout", 30.0), float, 0),
+            priority=to_number("priority", data.get("priority", 999), int, 0),
+            stop_signal=parse_signal(data.get("stop_signal", "TERM")),
+            ring_size=to_number("ring_size", data.get("ring_size", 1000), int, 1),
+            max_line=to_number("max_line", data.get("max_line", 65536), int, 80),
+            log=None if data.get("log") is None else to_bool("log", data.get("log")),
+            log_file=data.get("log_file") or None,
+            log_dir=data.get("log_dir") or None,
+            log_format=log_format,
+            log_max_bytes=to_number("log_max_bytes", data.get("log_max_bytes"), int, 0, allow_none=True),
+            log_backups=to_number("log_backups", data.get("log_backups"), int, 0, allow_none=True),
+            log_rotate=log_rotate,
+        )
+        return spec
+
+    def to_dict(self) -> dict:
+        """The JSON form; `from_dict(to_dict())` gives the same job back."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "flapping":
+                value = value.to_dict() if value else None
+            elif f.name == "stop_signal":
+                value = signal_name(value)[3:] if signal_name(value).startswith("SIG") else value
+            out[f.name] = value
+        return out
+
+    def same_as(self, other: "JobSpec") -> bool:
+        """Equal in every option but the process count (a reload keeps a scaled job running)."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        mine.pop("numprocesses")
+        theirs.pop("numprocesses")
+        return mine == theirs
