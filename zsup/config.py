@@ -1,0 +1,473 @@
+"""The daemon's config file: gaffer's ini format, read with configobj, checked as a whole.
+
+A file is either accepted entirely or refused with one line that names the file, the section,
+the key and the reason (`ConfigError`), so that zsupd can keep its old config on a bad reload
+and a user can fix the file without guessing.
+
+Sections:
+  [zsup] (or [gaffer], not both)   daemon settings (SETTINGS below); unknown keys are errors
+  [endpoint:NAME]                  an HTTP listener: bind, certfile, keyfile, backlog,
+                                   auth_file, tokens_file
+  [webhooks]                       `event or topic prefix = http(s) URL`, kept as written
+  [process:NAME], [process:GROUP:NAME]   a job (GROUP is its session), keys of JobSpec
+  [env:NAME], [env:GROUP:NAME]     that job's environment, names upper-cased
+  [plugin:NAME]                    left alone for plugins (they get `DaemonConfig.raw`)
+
+Syntax rules on top of configobj (which only knows `#` comments and would read `;key=` as a
+key named ";key"):
+  - a line whose first non-blank character is `;` or `#` is a comment, and so is what
+    follows a section header (`[zsup] ; main settings`);
+  - in a value, `#` starts a comment only at its start or after whitespace, and not inside
+    quotes, as in the shell: `url = http://h/#top` keeps its `#`; `;` in a value is literal;
+  - a value wholly inside matching quotes loses them (`name = "a # b"`), except `cmd` and
+    `args`, which are command lines whose quotes belong to shell-like splitting;
+  - values are single lines; list values (`redirect_output`, `http_endpoints`, `flapping`)
+    are comma separated and split here, not by configobj.
+Relative paths (cwd, log_dir, state_dir, key files, ...) are relative to the config file's
+folder, so a config works whatever the daemon's current directory is; a job whose `cmd`
+starts with `./` or `../` and has no `cwd` runs in that folder (gaffer's `cmd = ./dummy.py`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from urllib.parse import urlsplit
+
+from configobj import ConfigObj, ConfigObjError, DuplicateError
+
+from .errors import BadRequest
+from .jobspec import DEFAULT_SESSION, LOG_FORMATS, JobSpec, check_name, to_bool, to_list, to_number
+from .paths import default_state_dir
+from .signals import parse_signal
+
+DEFAULT_BIND = "127.0.0.1:5000"
+DEFAULT_BACKLOG = 1024
+ENDPOINT_KEYS = ("bind", "certfile", "keyfile", "backlog", "auth_file", "tokens_file")
+# Keys a [process:...] section may hold: every JobSpec option but those the section's name
+# and its [env:...] section give.
+JOB_KEYS = tuple(f.name for f in fields(JobSpec) if f.name not in ("name", "session", "env"))
+# cmd and args are split like a shell line later: their quotes are meaningful.
+LITERAL_KEYS = ("cmd", "args")
+
+# name -> (kind, default). Defaults that depend on state_dir are filled in afterwards (None).
+SETTINGS: dict[str, tuple[str, object]] = {
+    "http_endpoints": ("list", []),
+    "plugin_dir": ("path", None),  # <state_dir>/plugins
+    "state_dir": ("path", None),  # zsup.paths.default_state_dir(): $ZSUP_STATE_DIR or ~/.zsup
+    "bus": ("zmq", None),  # ipc://<state_dir>/zsupd.sock
+    "pub": ("zmq", None),  # ipc://<state_dir>/zsupd-pub.sock
+    "bus_tcp": ("tcp", None),
+    "pub_tcp": ("tcp", None),
+    "curve_secret_key_file": ("file", None),
+    "curve_public_key_file": ("file", None),
+    "curve_authorized_keys": ("dir", None),
+    "insecure_tcp": ("bool", False),
+    "log": ("bool", True),
+    "log_dir": ("path", None),  # <state_dir>/logs
+    "log_max_bytes": ("size", 10 * 1024 * 1024),
+    "log_backups": ("count", 10),
+    "log_format": ("log_format", "text"),
+    "log_rotate": ("log_rotate", None),  # "none"
+    "ring_size": ("positive", 1000),
+    "pidfile": ("path", None),
+    "webhook_timeout": ("seconds", 5.0),
+    "webhook_queue": ("positive", 1000),
+}
+
+_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around a value's index
+_TOKEN = re.compile(f"^{_OPEN}(\\d+){_CLOSE}$")
+_SECTION_LINE = re.compile(r"^\[+\s*([^\]]*?)\s*\]+")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+class ConfigError(BadRequest):
+    """A refused config file; the message is one line: `file[:line]: [section] key: reason`."""
+
+    file: str | None = None
+    section: str | None = None
+    key: str | None = None
+    line: int | None = None
+    reason: str | None = None
+
+    @classmethod
+    def at(cls, file: str, reason: str, section: str | None = None, key: str | None = None,
+           line: int | None = None) -> "ConfigError":
+        where = f"{file}:{line}:" if line else f"{file}:"
+        parts = [where] + ([f"[{section}]"] if section is not None else []) + ([f"{key}:"] if key else [])
+        err = cls(" ".join(parts + [reason]))
+        err.file, err.section, err.key, err.line, err.reason = file, section, key, line, reason
+        return err
+
+
+@dataclass
+class DaemonConfig:
+    """A checked config file: what zsupd needs to start, and the raw file for plugins."""
+
+    path: str
+    settings: dict
+    endpoints: dict = field(default_factory=dict)
+    http_endpoints: list = field(default_factory=list)
+    webhooks: list = field(default_factory=list)
+    jobs: list = field(default_factory=list)
+    raw: ConfigObj | None = field(default=None, repr=False, compare=False)
+
+    def job_dicts(self) -> list[dict]:
+        """The jobs in their JSON form (the shape `load` takes), in file order."""
+        return [job.to_dict() for job in self.jobs]
+
+
+def load_config(path: str, overrides: dict | None = None) -> DaemonConfig:
+    """Read and check a config file. `overrides` are [zsup] keys from the command line: they
+    win over the file, None values are ignored, relative paths are relative to the cwd."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise ConfigError.at(path, f"cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError.at(path, f"not UTF-8 text (byte {exc.start})") from None
+    return parse_config(text, path, overrides)
+
+
+def parse_config(text: str, path: str = "<config>", overrides: dict | None = None) -> DaemonConfig:
+    """Check a config given as text; `path` names it in errors and anchors relative paths
+    (a name in angle brackets means "no file": the current directory is used)."""
+    if path.startswith("<"):
+        base_dir = os.getcwd()
+    else:
+        base_dir = os.path.dirname(os.path.abspath(path))
+    return _Reader(path, base_dir).read(text, overrides or {})
+
+
+def _strip_comment(value: str) -> str:
+    """Cut an inline `#` comment: at the start or after whitespace, outside quotes."""
+    quote = None
+    for i, ch in enumerate(value):
+        if quote:
+            if ch == quote:
+                quote = None
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or value[i - 1].isspace()):
+            return value[:i].strip()
+    if quote:  # an apostrophe in plain words: ignore quotes rather than swallow a comment
+        m = re.search(r"(?:^|\s)#", value)
+        return value[: m.start()].strip() if m else value.strip()
+    return value.strip()
+
+
+def _unquote(value: str) -> str:
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    return value
+
+
+class _Reader:
+    def __init__(self, path: str, base_dir: str):
+        self.path = path
+        self.base_dir = base_dir
+
+    def fail(self, reason: str, section: str | None = None, key: str | None = None,
+             line: int | None = None) -> ConfigError:
+        return ConfigError.at(self.path, reason, section, key, line)
+
+    # -- syntax -------------------------------------------------------------------------
+
+    def parse(self, text: str) -> ConfigObj:
+        """Let configobj parse the structure (sections, keys, duplicates, bad lines) while the
+        values are taken out and replaced by tokens, so configobj's value syntax (lists, its
+        own comment and quote rules) never applies; then put the values back."""
+        lines, values, sections = [], [], []
+        section = None
+        for line in text.lstrip("\ufeff").splitlines():
+            stripped = line.strip()
+            if stripped.startswith(";"):
+                line = "#" + stripped[1:]
+            elif stripped.startswith("["):
+                m = _SECTION_LINE.match(stripped)
+                if m:
+                    section = m.group(1)
+                    if stripped[m.end():].lstrip().startswith(";"):  # `[zsup] ; comment`
+                        line = stripped[: m.end()] + " #" + stripped[m.end():].lstrip()[1:]
+            elif stripped and not stripped.startswith("#") and "=" in stripped:
+                key, _, value = line.partition("=")
+                values.append(_strip_comment(value))
+                line = f"{key}= {_OPEN}{len(values) - 1}{_CLOSE}"
+            lines.append(line)
+            sections.append(section)
+        try:
+            raw = ConfigObj(lines, interpolation=False, list_values=False, raise_errors=True)
+        except ConfigObjError as exc:
+            number = getattr(exc, "line_number", None)
+            original = text.lstrip("\ufeff").splitlines()
+            bad = original[number - 1].strip() if number and number <= len(original) else ""
+            sec = sections[number - 1] if number and number <= len(sections) else None
+            if isinstance(exc, DuplicateError) and bad.startswith("["):
+                raise self.fail("duplicate section", sec, line=number) from None
+            if isinstance(exc, DuplicateError):
+                raise self.fail("duplicate key", sec, bad.partition("=")[0].strip(), number) from None
+            raise self.fail(f"cannot parse {bad!r}", sec, line=number) from None
+        self._restore(raw, values)
+        return raw
+
+    def _restore(self, section, values: list[str]) -> None:
+        for key in section.scalars:
+            m = _TOKEN.match(str(section[key]))
+            if m:
+                value = values[int(m.group(1))]
+                section[key] = value if key in LITERAL_KEYS else _unquote(value)
+        for name in section.sections:
+            self._restore(section[name], values)
+
+    # -- meaning ------------------------------------------------------------------------
+
+    def read(self, text: str, overrides: dict) -> DaemonConfig:
+        raw = self.parse(text)
+        if raw.scalars:
+            raise self.fail("keys must be inside a section such as [zsup]", key=raw.scalars[0])
+        main, endpoints, webhooks, processes, envs = None, {}, None, [], {}
+        for sname in raw.sections:
+            sec = raw[sname]
+            if sec.sections:
+                raise self.fail(f"subsection [[{sec.sections[0]}]] is not allowed", sname)
+            kind, colon, rest = sname.partition(":")
+            kind = kind.strip().lower()
+            parts = [p.strip() for p in rest.split(":")] if colon else []
+            if kind in ("zsup", "gaffer") and not colon:
+                if main is not None:
+                    raise self.fail(f"cannot be used together with [{main}]: use one", sname)
+                main = sname
+            elif kind == "endpoint" and len(parts) == 1:
+                self.check_section_name(sname, parts[0])
+                endpoints[parts[0]] = self.endpoint(sname, sec)
+            elif kind == "webhooks" and not colon:
+                webhooks = sname
+            elif kind in ("process", "env") and len(parts) in (1, 2):
+                for part in parts:
+                    self.check_section_name(sname, part)
+                session, name = parts if len(parts) == 2 else (DEFAULT_SESSION, parts[0])
+                if kind == "process":
+                    processes.append((sname, session, name))
+                elif (session, name) in envs:
+                    raise self.fail(f"duplicate of [{envs[(session, name)]}]", sname)
+                else:
+                    envs[(session, name)] = sname
+            elif kind == "plugin" and parts and all(parts):
+                pass
+            else:
+                raise self.fail("unknown section (expected zsup, endpoint:NAME, webhooks, "
+                                "process:NAME, process:GROUP:NAME, env:NAME or plugin:NAME)", sname)
+
+        settings = self.settings(main, raw[main] if main else {}, overrides)
+        for name in settings["http_endpoints"]:
+            if name not in endpoints:
+                raise self.fail(f"no [endpoint:{name}] section for {name!r}", main or "zsup",
+                                "http_endpoints")
+        hooks = self.webhooks(webhooks, raw[webhooks]) if webhooks else []
+        jobs = self.jobs(raw, processes, envs, settings)
+        return DaemonConfig(path=self.path, settings=settings, endpoints=endpoints,
+                            http_endpoints=list(settings["http_endpoints"]), webhooks=hooks,
+                            jobs=jobs, raw=raw)
+
+    def check_section_name(self, sname: str, name: str) -> None:
+        try:
+            check_name("name", name)
+        except BadRequest as exc:
+            raise self.fail(exc.message, sname) from None
+
+    def resolve(self, value: str, base_dir: str | None = None) -> str:
+        value = os.path.expanduser(value)
+        return os.path.normpath(os.path.join(base_dir or self.base_dir, value))
+
+    def settings(self, sname: str | None, sec, overrides: dict) -> dict:
+        """[zsup] keys converted, then command-line overrides, then derived defaults."""
+        label = sname or "zsup"
+        out = {}
+        for key in sec:
+            if key not in SETTINGS:
+                raise self.fail("unknown key", label, key)
+        for source, base_dir in ((sec, self.base_dir), (overrides, os.getcwd())):
+            for key, value in source.items():
+                if source is overrides and value is None:
+                    continue
+                if key not in SETTINGS:
+                    raise self.fail("unknown setting given on the command line", key=key)
+                try:
+                    out[key] = self.setting(key, value, base_dir)
+                except BadRequest as exc:
+                    reason = exc.message.partition(": ")[2] or exc.message
+                    if source is overrides:
+                        raise self.fail(f"{reason} (given on the command line)", key=key) from None
+                    raise self.fail(reason, label, key) from None
+        for key, (_, default) in SETTINGS.items():
+            if out.get(key) is None:
+                out[key] = default
+        # The same rule as every other tool, so zsupctl finds the bus without a config file.
+        state = out["state_dir"] = out["state_dir"] or default_state_dir()
+        out["plugin_dir"] = out["plugin_dir"] or os.path.join(state, "plugins")
+        out["bus"] = out["bus"] or f"ipc://{os.path.join(state, 'zsupd.sock')}"
+        out["pub"] = out["pub"] or f"ipc://{os.path.join(state, 'zsupd-pub.sock')}"
+        out["log_dir"] = out["log_dir"] or os.path.join(state, "logs")
+        if not out["insecure_tcp"] and not out["curve_secret_key_file"]:
+            for key in ("bus", "pub", "bus_tcp", "pub_tcp"):
+                if out[key] and out[key].startswith("tcp://"):
+                    raise self.fail("a TCP endpoint needs curve_secret_key_file "
+                                    "(or insecure_tcp = true)", label, key)
+        return out
+
+    def setting(self, key: str, value, base_dir: str):
+        """Convert one [zsup] value; raises BadRequest("key: reason")."""
+        kind = SETTINGS[key][0]
+        if isinstance(value, str):
+            value = value.strip()
+        if kind == "list":
+            return to_list(key, value)
+        if kind == "bool":
+            return to_bool(key, value)
+        if value is None or value == "":
+            return None  # "not set": the default applies
+        if kind in ("path", "file", "dir"):
+            path = self.resolve(str(value), base_dir)
+            if kind == "file" and not os.path.isfile(path):
+                raise BadRequest(f"{key}: no such file {path!r}")
+            if kind == "dir" and not os.path.isdir(path):
+                raise BadRequest(f"{key}: no such directory {path!r}")
+            return path
+        if kind in ("zmq", "tcp"):
+            schemes = ("tcp://",) if kind == "tcp" else ("ipc://", "tcp://")
+            if not str(value).startswith(schemes) or len(str(value)) <= 6:
+                raise BadRequest(f"{key}: expected a {' or '.join(schemes)} endpoint, got {value!r}")
+            return str(value)
+        if kind == "size":
+            return parse_size(key, value)
+        if kind == "count":
+            return to_number(key, value, int, 0)
+        if kind == "positive":
+            return to_number(key, value, int, 1)
+        if kind == "seconds":
+            number = to_number(key, value, float, 0)
+            if number <= 0:
+                raise BadRequest(f"{key}: must be > 0, got {value!r}")
+            return number
+        if kind == "log_format":
+            if value not in LOG_FORMATS:
+                raise BadRequest(f"{key}: expected text or json, got {value!r}")
+            return value
+        if kind == "log_rotate":
+            if value not in ("daily", "hourly", "none"):
+                raise BadRequest(f"{key}: expected daily, hourly or none, got {value!r}")
+            return None if value == "none" else value
+        raise AssertionError(kind)
+
+    def endpoint(self, sname: str, sec) -> dict:
+        out = {"bind": DEFAULT_BIND, "certfile": None, "keyfile": None, "backlog": DEFAULT_BACKLOG,
+               "auth_file": None, "tokens_file": None}
+        for key, value in sec.items():
+            value = value.strip()
+            if key not in ENDPOINT_KEYS:
+                raise self.fail("unknown key", sname, key)
+            if key == "bind":
+                out[key] = self.bind(sname, value)
+            elif key == "backlog":
+                try:
+                    out[key] = to_number(key, value, int, 1)
+                except BadRequest as exc:
+                    raise self.fail(exc.message.partition(": ")[2], sname, key) from None
+            elif value:
+                path = self.resolve(value)
+                if not os.path.isfile(path):
+                    raise self.fail(f"no such file {path!r}", sname, key)
+                out[key] = path
+        if out["keyfile"] and not out["certfile"]:
+            raise self.fail("a keyfile needs a certfile", sname, "keyfile")
+        return out
+
+    def bind(self, sname: str, value: str) -> str:
+        """HOST:PORT (an IPv6 host in brackets) or unix:PATH."""
+        if value.startswith("unix:") and len(value) > 5:
+            return "unix:" + self.resolve(value[5:])
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise self.fail(f"expected HOST:PORT or unix:PATH, got {value!r}", sname, "bind")
+        return value
+
+    def webhooks(self, sname: str, sec) -> list[tuple[str, str]]:
+        hooks = []
+        for pattern, url in sec.items():
+            if not pattern or any(ch.isspace() for ch in pattern):
+                raise self.fail("an event name or topic prefix has no spaces", sname, pattern)
+            parts = urlsplit(url.strip())
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise self.fail(f"expected an http:// or https:// URL, got {url!r}", sname, pattern)
+            hooks.append((pattern, url.strip()))
+        return hooks
+
+    def jobs(self, raw: ConfigObj, processes: list, envs: dict, settings: dict) -> list[JobSpec]:
+        jobs, seen = [], {}
+        for sname, session, name in processes:
+            if (session, name) in seen:
+                raise self.fail(f"duplicate job {session}.{name} (also [{seen[(session, name)]}])", sname)
+            seen[(session, name)] = sname
+            jobs.append(self.job(sname, session, name, raw[sname], raw, envs.get((session, name)),
+                                 settings))
+        for key, sname in envs.items():
+            if key not in seen:
+                raise self.fail(f"no [process:{sname.partition(':')[2]}] section for it", sname)
+        return jobs
+
+    def job(self, sname, session, name, sec, raw, env_section, settings) -> JobSpec:
+        data = {}
+        for key, value in sec.items():
+            if key == "env":
+                raise self.fail(f"use an [env:{sname.partition(':')[2]}] section", sname, key)
+            if key in ("name", "session"):
+                raise self.fail("given by the section name [process:GROUP:NAME]", sname, key)
+            if key not in JOB_KEYS:
+                raise self.fail("unknown key", sname, key)
+            data[key] = value.strip()
+        data.update(name=name, session=session)
+        if data.get("cwd"):
+            data["cwd"] = self.resolve(data["cwd"])
+        elif data.get("cmd", "").lstrip("\"' ").startswith(("./", "../")):
+            # gaffer runs `cmd = ./dummy.py` next to its config file.
+            data["cwd"] = self.base_dir
+        if data.get("log_dir"):
+            data["log_dir"] = self.resolve(data["log_dir"])
+        data.setdefault("ring_size", settings["ring_size"])
+        if data.get("stop_signal"):
+            try:  # parse_signal's message does not name the option
+                parse_signal(data["stop_signal"])
+            except BadRequest as exc:
+                raise self.fail(exc.message, sname, "stop_signal") from None
+        if env_section:
+            env = {}
+            for key, value in raw[env_section].items():
+                upper = key.upper()
+                if upper in env or not upper or "=" in upper or "\0" in upper:
+                    raise self.fail("duplicate or invalid variable name", env_section, key)
+                env[upper] = value
+            data["env"] = env
+        try:
+            return JobSpec.from_dict(data)
+        except BadRequest as exc:
+            key, sep, reason = exc.message.partition(": ")
+            if sep and (key in JOB_KEYS or key in ("name", "session")):
+                raise self.fail(reason, sname, key) from None
+            raise self.fail(exc.message, sname) from None
+
+
+def parse_size(key: str, value) -> int:
+    """A byte count: 1048576, 512k, 10M, 1GB (binary multiples)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise BadRequest(f"{key}: must be >= 0, got {value!r}")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise BadRequest(f"{key}: expected a size such as 10485760 or 10M, got {value!r}")
+    unit = (m.group(2) or "b")[0].lower()
+    return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]

@@ -1,0 +1,50 @@
+"""In-process publish/subscribe with gaffer's pattern rules.
+
+Subscribing to `a` gets `a` and `a.b.c`; `.` (or "") gets everything; a pattern that ends
+with `.` is a plain prefix. Callbacks run in the publishing thread and must be quick: the
+bus's callback only hands the event to the publisher thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[str, dict, "bytes | None"], None]
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    if pattern in ("", "."):
+        return True
+    if pattern.endswith("."):
+        return topic.startswith(pattern)
+    return topic == pattern or topic.startswith(pattern + ".")
+
+
+class EventEmitter:
+    def __init__(self):
+        self._lock = threading.Lock()
+        # Copy-on-write tuple: publishing never takes the lock.
+        self._listeners: tuple = ()
+
+    def subscribe(self, pattern: str, listener: Listener) -> None:
+        with self._lock:
+            self._listeners = self._listeners + ((pattern, listener),)
+
+    def unsubscribe(self, pattern: str, listener: Listener) -> None:
+        with self._lock:
+            items = list(self._listeners)
+            if (pattern, listener) in items:
+                items.remove((pattern, listener))
+            self._listeners = tuple(items)
+
+    def publish(self, topic: str, msg: dict, data: bytes | None = None) -> None:
+        for pattern, listener in self._listeners:
+            if topic_matches(pattern, topic):
+                try:
+                    listener(topic, msg, data)
+                except Exception:
+                    log.exception("event listener %r failed on %s", listener, topic)

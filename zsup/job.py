@@ -1,0 +1,70 @@
+"""A loaded job: its spec plus what the supervisor remembers between its processes' lives."""
+
+from __future__ import annotations
+
+import time
+
+from .errors import BadRequest
+from .flapping import FlappingState
+from .jobspec import JobSpec
+from .process import Process
+
+
+def parse_scale(current: int, n) -> int:
+    """gaffer's scale argument: an int is relative; "+N"/"-N" relative, "=N" or "N" absolute."""
+    if isinstance(n, bool):
+        raise BadRequest(f"n: bad scale value {n!r}")
+    if isinstance(n, int):
+        target = current + n
+    elif isinstance(n, str) and n.strip():
+        text = n.strip()
+        op, digits = (text[0], text[1:]) if text[0] in "+-=" else ("=", text)
+        if not digits.isdigit():
+            raise BadRequest(f"n: bad scale value {n!r} (use 3, +2, -1 or =3)")
+        value = int(digits)
+        target = {"+": current + value, "-": current - value, "=": value}[op]
+    else:
+        raise BadRequest(f"n: bad scale value {n!r} (use 3, +2, -1 or =3)")
+    return max(0, target)
+
+
+class Job:
+    """State of one job. Changed only in the supervisor loop's thread."""
+
+    def __init__(self, spec: JobSpec):
+        self.spec = spec
+        self.numprocesses = spec.numprocesses
+        self.active = False
+        self.state = "stopped"  # stopped | running | flapping | failed
+        self.stop_reason: str | None = None
+        self.processes: dict[int, Process] = {}  # kept alive by the job, oldest first
+        self.committed: dict[int, Process] = {}  # one-shot processes, never restarted
+        self.flapping = FlappingState(spec.flapping) if spec.flapping else None
+        self.fast_deaths = 0
+        self.restart_timer = None  # back-off or flapping retry pending
+        self.created = time.time()
+
+    @property
+    def name(self) -> str:
+        return self.spec.fullname
+
+    def running(self) -> list[Process]:
+        return [p for p in self.processes.values() if p.state == "running"]
+
+    def info(self) -> dict:
+        procs = list(self.processes.values()) + list(self.committed.values())
+        return {
+            "name": self.spec.name,
+            "session": self.spec.session,
+            "job": self.name,
+            "active": self.active,
+            "state": self.state,
+            "stop_reason": self.stop_reason,
+            "numprocesses": self.numprocesses,
+            "running": len(self.running()),
+            "pids": [p.pid for p in procs if p.state != "exited"],
+            "processes": [p.info() for p in procs],
+            "flapping_retries": self.flapping.retries if self.flapping else 0,
+            "config": self.spec.to_dict(),
+            "created": self.created,
+        }

@@ -1,0 +1,666 @@
+"""The Manager: jobs, their processes, and every operation of gaffer's manager API.
+
+All supervisor state is owned by one thread, the supervisor loop: public methods run their
+body there (`@supervised`) and hand back the result, so there is no lock to forget and every
+spawn happens in one long-lived thread (the death signal of a child follows the thread that
+forked it). The loop wakes on a child's pidfd the moment it exits, and on timers (graceful
+stop, back-off, flapping retries); nothing polls. Output is read by a second loop thread
+(PipeReader) and published from there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import itertools
+import logging
+import os
+import signal
+import threading
+import time
+from collections import OrderedDict
+from typing import Iterable
+
+from .errors import BadRequest, Conflict, NotFound
+from .events import EventEmitter
+from .job import Job, parse_scale
+from .jobspec import JobSpec, split_job_name
+from .loop import Loop
+from .output import OutputStream
+from .pipes import PipeReader
+from .process import Process, SpawnError
+from .signals import parse_signal
+from .stats import StatsSampler, process_tree_stats
+
+log = logging.getLogger(__name__)
+
+EXITED_KEPT = 1000  # recently exited processes still answered by get_process/read_output
+BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
+BACKOFF_BASE = 0.01
+BACKOFF_MAX = 10.0
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def supervised(method):
+    """Run the method in the supervisor loop's thread and return its result."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        return self._loop.call_and_wait(functools.partial(method, self, *args, **kwargs), timeout=60)
+
+    return wrapper
+
+
+class Manager:
+    def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
+                 stats_interval: float = 1.0):
+        self.events = events or EventEmitter()
+        self.log_writer = log_writer  # anything with write(job, label, spec, pid, os_pid, seq, data)
+        self.subreaper = subreaper
+        self._loop = Loop("zsup-supervisor")
+        self._io = Loop("zsup-io")
+        self._pipes = PipeReader(self._io, self._on_lines)
+        self._jobs: dict[str, Job] = {}
+        self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
+        self._exited: OrderedDict[int, Process] = OrderedDict()
+        self._pid_counter = itertools.count(1)
+        self._ignored_os_pids: set[int] = set()
+        self._all_gone = threading.Event()
+        self._all_gone.set()
+        self.stats_sampler = StatsSampler(self, stats_interval)
+        self.started = False
+        self.stopping = False
+
+    # ------------------------------------------------------------------ life of the manager
+    def start(self) -> None:
+        if self.subreaper:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+                log.warning("could not become a child subreaper: errno %s", ctypes.get_errno())
+        self._io.start()
+        self._loop.start()
+        if self.subreaper:
+            self._loop.call_soon(self._reap_orphans_every, 1.0)
+        self.started = True
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop every job gracefully (stop signal, graceful_timeout, SIGKILL) and wait."""
+        if not self.started:
+            return
+        self.stopping = True
+        longest = self._loop.call_and_wait(self._stop_everything, timeout=60)
+        deadline = (timeout if timeout is not None else longest + 5.0)
+        self._all_gone.wait(deadline)
+        self.stats_sampler.stop()
+        if self.subreaper:
+            self._loop.call_and_wait(self._kill_adopted, timeout=10)
+        self._loop.stop()
+        self._io.stop()
+        self.started = False
+
+    def _stop_everything(self) -> float:
+        longest = 0.0
+        for job in self._jobs.values():
+            job.active = False
+            self._cancel_restart(job)
+        for proc in list(self._procs.values()):
+            if proc.spec.detach:
+                continue  # a detached process outlives the manager by design
+            longest = max(longest, proc.graceful_timeout)
+            self._stop_proc(proc, "shutdown")
+        if not any(not p.spec.detach for p in self._procs.values()):
+            self._all_gone.set()
+        return longest
+
+    # ------------------------------------------------------------------ job management
+    @supervised
+    def load(self, config, session: str | None = None, env: dict | None = None, start: bool = True) -> dict:
+        spec = self._make_spec(config, session, env)
+        if spec.fullname in self._jobs:
+            raise Conflict(f"job {spec.fullname} is already loaded")
+        job = Job(spec)
+        self._jobs[spec.fullname] = job
+        self._publish_job(job, "create")
+        if start:
+            self._start_job(job)
+        return job.info()
+
+    @supervised
+    def load_many(self, configs: Iterable, session: str | None = None, start: bool = True) -> list[str]:
+        """Load several jobs at once: all are checked before any is loaded, and they start in
+        priority order (0 first)."""
+        specs = [self._make_spec(c, session, None) for c in configs]
+        names = [s.fullname for s in specs]
+        dupes = {n for n in names if names.count(n) > 1} | {n for n in names if n in self._jobs}
+        if dupes:
+            raise Conflict(f"job {sorted(dupes)[0]} is already loaded")
+        jobs = []
+        for spec in specs:
+            job = Job(spec)
+            self._jobs[spec.fullname] = job
+            self._publish_job(job, "create")
+            jobs.append(job)
+        if start:
+            for job in sorted(jobs, key=lambda j: j.spec.priority):
+                self._start_job(job)
+        return names
+
+    @supervised
+    def unload(self, name: str, session: str | None = None) -> dict:
+        job = self._job(name, session)
+        self._stop_job(job, "unload")
+        del self._jobs[job.name]
+        self._publish_job(job, "delete")
+        return {"ok": True}
+
+    @supervised
+    def update(self, config, session: str | None = None, env: dict | None = None, start: bool | None = None) -> dict:
+        """Replace a job's config; its processes are replaced by new ones."""
+        spec = self._make_spec(config, session, env)
+        job = self._job(spec.fullname)
+        was_active = job.active
+        self._stop_job(job, "update", publish=False)
+        job.spec = spec
+        job.numprocesses = spec.numprocesses
+        job.flapping = Job(spec).flapping
+        job.fast_deaths = 0
+        self._publish_job(job, "update")
+        if was_active if start is None else start:
+            self._start_job(job)
+        return job.info()
+
+    @supervised
+    def reload(self, name: str, session: str | None = None) -> dict:
+        """Restart every process of a job; the process count goes back to the config's."""
+        job = self._job(name, session)
+        job.numprocesses = job.spec.numprocesses
+        self._restart_job(job)
+        return job.info()
+
+    @supervised
+    def restart_job(self, name: str, session: str | None = None) -> dict:
+        """Replace every process of a job, keeping its current count (gaffer's stopall)."""
+        job = self._job(name, session)
+        self._restart_job(job)
+        return job.info()
+
+    @supervised
+    def restart(self) -> list[str]:
+        """Restart every active job, in priority order."""
+        jobs = sorted((j for j in self._jobs.values() if j.active), key=lambda j: j.spec.priority)
+        for job in jobs:
+            self._restart_job(job)
+        return [j.name for j in jobs]
+
+    @supervised
+    def start_job(self, name: str, session: str | None = None) -> dict:
+        job = self._job(name, session)
+        self._start_job(job)
+        return job.info()
+
+    @supervised
+    def stop_job(self, name: str, session: str | None = None) -> dict:
+        job = self._job(name, session)
+        self._stop_job(job, "stop")
+        return job.info()
+
+    @supervised
+    def start_all(self) -> list[str]:
+        jobs = sorted(self._jobs.values(), key=lambda j: j.spec.priority)
+        for job in jobs:
+            self._start_job(job)
+        return [j.name for j in jobs]
+
+    @supervised
+    def stop_all(self) -> list[str]:
+        for job in self._jobs.values():
+            self._stop_job(job, "stop")
+        return list(self._jobs)
+
+    @supervised
+    def scale(self, name: str, n, session: str | None = None) -> dict:
+        job = self._job(name, session)
+        job.numprocesses = parse_scale(job.numprocesses, n)
+        self._manage(job)
+        return {"job": job.name, "numprocesses": job.numprocesses}
+
+    @supervised
+    def commit(self, name: str, graceful_timeout: float | None = None, env: dict | None = None,
+               session: str | None = None) -> int:
+        """Start one process of the job that is not restarted and not counted by scale."""
+        job = self._job(name, session)
+        if env is not None and not isinstance(env, dict):
+            raise BadRequest("env: expected a mapping of names to values")
+        if graceful_timeout is not None:
+            try:
+                graceful_timeout = float(graceful_timeout)
+            except (TypeError, ValueError):
+                raise BadRequest("graceful_timeout: expected a number") from None
+        proc = self._spawn(job, committed=True, env=env, graceful_timeout=graceful_timeout)
+        return proc.pid
+
+    # ------------------------------------------------------------------ queries
+    @supervised
+    def jobs(self, session: str | None = None) -> list[str]:
+        return [n for n, j in self._jobs.items() if session is None or j.spec.session == session]
+
+    @supervised
+    def sessions(self) -> list[str]:
+        return sorted({j.spec.session for j in self._jobs.values()})
+
+    @supervised
+    def get(self, name: str, session: str | None = None) -> dict:
+        return self._job(name, session).spec.to_dict()
+
+    @supervised
+    def info(self, name: str, session: str | None = None) -> dict:
+        return self._job(name, session).info()
+
+    @supervised
+    def status(self) -> list[dict]:
+        """One summary per job: what a status table shows."""
+        out = []
+        for job in self._jobs.values():
+            running = job.running()
+            out.append({
+                "job": job.name,
+                "state": job.state,
+                "active": job.active,
+                "numprocesses": job.numprocesses,
+                "running": len(running),
+                "pids": [p.pid for p in running],
+                "os_pids": [p.os_pid for p in running],
+                "started": min((p.started for p in running), default=None),
+                "cmd": job.spec.cmd,
+            })
+        return out
+
+    @supervised
+    def pids(self, name: str | None = None, session: str | None = None) -> list[int]:
+        if name is None:
+            if session is None:
+                return sorted(self._procs)
+            return sorted(p.pid for p in self._procs.values() if p.spec.session == session)
+        job = self._job(name, session)
+        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+
+    @supervised
+    def get_process(self, pid) -> dict:
+        return self._process(pid, alive=False).info()
+
+    def stats(self, name: str, session: str | None = None) -> dict:
+        """psutil figures for every process of a job, and their sums. Sampled outside the
+        supervisor thread so psutil's /proc reads never delay supervision."""
+        job_name, procs = self._loop.call_and_wait(self._job_procs, name, session, timeout=60)
+        return self.stats_sampler.job_stats(job_name, procs)
+
+    def process_stats(self, pid) -> dict:
+        proc = self._loop.call_and_wait(self._process, pid, timeout=60)
+        return process_tree_stats(self.stats_sampler.cache, proc)
+
+    def _job_procs(self, name, session):
+        job = self._job(name, session)
+        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+
+    # ------------------------------------------------------------------ processes
+    @supervised
+    def stop_process(self, pid) -> dict:
+        """Stop one process; a kept-alive job replaces it at once (as gaffer does)."""
+        proc = self._process(pid)
+        self._stop_proc(proc, "stop_process")
+        job = self._jobs.get(proc.job)
+        if job is not None and not proc.committed:
+            self._manage(job)
+        return {"pid": proc.pid, "stopping": True}
+
+    @supervised
+    def kill(self, pid, sig) -> dict:
+        proc = self._process(pid)
+        signum = parse_signal(sig)
+        proc.signal(signum)
+        return {"pid": proc.pid, "signal": signum}
+
+    @supervised
+    def killall(self, name: str, sig, session: str | None = None) -> dict:
+        job = self._job(name, session)
+        signum = parse_signal(sig)
+        pids = []
+        for proc in list(job.processes.values()) + list(job.committed.values()):
+            if proc.signal(signum):
+                pids.append(proc.pid)
+        return {"job": job.name, "signal": signum, "pids": pids}
+
+    @supervised
+    def send(self, pid, data, label: str | None = None) -> dict:
+        """Write data, as given, to the process's stdin."""
+        proc = self._process(pid, alive=False)
+        if proc.state == "exited":
+            raise Conflict(f"process {proc.pid} has exited: its stdin is closed")
+        if not proc.spec.redirect_input or proc.stdin_fd < 0:
+            raise Conflict(f"process {proc.pid} ({proc.job}) has no stdin to write to (redirect_input is off)")
+        if isinstance(data, str):
+            data = data.encode()
+        if not isinstance(data, (bytes, bytearray)):
+            raise BadRequest("data: expected a string")
+        self._pipes.write(proc, bytes(data))
+        return {"pid": proc.pid, "bytes": len(data)}
+
+    def writelines(self, pid, lines: list) -> dict:
+        if not isinstance(lines, list):
+            raise BadRequest("lines: expected a list of strings")
+        data = "".join(l if str(l).endswith("\n") else f"{l}\n" for l in map(str, lines))
+        return self.send(pid, data)
+
+    @supervised
+    def read_output(self, pid, label: str | None = None, since: int = 0, limit: int | None = None) -> dict:
+        proc = self._process(pid, alive=False)
+        stream = self._stream(proc, label)
+        try:
+            since = int(since or 0)
+            limit = None if limit is None else int(limit)
+        except (TypeError, ValueError):
+            raise BadRequest("since and limit: expected integers") from None
+        lines = stream.read(since, limit)
+        return {
+            "pid": proc.pid,
+            "label": stream.label,
+            "last_seq": stream.last_seq,
+            "state": proc.state,
+            "lines": [{"seq": s, "data": d.decode("utf-8", "replace")} for s, d in lines],
+        }
+
+    def _stream(self, proc: Process, label: str | None) -> OutputStream:
+        if not proc.streams:
+            raise NotFound(f"process {proc.pid} has no captured output")
+        if label in (None, ""):
+            return next(iter(proc.streams.values()))
+        if label not in proc.streams:
+            raise NotFound(f"process {proc.pid} has no stream {label!r} (has {', '.join(proc.streams)})")
+        return proc.streams[label]
+
+    # ------------------------------------------------------------------ stats interest
+    def monitor(self, pattern: str = "stats") -> None:
+        self.stats_sampler.watch(pattern)
+
+    def unmonitor(self, pattern: str = "stats") -> None:
+        self.stats_sampler.unwatch(pattern)
+
+    def snapshot(self) -> list[Process]:
+        """Live processes, for the stats sampler (a copy taken in the supervisor thread)."""
+        return self._loop.call_and_wait(lambda: list(self._procs.values()), timeout=60)
+
+    def ignore_child(self, os_pid: int) -> None:
+        """A child of this process that zsup did not spawn (never reaped as an orphan)."""
+        self._ignored_os_pids.add(os_pid)
+
+    # ================================================================== supervisor thread only
+    def _make_spec(self, config, session, env) -> JobSpec:
+        if isinstance(config, JobSpec):
+            spec = config
+            if session and session != spec.session:
+                spec = JobSpec.from_dict({**spec.to_dict(), "session": session})
+        else:
+            if not isinstance(config, dict):
+                raise BadRequest("config: a job must be a JSON object")
+            config = dict(config)
+            if session:
+                config.pop("session", None)
+            spec = JobSpec.from_dict(config, session)
+        if env:
+            if not isinstance(env, dict):
+                raise BadRequest("env: expected a mapping of names to values")
+            spec.env = {**spec.env, **{str(k): str(v) for k, v in env.items()}}
+        return spec
+
+    def _job(self, name, session=None) -> Job:
+        if isinstance(name, Job):
+            return name
+        sess, short = split_job_name(name, session)
+        job = self._jobs.get(f"{sess}.{short}")
+        if job is None:
+            raise NotFound(f"no job {sess}.{short}")
+        return job
+
+    def _process(self, pid, alive: bool = True) -> Process:
+        try:
+            pid = int(pid)
+        except (TypeError, ValueError):
+            raise BadRequest(f"pid: expected an integer, got {pid!r}") from None
+        proc = self._procs.get(pid)
+        if proc is None and not alive:
+            proc = self._exited.get(pid)
+        if proc is None:
+            raise NotFound(f"no process {pid}")
+        return proc
+
+    def _publish_job(self, job: Job, event: str, **extra) -> None:
+        s, n = job.spec.session, job.spec.name
+        self.events.publish(f"job.{s}.{n}.{event}", {"event": event, "name": n, "session": s, "job": job.name, **extra})
+
+    def _publish_proc(self, proc: Process, event: str, **extra) -> None:
+        s, n = proc.spec.session, proc.spec.name
+        msg = {"event": event, "name": n, "session": s, "job": proc.job, "pid": proc.pid, "os_pid": proc.os_pid}
+        msg.update(extra)
+        self.events.publish(f"proc.{s}.{n}.{event}", msg)
+
+    def _start_job(self, job: Job) -> None:
+        self._cancel_restart(job)
+        job.active = True
+        job.state = "running"
+        job.stop_reason = None
+        job.fast_deaths = 0
+        if job.flapping:
+            job.flapping.retries = 0
+            job.flapping.restarts.clear()
+        self._publish_job(job, "start")
+        self._manage(job)
+
+    def _stop_job(self, job: Job, reason: str, publish: bool = True) -> None:
+        job.active = False
+        job.state = "stopped"
+        self._cancel_restart(job)
+        for proc in list(job.processes.values()):
+            self._stop_proc(proc, reason)
+        if publish:
+            self._publish_job(job, "stop", reason=reason)
+
+    def _restart_job(self, job: Job) -> None:
+        for proc in list(job.processes.values()):
+            self._stop_proc(proc, "restart")
+        self._publish_job(job, "restart")
+        if job.active:
+            self._cancel_restart(job)
+            job.fast_deaths = 0
+            self._manage(job)
+        else:
+            self._start_job(job)
+
+    def _cancel_restart(self, job: Job) -> None:
+        if job.restart_timer is not None:
+            job.restart_timer.cancel()
+            job.restart_timer = None
+
+    def _manage(self, job: Job) -> None:
+        """Bring the job's running processes to its count."""
+        if not job.active or job.restart_timer is not None or self.stopping:
+            return
+        running = job.running()
+        for proc in running[: max(0, len(running) - job.numprocesses)]:
+            self._stop_proc(proc, "scale")  # the oldest go first
+        for _ in range(job.numprocesses - len(running)):
+            if self._spawn(job) is None:
+                break
+
+    def _spawn(self, job: Job, committed: bool = False, env: dict | None = None,
+               graceful_timeout: float | None = None) -> Process | None:
+        proc = Process(next(self._pid_counter), job.spec, committed, graceful_timeout)
+        try:
+            proc.spawn(env)
+        except SpawnError as exc:
+            self._publish_proc(proc, "spawn_error", error=exc.message)
+            if committed:
+                raise
+            # Counted as a death, later: the back-off or flapping rule decides when to retry.
+            self._loop.call_soon(self._on_death, job, proc)
+            return None
+        self._procs[proc.pid] = proc
+        (job.committed if committed else job.processes)[proc.pid] = proc
+        self._all_gone.clear()
+        self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
+        self._pipes.add(proc)
+        self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed)
+        return proc
+
+    def _stop_proc(self, proc: Process, reason: str) -> None:
+        if proc.state != "running":
+            return
+        proc.state = "stopping"
+        proc.stop_reason = reason
+        sig = proc.spec.stop_signal
+        if proc.spec.detach:
+            proc.signal(sig)
+        else:
+            proc.signal_group(sig)
+        proc.stop_timer = self._loop.call_later(proc.graceful_timeout, self._kill_now, proc)
+
+    def _kill_now(self, proc: Process) -> None:
+        if proc.state == "stopping":
+            log.info("process %s (%s) ignored its stop signal for %ss: SIGKILL", proc.pid, proc.job,
+                     proc.graceful_timeout)
+            if proc.spec.detach:
+                proc.signal(signal.SIGKILL)
+            else:
+                proc.signal_group(signal.SIGKILL)
+
+    def _on_pidfd(self, proc: Process) -> None:
+        self._loop.remove_reader(proc.pidfd)
+        try:
+            _, status = os.waitpid(proc.os_pid, os.WNOHANG)
+        except ChildProcessError:
+            status = 0
+        if proc.stop_timer is not None:
+            proc.stop_timer.cancel()
+        proc.reaped(status)
+        if proc.stop_reason and not proc.spec.detach:
+            proc.signal_group(signal.SIGKILL)  # whatever of its group ignored the stop signal
+        self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
+
+    def _finish_exit(self, proc: Process) -> None:
+        self._pipes.close_stdin(proc)
+        self._procs.pop(proc.pid, None)
+        self._exited[proc.pid] = proc
+        while len(self._exited) > EXITED_KEPT:
+            self._exited.popitem(last=False)
+        self._publish_proc(proc, "exit", exit_code=proc.exit_code, term_signal=proc.term_signal,
+                           reason=proc.stop_reason, uptime=round(proc.uptime(), 3))
+        if proc.stop_reason:
+            self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
+        job = self._jobs.get(proc.job)
+        kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
+        self._publish_proc(proc, "reap")
+        if not any(not p.spec.detach for p in self._procs.values()):
+            self._all_gone.set()
+        if kept and not proc.committed and not proc.stop_reason:
+            self._on_death(job, proc)
+
+    def _on_death(self, job: Job, proc: Process) -> None:
+        """A kept-alive process died on its own (or could not spawn): restart it."""
+        if not job.active or self.stopping or self._jobs.get(job.name) is not job:
+            return
+        if job.flapping:
+            if job.flapping.record_restart():
+                self._flap(job)
+                return
+            self._manage(job)
+            return
+        if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
+            job.fast_deaths = 0
+        job.fast_deaths += 1
+        if job.fast_deaths <= 1:
+            self._manage(job)
+        elif job.restart_timer is None:
+            delay = min(BACKOFF_BASE * 2 ** (job.fast_deaths - 2), BACKOFF_MAX)
+            job.restart_timer = self._loop.call_later(delay, self._restart_due, job)
+
+    def _restart_due(self, job: Job) -> None:
+        job.restart_timer = None
+        if job.active and job.state == "flapping":
+            job.state = "running"
+        self._manage(job)
+
+    def _flap(self, job: Job) -> None:
+        rule = job.flapping.rule
+        for proc in list(job.processes.values()):
+            self._stop_proc(proc, "flapping")
+        s, n = job.spec.session, job.spec.name
+        topic = f"proc.{s}.{n}.flap"
+        base = {"event": "flap", "name": n, "session": s, "job": job.name, "max_retry": rule.max_retry}
+        if job.flapping.next_retry():
+            job.state = "flapping"
+            job.restart_timer = self._loop.call_later(rule.retry_in, self._restart_due, job)
+            self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": rule.retry_in,
+                                        "gave_up": False})
+        else:
+            self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": None, "gave_up": True})
+            job.active = False
+            job.state = "failed"
+            job.stop_reason = "flapping"
+            self._publish_job(job, "stop", reason="flapping")
+
+    # ------------------------------------------------------------------ orphans (subreaper)
+    def _children_os_pids(self) -> set[int]:
+        pids: set[int] = set()
+        try:
+            tasks = os.listdir("/proc/self/task")
+        except OSError:
+            return pids
+        for tid in tasks:
+            try:
+                with open(f"/proc/self/task/{tid}/children") as f:
+                    pids.update(int(p) for p in f.read().split())
+            except OSError:
+                continue
+        return pids
+
+    def _orphans(self) -> set[int]:
+        ours = {p.os_pid for p in self._procs.values()} | self._ignored_os_pids
+        return self._children_os_pids() - ours
+
+    def _reap_orphans(self) -> None:
+        for os_pid in self._orphans():
+            try:
+                os.waitpid(os_pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+    def _reap_orphans_every(self, interval: float) -> None:
+        self._reap_orphans()
+        self._loop.call_later(interval, self._reap_orphans_every, interval)
+
+    def _kill_adopted(self) -> None:
+        """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
+        orphans = self._orphans()
+        for os_pid in orphans:
+            try:
+                os.kill(os_pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 2
+        while orphans and time.monotonic() < deadline:
+            for os_pid in list(orphans):
+                try:
+                    if os.waitpid(os_pid, os.WNOHANG)[0]:
+                        orphans.discard(os_pid)
+                except ChildProcessError:
+                    orphans.discard(os_pid)
+            if orphans:
+                time.sleep(0.01)
+
+    # ------------------------------------------------------------------ IO thread
+    def _on_lines(self, proc: Process, stream: OutputStream, first: int, count: int, payload: bytes) -> None:
+        s, n = proc.spec.session, proc.spec.name
+        msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
+               "seq": first, "lines": count}
+        self.events.publish(f"io.{s}.{n}.{proc.pid}.{stream.label}", msg, payload)
+        if self.log_writer is not None:
+            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)

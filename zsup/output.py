@@ -1,0 +1,76 @@
+"""Cutting a child's output into numbered lines, and keeping the recent ones.
+
+The IO thread must keep up with a child writing as fast as a pipe allows, so nothing here
+touches lines one by one: a read is split once at its last newline, its lines are counted
+with `bytes.count`, and the whole batch travels as one chunk (one event, one ring entry,
+one log write). Only a reader of the ring pays for splitting.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class OutputStream:
+    """One labelled stream of one process: sequence numbers, partial line, ring buffer."""
+
+    def __init__(self, label: str, ring_size: int = 1000, max_line: int = 65536):
+        self.label = label
+        self.ring_size = ring_size
+        self.max_line = max_line
+        self.last_seq = 0  # seq of the newest line; the first line gets 1
+        self._partial = b""
+        # chunks: (first_seq, count, payload); a payload holds whole lines, or exactly one
+        # piece of an over-long line without its newline.
+        self._chunks: deque = deque()
+        self._ring_lines = 0
+
+    def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
+        """Take raw bytes; return the chunks of lines they completed."""
+        buf = self._partial + data if self._partial else data
+        end = buf.rfind(b"\n") + 1
+        out = []
+        if end:
+            out.append(self._add(buf[:end], buf.count(b"\n", 0, end)))
+        rest = buf[end:]
+        while len(rest) >= self.max_line:
+            out.append(self._add(rest[: self.max_line], 1))
+            rest = rest[self.max_line :]
+        self._partial = rest
+        return out
+
+    def flush(self) -> list[tuple[int, int, bytes]]:
+        """At end of file: what is left is a last line without a newline."""
+        if not self._partial:
+            return []
+        rest, self._partial = self._partial, b""
+        return [self._add(rest, 1)]
+
+    def _add(self, payload: bytes, count: int) -> tuple[int, int, bytes]:
+        chunk = (self.last_seq + 1, count, payload)
+        self.last_seq += count
+        self._chunks.append(chunk)
+        self._ring_lines += count
+        while self._chunks and self._ring_lines - self._chunks[0][1] >= self.ring_size:
+            self._ring_lines -= self._chunks.popleft()[1]
+        return chunk
+
+    def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
+        """Lines with seq > since still in the ring, oldest first (at most ring_size)."""
+        first_kept = max(since, self.last_seq - self.ring_size) + 1
+        lines: list[tuple[int, bytes]] = []
+        for first, count, payload in list(self._chunks):  # list(): a snapshot under the GIL
+            if first + count <= first_kept:
+                continue
+            if count == 1 and not payload.endswith(b"\n"):
+                parts = [payload]
+            else:
+                parts = payload.split(b"\n")[:-1]
+                parts = [p + b"\n" for p in parts]
+            for i, line in enumerate(parts):
+                seq = first + i
+                if seq >= first_kept:
+                    lines.append((seq, line))
+        if limit is not None and len(lines) > limit:
+            lines = lines[-limit:]
+        return lines

@@ -1,0 +1,131 @@
+"""The IO loop's work: read every child's output pipes, write their stdin.
+
+One thread serves every child (no thread per process). Reads are large so that a chatty
+child costs a few system calls per 256 KiB, not per line; lines are cut by OutputStream.
+Writes to stdin never block: what a child does not read yet waits in a bounded buffer.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import Callable
+
+from .errors import Conflict
+from .loop import Loop
+from .output import OutputStream
+from .process import Process
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+STDIN_BUFFER_LIMIT = 1024 * 1024
+
+# on_lines(process, stream, first_seq, count, payload)
+LinesCallback = Callable[[Process, OutputStream, int, int, bytes], None]
+
+
+class PipeReader:
+    def __init__(self, loop: Loop, on_lines: LinesCallback):
+        self.loop = loop
+        self.on_lines = on_lines
+        self._owner: dict[int, tuple[Process, OutputStream]] = {}
+        self._stdin: dict[int, bytearray] = {}  # stdin fd -> pending bytes
+
+    # -- called from any thread ---------------------------------------------------------------
+    def add(self, proc: Process) -> None:
+        self.loop.call_soon(self._add, proc)
+
+    def drain(self, proc: Process, then: Callable[[], None]) -> None:
+        """Read what the (now dead) process left in its pipes, then call `then`."""
+        self.loop.call_soon(self._drain, proc, then)
+
+    def write(self, proc: Process, data: bytes) -> None:
+        pending = sum(len(b) for b in list(self._stdin.values()))
+        if pending + len(data) > STDIN_BUFFER_LIMIT:
+            raise Conflict(f"stdin of process {proc.pid} is not being read: buffer full")
+        self.loop.call_soon(self._write, proc, data)
+
+    def close_stdin(self, proc: Process) -> None:
+        self.loop.call_soon(self._close_stdin, proc)
+
+    # -- loop thread ------------------------------------------------------------------------
+    def _add(self, proc: Process) -> None:
+        for fd, stream in proc.out_fds:
+            self._owner[fd] = (proc, stream)
+            self.loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self, fd: int) -> None:
+        self._read(fd, once=True)
+
+    def _read(self, fd: int, once: bool) -> None:
+        proc, stream = self._owner[fd]
+        while True:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.warning("reading output of process %s: %s", proc.pid, exc)
+                data = b""
+            if not data:
+                self._eof(fd)
+                return
+            for first, count, payload in stream.feed(data):
+                self.on_lines(proc, stream, first, count, payload)
+            if once and len(data) < READ_SIZE:
+                return
+
+    def _eof(self, fd: int) -> None:
+        proc, stream = self._owner.pop(fd)
+        self.loop.remove_reader(fd)
+        os.close(fd)
+        proc.out_fds = [(f, s) for f, s in proc.out_fds if f != fd]
+        for first, count, payload in stream.flush():
+            self.on_lines(proc, stream, first, count, payload)
+
+    def _drain(self, proc: Process, then: Callable[[], None]) -> None:
+        try:
+            for fd, _ in list(proc.out_fds):
+                if fd in self._owner:
+                    self._read(fd, once=False)
+        finally:
+            then()
+
+    def _write(self, proc: Process, data: bytes) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        buf = self._stdin.setdefault(fd, bytearray())
+        buf += data
+        self._flush_stdin(fd, proc)
+
+    def _flush_stdin(self, fd: int, proc: Process) -> None:
+        buf = self._stdin.get(fd)
+        while buf:
+            try:
+                n = os.write(fd, buf)
+            except BlockingIOError:
+                self.loop.add_writer(fd, lambda _fd: self._flush_stdin(_fd, proc))
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EPIPE, errno.EBADF):
+                    log.warning("writing stdin of process %s: %s", proc.pid, exc)
+                self._drop_stdin(proc)
+                return
+            del buf[:n]
+        self.loop.remove_writer(fd)
+        self._stdin.pop(fd, None)
+
+    def _drop_stdin(self, proc: Process) -> None:
+        fd = proc.stdin_fd
+        if fd < 0:
+            return
+        self._stdin.pop(fd, None)
+        self.loop.remove_writer(fd)
+        os.close(fd)
+        proc.stdin_fd = -1
+
+    def _close_stdin(self, proc: Process) -> None:
+        self._drop_stdin(proc)

@@ -1,0 +1,223 @@
+"""One OS process started from a job: how it is spawned, and what zsup knows of it.
+
+Why it spawns the way it does:
+- Each child gets its own process group, so a stop reaches a shell's children too.
+- The death signal (PR_SET_PDEATHSIG) is set by exec'ing through util-linux's `setpriv
+  --pdeathsig KILL`, not by a `preexec_fn`: CPython documents preexec_fn as unsafe in a
+  threaded process (a fork can deadlock on a lock another thread held), and zsupd is
+  threaded. The death signal follows the *thread* that forked, so only long-lived threads
+  spawn (the manager spawns from its supervisor loop).
+- Pipes are made here with O_CLOEXEC and handed to Popen as plain fds, so the parent keeps
+  raw non-blocking fds for the IO loop, not Python file objects.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import time
+
+from .envfile import substitute
+from .errors import ZsupError
+from .jobspec import JobSpec
+from .output import OutputStream
+
+SETPRIV = shutil.which("setpriv")
+_STATES = ("running", "stopping", "exited")
+
+
+class SpawnError(ZsupError):
+    code = "conflict"
+
+
+def build_env(spec: JobSpec, extra: dict | None = None) -> dict:
+    env = dict(os.environ) if spec.os_env else {}
+    env.update(spec.env)
+    if extra:
+        env.update({str(k): str(v) for k, v in extra.items()})
+    return env
+
+
+def build_argv(spec: JobSpec, env: dict) -> list[str]:
+    """The command line, with $VAR substituted from the process's environment."""
+    cmd = substitute(spec.cmd, env)
+    args = [substitute(a, env) for a in spec.args]
+    if spec.shell:
+        line = " ".join([cmd] + [shlex.quote(a) for a in args])
+        return ["/bin/sh", "-c", line]
+    try:
+        argv = shlex.split(cmd) + args
+    except ValueError as exc:
+        raise SpawnError(f"cmd: {exc}") from None
+    if not argv:
+        raise SpawnError("cmd: empty command")
+    return argv
+
+
+def find_executable(program: str, env: dict, cwd: str | None) -> str:
+    """Fail before forking when the program can't be run: a clear error, not exit 127."""
+    if "/" in program:
+        path = os.path.join(cwd or os.getcwd(), program)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return program
+        raise SpawnError(f"cannot execute {program!r}: not an executable file")
+    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    if not found:
+        raise SpawnError(f"cannot execute {program!r}: not found in PATH")
+    return found
+
+
+class Process:
+    """A spawned child. Its pipes are read by the IO loop; its pidfd is watched by the
+    supervisor loop. All fields are changed only in the supervisor loop's thread."""
+
+    def __init__(self, pid: int, spec: JobSpec, committed: bool = False, graceful_timeout: float | None = None):
+        self.pid = pid
+        self.spec = spec
+        self.committed = committed
+        self.graceful_timeout = spec.graceful_timeout if graceful_timeout is None else graceful_timeout
+        self.os_pid = 0
+        self.popen: subprocess.Popen | None = None
+        self.pidfd = -1
+        self.started = 0.0
+        self.started_mono = 0.0
+        self.ended = 0.0
+        self.state = "running"
+        self.exit_code: int | None = None
+        self.term_signal: int | None = None
+        self.stop_reason: str | None = None
+        self.stop_timer = None
+        self.streams: dict[str, OutputStream] = {}
+        self.out_fds: list[tuple[int, OutputStream]] = []
+        self.stdin_fd = -1
+
+    @property
+    def job(self) -> str:
+        return self.spec.fullname
+
+    def spawn(self, extra_env: dict | None = None) -> None:
+        spec = self.spec
+        env = build_env(spec, extra_env)
+        argv = build_argv(spec, env)
+        find_executable(argv[0], env, spec.cwd)
+        if not spec.detach and SETPRIV:
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
+        child_fds: list[int] = []
+        parent_fds: list[int] = []
+        try:
+            stdin = subprocess.DEVNULL
+            if spec.redirect_input:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                stdin, self.stdin_fd = r, w
+                child_fds.append(r)
+                parent_fds.append(w)
+            stdout = stderr = None
+            labels = spec.redirect_output
+            if labels:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                stream = OutputStream(labels[0], spec.ring_size, spec.max_line)
+                self.streams[labels[0]] = stream
+                self.out_fds.append((r, stream))
+                stdout = w
+                child_fds.append(w)
+                parent_fds.append(r)
+                if len(labels) == 2 and labels[1] == labels[0]:
+                    stderr = subprocess.STDOUT
+                elif len(labels) == 2:
+                    r2, w2 = os.pipe2(os.O_CLOEXEC)
+                    stream2 = OutputStream(labels[1], spec.ring_size, spec.max_line)
+                    self.streams[labels[1]] = stream2
+                    self.out_fds.append((r2, stream2))
+                    stderr = w2
+                    child_fds.append(w2)
+                    parent_fds.append(r2)
+            self.popen = subprocess.Popen(
+                argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=spec.cwd,
+                env=env,
+                user=spec.uid,
+                group=spec.gid,
+                process_group=None if spec.detach else 0,
+                start_new_session=spec.detach,
+                close_fds=True,
+            )
+        except OSError as exc:
+            for fd in parent_fds:
+                os.close(fd)
+            self.out_fds, self.stdin_fd = [], -1
+            raise SpawnError(f"cannot execute {argv[-1] if spec.shell else argv[0]!r}: {exc.strerror or exc}") from None
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        self.os_pid = self.popen.pid
+        self.pidfd = os.pidfd_open(self.os_pid)
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        for fd, _ in self.out_fds:
+            os.set_blocking(fd, False)
+        if self.stdin_fd >= 0:
+            os.set_blocking(self.stdin_fd, False)
+
+    def signal_group(self, sig: int) -> bool:
+        """Signal the child's whole process group (its own pid is the group id)."""
+        try:
+            os.killpg(self.os_pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return False
+
+    def signal(self, sig: int) -> bool:
+        if self.state == "exited":
+            return False
+        try:
+            os.kill(self.os_pid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def reaped(self, status: int) -> None:
+        """Record the wait status; tell Popen so it never waits for this child itself."""
+        if os.WIFSIGNALED(status):
+            self.term_signal = os.WTERMSIG(status)
+            self.exit_code = -self.term_signal
+        else:
+            self.exit_code = os.waitstatus_to_exitcode(status)
+        self.state = "exited"
+        self.ended = time.time()
+        if self.popen is not None:
+            self.popen.returncode = self.exit_code
+        if self.pidfd >= 0:
+            os.close(self.pidfd)
+            self.pidfd = -1
+
+    def uptime(self) -> float:
+        end = self.ended if self.state == "exited" else time.time()
+        return max(0.0, end - self.started)
+
+    def info(self) -> dict:
+        return {
+            "pid": self.pid,
+            "os_pid": self.os_pid,
+            "name": self.spec.name,
+            "session": self.spec.session,
+            "job": self.job,
+            "cmd": self.spec.cmd,
+            "args": self.spec.args,
+            "state": self.state,
+            "committed": self.committed,
+            "detach": self.spec.detach,
+            "started": self.started,
+            "uptime": round(self.uptime(), 3),
+            "exit_code": self.exit_code,
+            "term_signal": self.term_signal,
+            "labels": list(self.streams),
+            "redirect_input": self.spec.redirect_input,
+            "last_seq": {label: s.last_seq for label, s in self.streams.items()},
+        }
