@@ -22,6 +22,16 @@ Why it is built this way:
   again. A deleted log folder is noticed within a second and created again.
 - A write that fails half-way (a full disk) is cut back with `ftruncate`, so a file only ever
   holds whole lines.
+
+Formats, one line each:
+
+    text: 2026-11-25T14:29:43.123456Z 3:17 the line as the child wrote it
+    json: {"time": "2026-11-25T14:29:43.123456Z", "pid": 3, "os_pid": 4242, "seq": 17,
+           "label": "stdout", "line": "the line as the child wrote it"}
+
+The time is UTC with microseconds, taken when the line reached the daemon; `3:17` is zsup's
+process id and the line's sequence number. A piece of an over-long line gets a line of its own.
+Time rotation ("daily", "hourly") follows local time, as operators expect of "daily".
 """
 
 from __future__ import annotations
@@ -358,8 +368,6 @@ class LogWriter:
         """Write what is queued, close every file, and give the compressor `timeout` to finish."""
         deadline = time.monotonic() + timeout
         marker = self._enqueue_marker("stop")
-        with self._qlock:
-            self._stopped = True
         if self._thread is not None and marker is not None:
             self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._compressor is not None:
@@ -409,6 +417,8 @@ class LogWriter:
                 return None
             self._queue.append(marker)
             self._idle = False
+            # Nothing is accepted after a stop: it would sit behind the marker, never written.
+            self._stopped = kind == "stop"
         self._wake.set()
         return marker
 
@@ -528,8 +538,8 @@ class LogWriter:
         if max_bytes and f.size + f.pending_bytes + len(chunk) > max_bytes:
             if len(chunk) > max_bytes and nlines > 1:
                 # Larger than a whole file: place it line by line, so no rotation cuts a line.
-                for line in chunk.splitlines(keepends=True):
-                    self._append(f, line, 1, t)
+                for line in chunk.split(b"\n")[:-1]:
+                    self._append(f, line + b"\n", 1, t)
                 return
             if f.size + f.pending_bytes > 0:
                 self._rotate(f, "size")
@@ -758,8 +768,10 @@ class LogWriter:
     def _compress(self, base: str, ident: tuple[int, int]) -> None:
         """Gzip a rotated file wherever later rotations moved it (found by inode), then drop it.
 
-        Only the final rename and unlink take the rotation lock, so the writer never waits
-        for the compression itself.
+        Only the lookups and the final rename and unlink take the rotation lock, so the writer
+        never waits for the compression itself. The source stays open until the end: an open
+        file's inode cannot be reused, so the second lookup finds this very file again, never
+        a newer one that inherited the number of a file the backups limit deleted meanwhile.
         """
         with self._fs_lock:
             src = _find_by_ident(base, ident)
@@ -767,40 +779,48 @@ class LogWriter:
                 return  # already dropped by the backups limit
             fin = open(src, "rb")
         tmp = f"{base}.{ident[1]}.gz.tmp"
-        try:
-            with fin:
+        with fin:
+            try:
                 st = os.fstat(fin.fileno())
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, st.st_mode & 0o777)
                 with open(fd, "wb") as raw, gzip.GzipFile(
                     filename=os.path.basename(src), mode="wb", fileobj=raw, mtime=int(st.st_mtime)
                 ) as gz:
                     shutil.copyfileobj(fin, gz, READ_CHUNK)
-            os.utime(tmp, (st.st_atime, st.st_mtime))
-            with self._fs_lock:
-                src = _find_by_ident(base, ident)
-                if src is None:
+                os.utime(tmp, (st.st_atime, st.st_mtime))
+                with self._fs_lock:
+                    src = _find_by_ident(base, ident)
+                    if src is None:
+                        os.unlink(tmp)
+                        return
+                    os.rename(tmp, src + ".gz")
+                    os.unlink(src)
+            except OSError as exc:
+                self._compress_errors += 1
+                log.warning("cannot compress %s (left uncompressed): %s", src, exc)
+                try:
                     os.unlink(tmp)
-                    return
-                os.rename(tmp, src + ".gz")
-                os.unlink(src)
-        except OSError as exc:
-            self._compress_errors += 1
-            log.warning("cannot compress %s (left uncompressed): %s", src, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+                except OSError:
+                    pass
 
 
 def _find_by_ident(base: str, ident: tuple[int, int]) -> str | None:
-    for _, path in _rotated(base):
-        for candidate in (path, path[:-3]) if path.endswith(".gz") else (path,):
+    """The uncompressed rotated file of `base` with this (device, inode), if it still exists."""
+    folder, name = os.path.split(base)
+    pattern = re.compile(re.escape(name) + r"\.\d+")
+    try:
+        entries = os.listdir(folder or ".")
+    except OSError:
+        return None
+    for entry in entries:
+        if pattern.fullmatch(entry):
+            path = os.path.join(folder, entry)
             try:
-                st = os.stat(candidate)
+                st = os.stat(path)
             except OSError:
                 continue
             if (st.st_dev, st.st_ino) == ident:
-                return candidate
+                return path
     return None
 
 

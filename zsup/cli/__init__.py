@@ -1,0 +1,1 @@
+"""Command-line entry points: zsupd, zsupctl, zsup (Procfile tool), zsup-http."""

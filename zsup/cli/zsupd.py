@@ -1,0 +1,110 @@
+"""zsupd: the supervisor daemon (gafferd's options, plus --state-dir and --log-file)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .. import __version__
+from ..config import load_config, parse_config
+from ..errors import ZsupError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zsupd", description="Run and supervise processes; control them over the "
+                                "zsup bus (zsupctl), HTTP and websockets.")
+    p.add_argument("config", nargs="?", help="configuration file")
+    p.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG_FILE", help="configuration file")
+    p.add_argument("-p", "--plugins-dir", help="plugin folder (default: <state_dir>/plugins)")
+    p.add_argument("-v", dest="verbose", action="count", default=0,
+                   help="verbose mode; -vv also prints every child's output")
+    p.add_argument("--daemon", action="store_true", help="start zsupd in the background")
+    p.add_argument("--pidfile", help="write zsupd's pid to this file")
+    p.add_argument("--bind", help="default HTTP binding (HOST:PORT or unix:PATH); replaces the config's endpoints")
+    p.add_argument("--certfile", help="SSL certificate file for the default binding")
+    p.add_argument("--keyfile", help="SSL key file for the default binding")
+    p.add_argument("--backlog", type=int, help="backlog of the default binding")
+    p.add_argument("--state-dir", help="where sockets, state and logs live (default: $ZSUP_STATE_DIR or ~/.zsup)")
+    p.add_argument("--log-file", help="zsupd's own log (default: standard error)")
+    p.add_argument("--version", action="version", version=f"zsupd {__version__}")
+    return p
+
+
+def read_config(args):
+    overrides = {}
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    if args.plugins_dir:
+        overrides["plugin_dir"] = args.plugins_dir
+    if args.pidfile:
+        overrides["pidfile"] = args.pidfile
+    path = args.config_opt or args.config
+    if path:
+        return load_config(path, overrides), overrides
+    config = parse_config("", "<defaults>", overrides)
+    config.path = None
+    return config, overrides
+
+
+def daemonize() -> None:
+    """Classic double fork: the daemon is no session leader and never gets a terminal back."""
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def setup_logging(verbose: int, log_file: str | None) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO
+    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config, overrides = read_config(args)
+    except ZsupError as exc:
+        print(f"zsupd: error: {exc.message}", file=sys.stderr)
+        return 2
+    from ..daemon import Daemon
+
+    if args.log_file:
+        args.log_file = os.path.abspath(args.log_file)
+    if args.daemon:
+        daemonize()
+    setup_logging(args.verbose, args.log_file)
+    pidfile = config.settings.get("pidfile")
+    bind = args.bind
+    http = None
+    if bind:
+        http = {"bind": bind, "certfile": args.certfile, "keyfile": args.keyfile, "backlog": args.backlog}
+    daemon = Daemon(config, overrides, verbose=args.verbose, http_bind=http)
+    try:
+        if pidfile:
+            with open(pidfile, "w") as f:
+                f.write(f"{os.getpid()}\n")
+        return daemon.run()
+    except ZsupError as exc:
+        print(f"zsupd: error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        if pidfile:
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

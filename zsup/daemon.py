@@ -1,0 +1,306 @@
+"""zsupd's body: the Manager behind the bus, with config, store, logs and webhooks around it.
+
+Threads (DESIGN.md): the main thread waits for signals; the bus's control thread runs
+commands (`zsup.commands`); the supervisor and IO loops belong to the Manager; the bus's
+publisher thread owns the PUB socket; webhooks, the log writer and the stats sampler have one
+thread each. Events flow one way: Manager -> EventEmitter -> (bus publisher, webhooks, -vv
+console).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from .bus import curve as curvekeys
+from .bus.server import BusServer
+from .commands import dispatch
+from .config import ConfigError, DaemonConfig, load_config
+from .errors import ZsupError
+from .events import EventEmitter
+from .jobspec import JobSpec
+from .logfiles import LogSettings, LogWriter, log_paths
+from .manager import Manager
+from .store import Store, fingerprint
+
+log = logging.getLogger("zsupd")
+
+INTERNAL_SESSION = "zsupd"  # jobs zsupd runs for itself (the HTTP gateway): never persisted
+
+
+class JobLogs:
+    """Adapts the Manager's output callback to the LogWriter: one LogSettings per job spec."""
+
+    def __init__(self, writer: LogWriter, defaults: LogSettings):
+        self.writer = writer
+        self.defaults = defaults
+        self._cache: dict[int, tuple[JobSpec, LogSettings]] = {}
+
+    def settings(self, spec: JobSpec) -> LogSettings:
+        hit = self._cache.get(id(spec))
+        if hit is None or hit[0] is not spec:
+            hit = (spec, LogSettings.merge(self.defaults, spec.to_dict()))
+            self._cache[id(spec)] = hit
+        return hit[1]
+
+    def write(self, job, label, spec, pid, os_pid, seq, data) -> None:
+        settings = self.settings(spec)
+        if settings.log:
+            self.writer.write(job, label, settings, pid, os_pid, seq, data)
+
+
+def log_defaults(settings: dict) -> LogSettings:
+    return LogSettings(
+        log=settings["log"], log_dir=settings["log_dir"], log_format=settings["log_format"],
+        log_max_bytes=settings["log_max_bytes"], log_backups=settings["log_backups"],
+        log_rotate=settings["log_rotate"],
+    )
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, overrides: dict | None = None, verbose: int = 0,
+                 http_bind: dict | None = None):
+        self.config = config
+        self.overrides = overrides or {}
+        self.verbose = verbose
+        self.http_bind = http_bind
+        self.settings = config.settings
+        self.state_dir = self.settings["state_dir"]
+        self.events = EventEmitter()
+        self._wake = threading.Event()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._reopen_requested = False
+        self.store: Store | None = None
+        self.bus: BusServer | None = None
+        self.webhooks = None
+
+    # ------------------------------------------------------------------ start and stop
+    def start(self) -> None:
+        from .webhooks import Webhooks
+
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.store = Store(os.path.join(self.state_dir, "zsupd.db"))
+        self.log_writer = LogWriter(on_error=self._on_log_error)
+        self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
+        self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
+        self.bus = BusServer(
+            handler=lambda cmd, args: dispatch(self, cmd, args),
+            endpoints=self._bus_endpoints(),
+            on_subscribe=self._on_subscribe,
+            curve=self._curve(),
+        )
+        self.webhooks = Webhooks(self.config.webhooks, self.settings["webhook_timeout"], self.settings["webhook_queue"])
+        self.bus.start()  # first: refuses to start when another zsupd owns the socket
+        self.log_writer.start()
+        self.events.subscribe("", self.bus.publish)
+        self.events.subscribe("", self.webhooks)
+        if self.verbose >= 2:
+            self.events.subscribe("io.", self._print_output)
+        self.webhooks.start()
+        self.manager.start()
+        self._load_initial_jobs()
+        self._start_gateway()
+        self.events.publish("sys.start", {"event": "start", "pid": os.getpid(), "state_dir": self.state_dir})
+        log.info("zsupd started: bus %s, events %s", ", ".join(self.bus.endpoints["router"]),
+                 ", ".join(self.bus.endpoints["pub"]))
+
+    def stop(self) -> None:
+        self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
+        self.manager.stop()
+        self.webhooks.stop()
+        self.log_writer.stop()
+        self.bus.stop()
+        self.store.close()
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; SIGHUP reloads the config, SIGUSR1 reopens logs."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_signal)
+        signal.signal(signal.SIGUSR1, self._on_signal)
+        self.start()
+        try:
+            while True:
+                self._wake.wait()
+                self._wake.clear()
+                if self._stop_requested:
+                    break
+                if self._reload_requested:
+                    self._reload_requested = False
+                    try:
+                        self.reload_config()
+                    except ZsupError:
+                        pass  # already logged and published; the old config keeps running
+                if self._reopen_requested:
+                    self._reopen_requested = False
+                    self.reopen_logs()
+        finally:
+            self.stop()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        # Runs in the main thread, between two waits of the loop above: set flags, wake it.
+        if signum == signal.SIGHUP:
+            self._reload_requested = True
+        elif signum == signal.SIGUSR1:
+            self._reopen_requested = True
+        else:
+            self._stop_requested = True
+        self._wake.set()
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+        self._wake.set()
+
+    # ------------------------------------------------------------------ bus wiring
+    def _bus_endpoints(self) -> dict:
+        router = [self.settings["bus"]] + ([self.settings["bus_tcp"]] if self.settings.get("bus_tcp") else [])
+        pub = [self.settings["pub"]] + ([self.settings["pub_tcp"]] if self.settings.get("pub_tcp") else [])
+        return {"router": router, "pub": pub}
+
+    def _curve(self) -> dict | None:
+        if self.settings.get("curve_secret_key_file"):
+            return curvekeys.server_curve(self.settings["curve_secret_key_file"],
+                                          self.settings.get("curve_authorized_keys"))
+        if self.settings.get("insecure_tcp"):
+            return {"insecure": True}
+        return None
+
+    def _on_subscribe(self, prefix: str, subscribed: bool) -> None:
+        # Only an explicit stats subscription starts sampling: `zsupctl watch` (everything)
+        # should not make zsupd read /proc every second.
+        if prefix.startswith("stats"):
+            (self.manager.monitor if subscribed else self.manager.unmonitor)(prefix)
+
+    def _print_output(self, topic: str, msg: dict, data: bytes | None) -> None:
+        if data:
+            prefix = f"{msg['job']}.{msg['pid']} | ".encode()
+            lines = data.splitlines(keepends=True)
+            sys.stdout.buffer.write(b"".join(prefix + l if l.endswith(b"\n") else prefix + l + b"\n" for l in lines))
+            sys.stdout.flush()
+
+    def _on_log_error(self, message: str) -> None:
+        log.error("log files: %s", message)
+        self.events.publish("sys.log_error", {"event": "log_error", "message": message})
+
+    # ------------------------------------------------------------------ jobs and the store
+    def _load_initial_jobs(self) -> None:
+        """The config file's jobs, with the run-time changes the store remembers."""
+        rows = self.store.jobs()
+        to_load: list[tuple[dict, bool]] = []
+        for spec in self.config.jobs:
+            row = rows.pop(spec.fullname, None)
+            if row is not None and row.fingerprint == fingerprint(spec):
+                if row.removed:
+                    continue
+                to_load.append(({**row.config, "numprocesses": row.numprocesses}, row.active))
+            else:
+                if row is not None:
+                    self.store.forget_job(spec.fullname)  # the section changed: the file wins
+                to_load.append((spec.to_dict(), True))
+        for name, row in rows.items():
+            if row.origin == "runtime" and not row.removed:
+                to_load.append(({**row.config, "numprocesses": row.numprocesses}, row.active))
+            else:
+                self.store.forget_job(name)
+        loaded = []
+        for config, active in to_load:
+            try:
+                info = self.manager.load(config, start=False)
+                loaded.append((info["job"], active, info["config"]["priority"]))
+            except ZsupError as exc:
+                log.error("cannot restore job %s: %s", config.get("name"), exc.message)
+        for name, active, _ in sorted(loaded, key=lambda x: x[2]):
+            if active:
+                self.manager.start_job(name)
+
+    def remember(self, name: str, removed: bool = False) -> None:
+        """Record a run-time change of one job so that a restart of zsupd keeps it."""
+        if name.startswith(INTERNAL_SESSION + "."):
+            return
+        file_spec = next((s for s in self.config.jobs if s.fullname == name), None)
+        fp = fingerprint(file_spec) if file_spec else None
+        if removed:
+            if file_spec:
+                self.store.save_job(name, "file", file_spec.to_dict(), 0, False, removed=True, fp=fp)
+            else:
+                self.store.forget_job(name)
+            return
+        info = self.manager.info(name)
+        self.store.save_job(name, "file" if file_spec else "runtime", info["config"], info["numprocesses"],
+                            info["active"], fp=fp)
+
+    def reload_config(self) -> dict:
+        """Re-read the config file and apply only what changed; a bad file changes nothing."""
+        try:
+            new = load_config(self.config.path, self.overrides)
+        except ConfigError as exc:
+            log.error("reload refused, keeping the running config: %s", exc.message)
+            self.events.publish("sys.reload_error", {"event": "reload_error", "message": exc.message})
+            raise
+        old = {s.fullname: s for s in self.config.jobs}
+        fresh = {s.fullname: s for s in new.jobs}
+        running = set(self.manager.jobs())
+        removed = [n for n in old if n not in fresh]
+        added = [n for n in fresh if n not in old]
+        changed = [n for n in fresh if n in old and fingerprint(fresh[n]) != fingerprint(old[n])]
+        unchanged = [n for n in fresh if n in old and n not in changed]
+        for name in removed:
+            if name in running:
+                self.manager.unload(name)
+            self.store.forget_job(name)
+        for name in sorted(added + changed, key=lambda n: fresh[n].priority):
+            self.store.forget_job(name)  # the job's own section changed: the file wins
+            if name in running:
+                self.manager.update(fresh[name].to_dict(), start=True)
+            else:
+                self.manager.load(fresh[name].to_dict(), start=True)
+        # a job the file still has but a run-time unload removed keeps its run-time state
+        self.config = new
+        self.settings = new.settings
+        self.job_logs.defaults = log_defaults(new.settings)
+        self.job_logs._cache.clear()
+        self.webhooks.hooks = type(self.webhooks)(new.webhooks).hooks
+        if new.webhooks and self.webhooks._thread is None:
+            self.webhooks.start()
+        result = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
+        self.events.publish("sys.reload", {"event": "reload", **result})
+        log.info("config reloaded: %s", result)
+        return result
+
+    # ------------------------------------------------------------------ logs
+    def reopen_logs(self) -> None:
+        self.log_writer.reopen()
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # reopened at its next record
+
+    def log_paths(self, name: str, label: str | None) -> dict:
+        info = self.manager.info(name)
+        spec = JobSpec.from_dict(info["config"])
+        settings = self.job_logs.settings(spec)
+        labels = [label] if label else list(dict.fromkeys(spec.redirect_output))
+        return {"job": name, "log": settings.log, "format": settings.log_format,
+                "paths": {l: log_paths(name, l, settings) for l in labels}}
+
+    # ------------------------------------------------------------------ HTTP gateway
+    def _start_gateway(self) -> None:
+        """zsupd runs its gateway as a job of its own: supervised, restarted, logged."""
+        if not (self.config.http_endpoints or self.http_bind):
+            return
+        args = ["-m", "zsup.cli.http_gateway", "--bus", self.bus.endpoints["router"][0],
+                "--pub", self.bus.endpoints["pub"][0]]
+        if self.config.path:
+            args += ["-c", self.config.path]
+        if self.http_bind:
+            for key, value in self.http_bind.items():
+                if value is not None:
+                    args += [f"--{key}", str(value)]
+        self.manager.load({"name": "http", "session": INTERNAL_SESSION, "cmd": sys.executable, "args": args,
+                           "graceful_timeout": 5, "priority": 0,
+                           "env": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
