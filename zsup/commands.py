@@ -275,3 +275,18 @@ def writelines(d, pid: int, lines: list) -> dict:
 @command
 def read_output(d, pid: int, label: str | None = None, since: int = 0, limit: int | None = None) -> dict:
     return d.manager.read_output(pid, label, since, limit)
+
+
+# Commands that live in their own modules register themselves with @command on import.
+def _load_extensions() -> None:
+    import importlib
+
+    for module in ("zsup.task_commands", "zsup.agent_commands"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+_load_extensions()
