@@ -20,7 +20,16 @@ nothing about what the application does:
   loop's own thread), and hands it to a worker thread that checks the handshake, asks the
   ``authorize`` hook and the ``websocket_routes`` callable, answers ``101`` (or 400, 401,
   404) itself, and gives the socket to a ws4py ``WebSocketManager``. Plain requests on the
-  same connection before the upgrade are answered first, in order.
+  same connection before the upgrade are answered first, in order. The websocket is made
+  with ``factory(sock, protocols=None, extensions=None, environ=environ)`` (the request's
+  WSGI environ, as waitress would build it), and gets ``path``, ``query_string`` and
+  ``headers`` attributes before the manager calls its ``opened()``.
+
+Limits that come with ws4py's model, on purpose: the manager thread runs every websocket's
+``received_message()``, so a handler that sends to a client that stopped reading stalls the
+others for up to ``websocket_timeout`` (push from other threads instead); on TLS, a read
+that finds half a TLS record waits for the rest as long. No subprotocol or extension is
+negotiated, and a 401 carries no ``WWW-Authenticate``: the scheme is the app's business.
 """
 
 from __future__ import annotations
@@ -43,7 +52,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from waitress import wasyncore
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
 from waitress.server import MultiSocketServer, TcpWSGIServer, UnixWSGIServer
