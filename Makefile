@@ -4,7 +4,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
-HTTP ?= 127.0.0.1:5000
 
 .PHONY: venv run test bench clean stop
 
@@ -20,7 +19,14 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 run: $(STAMP)
-	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) --bind $(HTTP)
+	@echo "zsupd is starting with etc/zsup.ini (state, sockets and logs in $(STATE_DIR)):"
+	@echo "  bus (commands)   ipc://$(STATE_DIR)/zsupd.sock"
+	@echo "  bus (events)     ipc://$(STATE_DIR)/zsupd-pub.sock"
+	@echo "  HTTP gateway     http://127.0.0.1:5000/      (curl http://127.0.0.1:5000/jobs)"
+	@echo "  control          ZSUP_STATE_DIR=$(STATE_DIR) $(VENV)/bin/zsupctl status"
+	@echo "  logs             $(STATE_DIR)/logs/"
+	@echo "Ctrl-C stops zsupd and everything it runs."
+	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) -v
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
