@@ -86,6 +86,7 @@ class Zsupd:
     """A real zsupd in a subprocess, with its own state dir and config."""
 
     def __init__(self, tmp_path, config_text="", args=()):
+        os.makedirs(tmp_path, exist_ok=True)
         self.state_dir = str(tmp_path / "state")
         self.config_path = str(tmp_path / "zsup.ini")
         with open(self.config_path, "w") as f:

@@ -293,3 +293,42 @@ def test_grandchildren_are_reaped_and_stopped(zsupd_factory):
         wait_for(lambda: not alive(orphan), message="the adopted grandchild to be stopped")
     finally:
         kill_tree([orphan])
+
+
+def test_daemon_mode_pidfile_and_verbose_output(tmp_path):
+    import subprocess
+
+    state = tmp_path / "state"
+    pidfile = tmp_path / "zsupd.pid"
+    logfile = tmp_path / "zsupd.log"
+    config = tmp_path / "zsup.ini"
+    config.write_text("[process:hello]\ncmd = sh -c 'echo hello from child; sleep 300'\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    rc = subprocess.call([PYTHON, "-m", "zsup.cli.zsupd", "-c", str(config), "--state-dir", str(state),
+                          "--daemon", "--pidfile", str(pidfile), "--log-file", str(logfile), "-vv"], env=env)
+    assert rc == 0  # the foreground process returns at once
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    try:
+        with Client(f"ipc://{state}/zsupd.sock", timeout=1) as c:
+            wait_for(lambda: c.call("ping") == "pong")
+        assert psutil.Process(pid).ppid() != os.getpid()  # detached from us
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(pid), timeout=20)
+        assert not pidfile.exists()
+        assert "zsupd started" in logfile.read_text()
+    finally:
+        kill_tree([pid])
+
+
+def test_verbose_prints_child_output(zsupd_factory):
+    d = zsupd_factory("[process:hello]\ncmd = sh -c 'echo hello from child; sleep 300'\n", args=["-vv"])
+    wait_for(lambda: "default.hello.1 | hello from child" in d.log())
+
+
+def test_tcp_bus_needs_curve_unless_insecure_loopback(zsupd_factory, tmp_path):
+    d = zsupd_factory("[zsup]\nbus_tcp = tcp://127.0.0.1:0\n", start=False)
+    d.start(wait=False)
+    assert d.proc.wait(15) != 0
+    assert "CURVE" in d.log() or "curve" in d.log()
+    d2 = zsupd_factory("[zsup]\nbus_tcp = tcp://127.0.0.1:0\ninsecure_tcp = true\n", path=tmp_path / "b")
+    assert d2.call("ping") == "pong"

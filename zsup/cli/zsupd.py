@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -63,7 +64,11 @@ def daemonize() -> None:
 
 def setup_logging(verbose: int, log_file: str | None) -> None:
     level = logging.WARNING if verbose == 0 else logging.INFO
-    handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    if log_file:
+        # zsupd's own log follows the rules of the jobs' logs: bounded, rotated, reopenable
+        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=10)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
