@@ -332,3 +332,22 @@ def test_tcp_bus_needs_curve_unless_insecure_loopback(zsupd_factory, tmp_path):
     assert "CURVE" in d.log() or "curve" in d.log()
     d2 = zsupd_factory("[zsup]\nbus_tcp = tcp://127.0.0.1:0\ninsecure_tcp = true\n", path=tmp_path / "b")
     assert d2.call("ping") == "pong"
+
+
+def test_stats_are_published_only_while_someone_subscribes(zsupd_factory):
+    d = zsupd_factory(SLEEP.format(name="web", n=2))
+    with Subscriber(d.pub, ["stats.default.web"]) as sub:
+        ev = wait_for(lambda: sub.recv(0.2), timeout=15, message="a stats event")
+        assert ev.topic.startswith("stats.default.web.")
+        for key in ("cpu", "mem", "rss", "vms", "ctime", "username", "nice", "cmdline", "children"):
+            assert key in ev.msg
+    # nobody listens to stats any more (a catch-all subscriber does not count): no sampling
+    with Subscriber(d.pub, [""]) as everything:
+        wait_for(lambda: d.call("ping") and everything.recv(0.05) is None, timeout=10)
+        seen = []
+        end = time.monotonic() + 2.5  # more than two sampling intervals
+        while time.monotonic() < end:
+            ev = everything.recv(0.1)
+            if ev is not None:
+                seen.append(ev.topic)
+        assert not [t for t in seen if t.startswith("stats.")]
