@@ -104,6 +104,11 @@ class Daemon:
         self.webhooks.start()
         self.manager.start()
         self._load_initial_jobs()
+        from .plugins import PluginContext, PluginHost
+
+        self.plugins = PluginHost(PluginContext(self.bus.endpoints["router"][0], self.bus.endpoints["pub"][0],
+                                                self.config, self.settings.get("plugin_dir"), self.settings))
+        self.plugins.start()
         self._start_gateway()
         self.events.publish("sys.start", {"event": "start", "pid": os.getpid(), "state_dir": self.state_dir})
         log.info("zsupd started: bus %s, events %s", ", ".join(self.bus.endpoints["router"]),
@@ -111,6 +116,7 @@ class Daemon:
 
     def stop(self) -> None:
         self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
+        self.plugins.stop()
         self.manager.stop()
         self.webhooks.stop()
         self.log_writer.stop()
@@ -268,6 +274,7 @@ class Daemon:
         self.webhooks.hooks = type(self.webhooks)(new.webhooks).hooks
         if new.webhooks and self.webhooks._thread is None:
             self.webhooks.start()
+        self.plugins.restart()
         result = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
         self.events.publish("sys.reload", {"event": "reload", **result})
         log.info("config reloaded: %s", result)
