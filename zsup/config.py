@@ -11,6 +11,7 @@ Sections:
   [webhooks]                       `event or topic prefix = http(s) URL`, kept as written
   [process:NAME], [process:GROUP:NAME]   a job (GROUP is its session), keys of JobSpec
   [env:NAME], [env:GROUP:NAME]     that job's environment, names upper-cased
+  [env:APP.ENV]                    task environment ENV of app APP (docs/tasks.md)
   [plugin:NAME]                    left alone for plugins (they get `DaemonConfig.raw`)
 
 Syntax rules on top of configobj (which only knows `#` comments and would read `;key=` as a
@@ -74,6 +75,9 @@ SETTINGS: dict[str, tuple[str, object]] = {
     "pidfile": ("path", None),
     "webhook_timeout": ("seconds", 5.0),
     "webhook_queue": ("positive", 1000),
+    "task_output_limit": ("size", 1024 * 1024),  # output bytes kept per task (docs/tasks.md)
+    "agent_max_download": ("size", 100 * 1024 * 1024),  # agent archives (docs/agent.md)
+    "agent_max_unpacked": ("size", 500 * 1024 * 1024),
 }
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around a value's index
@@ -111,6 +115,9 @@ class DaemonConfig:
     http_endpoints: list = field(default_factory=list)
     webhooks: list = field(default_factory=list)
     jobs: list = field(default_factory=list)
+    # [env:APP.ENV] sections: the variables of task environment ENV of app APP (docs/tasks.md),
+    # keyed "APP.ENV", names upper-cased.
+    task_envs: dict = field(default_factory=dict)
     raw: ConfigObj | None = field(default=None, repr=False, compare=False)
 
     def job_dicts(self) -> list[dict]:
@@ -229,7 +236,7 @@ class _Reader:
         raw = self.parse(text)
         if raw.scalars:
             raise self.fail("keys must be inside a section such as [zsup]", key=raw.scalars[0])
-        main, endpoints, webhooks, processes, envs = None, {}, None, [], {}
+        main, endpoints, webhooks, processes, envs, task_envs = None, {}, None, [], {}, {}
         for sname in raw.sections:
             sec = raw[sname]
             if sec.sections:
@@ -246,6 +253,10 @@ class _Reader:
                 endpoints[parts[0]] = self.endpoint(sname, sec)
             elif kind == "webhooks" and not colon:
                 webhooks = sname
+            elif kind == "env" and len(parts) == 1 and parts[0].count(".") == 1:
+                for part in parts[0].split("."):
+                    self.check_section_name(sname, part)
+                task_envs[parts[0]] = self.env_vars(sname, sec)
             elif kind in ("process", "env") and len(parts) in (1, 2):
                 for part in parts:
                     self.check_section_name(sname, part)
@@ -271,7 +282,16 @@ class _Reader:
         jobs = self.jobs(raw, processes, envs, settings)
         return DaemonConfig(path=self.path, settings=settings, endpoints=endpoints,
                             http_endpoints=list(settings["http_endpoints"]), webhooks=hooks,
-                            jobs=jobs, raw=raw)
+                            jobs=jobs, task_envs=task_envs, raw=raw)
+
+    def env_vars(self, sname: str, sec) -> dict:
+        env = {}
+        for key, value in sec.items():
+            upper = key.upper()
+            if upper in env or not upper or "=" in upper or "\0" in upper:
+                raise self.fail("duplicate or invalid variable name", sname, key)
+            env[upper] = value
+        return env
 
     def check_section_name(self, sname: str, name: str) -> None:
         try:
@@ -444,13 +464,7 @@ class _Reader:
             except BadRequest as exc:
                 raise self.fail(exc.message, sname, "stop_signal") from None
         if env_section:
-            env = {}
-            for key, value in raw[env_section].items():
-                upper = key.upper()
-                if upper in env or not upper or "=" in upper or "\0" in upper:
-                    raise self.fail("duplicate or invalid variable name", env_section, key)
-                env[upper] = value
-            data["env"] = env
+            data["env"] = self.env_vars(env_section, raw[env_section])
         try:
             return JobSpec.from_dict(data)
         except BadRequest as exc:

@@ -336,8 +336,10 @@ class Manager:
         proc = self._process(pid, alive=False)
         if proc.state == "exited":
             raise Conflict(f"process {proc.pid} has exited: its stdin is closed")
-        if not proc.spec.redirect_input or proc.stdin_fd < 0:
+        if not proc.spec.redirect_input:
             raise Conflict(f"process {proc.pid} ({proc.job}) has no stdin to write to (redirect_input is off)")
+        if proc.stdin_fd < 0:
+            raise Conflict(f"process {proc.pid} ({proc.job}) closed its stdin")
         if isinstance(data, str):
             data = data.encode()
         if not isinstance(data, (bytes, bytearray)):
