@@ -62,6 +62,12 @@ def version(d) -> dict:
 
 
 @command
+def endpoints(d) -> dict:
+    """Where this daemon listens: {"router": [...], "pub": [...]} (tcp ports resolved)."""
+    return d.bus.endpoints
+
+
+@command
 def commands(d) -> list[str]:
     """The commands this daemon answers."""
     return sorted(COMMANDS)

@@ -110,11 +110,16 @@ class Daemon:
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
         self.plugins.start()
         self._start_gateway()
+        from .lookup_client import LookupRegistrar
+        self.registrar = LookupRegistrar(self)
+        self.registrar.start()
         self.events.publish("sys.start", {"event": "start", "pid": os.getpid(), "state_dir": self.state_dir})
         log.info("zsupd started: bus %s, events %s", ", ".join(self.bus.endpoints["router"]),
                  ", ".join(self.bus.endpoints["pub"]))
 
     def stop(self) -> None:
+        if getattr(self, "registrar", None) is not None:
+            self.registrar.stop()
         self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
         self.plugins.stop()
         self.manager.stop()
