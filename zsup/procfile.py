@@ -105,10 +105,14 @@ class Procfile:
         lines = [f"# exported by zsup from {self.path}"]
         for job in self.job_dicts(concurrency, names):
             section = f"{self.app}:{job['name']}"
+            try:
+                cmd = ini_command(job["cmd"])
+            except BadRequest as exc:
+                raise BadRequest(f"{self.app}.{job['name']}: {exc.message}") from None
             lines += [
                 "",
                 f"[process:{section}]",
-                f"cmd = {ini_value(job['cmd'])}",
+                f"cmd = {cmd}",
                 f"cwd = {ini_value(job['cwd'])}",
                 "shell = true",
                 f"numprocesses = {job['numprocesses']}",
@@ -180,6 +184,15 @@ def app_name_for(name: str) -> str:
     if name.startswith("-"):
         name = "_" + name[1:]
     return name or "app"
+
+
+def ini_command(value: str) -> str:
+    """A command line as zsupd's config reader takes it: written as is (its quotes belong to
+    the shell), so only what that reader would cut or strip is refused."""
+    comment = value.lstrip().startswith("#") or " #" in value or "\t#" in value
+    if "\n" in value or INI_LINE_BREAKS & set(value) or value != value.strip() or comment:
+        raise BadRequest(f"cannot write the command {value!r} to an ini file (zsupd would read it differently); use --format json")
+    return value
 
 
 def ini_value(value: str) -> str:
