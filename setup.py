@@ -21,6 +21,7 @@ setup(
             "zsupctl = zsup.cli.zsupctl:main",
             "zsup = zsup.cli.procfile_tool:main",
             "zsup-http = zsup.cli.http_gateway:main",
+            "zsup-lookupd = zsup.cli.lookupd:main",
         ]
     },
 )

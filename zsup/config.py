@@ -78,6 +78,10 @@ SETTINGS: dict[str, tuple[str, object]] = {
     "task_output_limit": ("size", 1024 * 1024),  # output bytes kept per task (docs/tasks.md)
     "agent_max_download": ("size", 100 * 1024 * 1024),  # agent archives (docs/agent.md)
     "agent_max_unpacked": ("size", 500 * 1024 * 1024),
+    "lookupd_addresses": ("urls", []),  # zsup-lookupd servers to register with (docs/lookupd.md)
+    "lookupd_token_file": ("file", None),  # bearer token sent to them (first non-comment line)
+    "node_name": ("str", None),  # the name announced to them (default: the host name)
+    "public_url": ("url", None),  # this node's gateway as others reach it (default: derived)
 }
 
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around a value's index
@@ -346,6 +350,8 @@ class _Reader:
             value = value.strip()
         if kind == "list":
             return to_list(key, value)
+        if kind == "urls":
+            return [self.setting_url(key, url) for url in to_list(key, value)]
         if kind == "bool":
             return to_bool(key, value)
         if value is None or value == "":
@@ -357,6 +363,10 @@ class _Reader:
             if kind == "dir" and not os.path.isdir(path):
                 raise BadRequest(f"{key}: no such directory {path!r}")
             return path
+        if kind == "str":
+            return str(value)
+        if kind == "url":
+            return self.setting_url(key, str(value))
         if kind in ("zmq", "tcp"):
             schemes = ("tcp://",) if kind == "tcp" else ("ipc://", "tcp://")
             if not str(value).startswith(schemes) or len(str(value)) <= 6:
@@ -382,6 +392,17 @@ class _Reader:
                 raise BadRequest(f"{key}: expected daily, hourly or none, got {value!r}")
             return None if value == "none" else value
         raise AssertionError(kind)
+
+    @staticmethod
+    def setting_url(key: str, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise BadRequest(f"{key}: expected an http(s)://HOST[:PORT] URL, got {url!r}")
+        return url.rstrip("/")
 
     def endpoint(self, sname: str, sec) -> dict:
         out = {"bind": DEFAULT_BIND, "certfile": None, "keyfile": None, "backlog": DEFAULT_BACKLOG,

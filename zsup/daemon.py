@@ -24,6 +24,7 @@ from .events import EventEmitter
 from .jobspec import JobSpec
 from .logfiles import LogSettings, LogWriter, log_paths
 from .manager import Manager
+from .plugins import PluginContext, PluginHost
 from .store import Store, fingerprint
 
 log = logging.getLogger("zsupd")
@@ -71,6 +72,7 @@ class Daemon:
         self.state_dir = self.settings["state_dir"]
         self.events = EventEmitter()
         self._wake = threading.Event()
+        self._ready = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
         self._reopen_requested = False
@@ -89,7 +91,7 @@ class Daemon:
         self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.bus = BusServer(
-            handler=lambda cmd, args: dispatch(self, cmd, args),
+            handler=self._handle,
             endpoints=self._bus_endpoints(),
             on_subscribe=self._on_subscribe,
             curve=self._curve(),
@@ -102,14 +104,14 @@ class Daemon:
         if self.verbose >= 2:
             self.events.subscribe("io.", self._print_output)
         self.webhooks.start()
-        self.manager.start()
-        self._load_initial_jobs()
-        from .plugins import PluginContext, PluginHost
-
         self.plugins = PluginHost(PluginContext(self.bus.endpoints["router"][0], self.bus.endpoints["pub"][0],
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
-        self.plugins.start()
+        self.plugins.load()
+        self.manager.start()
+        self._load_initial_jobs()
         self._start_gateway()
+        self._ready.set()
+        self.plugins.start()
         from .lookup_client import LookupRegistrar
         self.registrar = LookupRegistrar(self)
         self.registrar.start()
@@ -169,6 +171,13 @@ class Daemon:
         self._wake.set()
 
     # ------------------------------------------------------------------ bus wiring
+    def _handle(self, cmd: str, args: dict):
+        # The bus is bound first (it refuses a second zsupd on the same socket before any
+        # child starts), but commands wait until the config's jobs are loaded: a client that
+        # can ping also sees every job.
+        self._ready.wait(120)
+        return dispatch(self, cmd, args)
+
     def _bus_endpoints(self) -> dict:
         router = [self.settings["bus"]] + ([self.settings["bus_tcp"]] if self.settings.get("bus_tcp") else [])
         pub = [self.settings["pub"]] + ([self.settings["pub_tcp"]] if self.settings.get("pub_tcp") else [])

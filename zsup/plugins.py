@@ -99,10 +99,16 @@ class PluginHost:
 
     def __init__(self, ctx: PluginContext):
         self.ctx = ctx
+        self.found: list[Plugin] = []
         self.apps: list[tuple[Plugin, object]] = []
 
+    def load(self) -> None:
+        """Import the plugins (refusing missing mandatory ones) before any job starts."""
+        self.found = discover(self.ctx.plugin_dir)
+
     def start(self) -> None:
-        for plugin in discover(self.ctx.plugin_dir):
+        """Start the apps once zsupd answers on the bus, so that they may call it at once."""
+        for plugin in self.found:
             app = plugin.app(self.ctx.config)
             try:
                 app.start(self.ctx)

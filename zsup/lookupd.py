@@ -1,0 +1,454 @@
+"""zsup-lookupd: where zsupd nodes announce themselves, and clients find the node running a job.
+
+gaffer's ``gaffer_lookupd`` kept the topology of a cluster of gafferd nodes; this is the same
+idea over plain HTTP and JSON (docs/lookupd.md):
+
+- A node registers with ``POST /nodes`` (or ``PUT /nodes/<node_id>``): its id, a name, the
+  URLs where it can be reached, its version and the jobs (``session.name``) it has loaded.
+  Sending the same document again is the heartbeat; ``DELETE /nodes/<node_id>`` says goodbye.
+- A node that sends nothing for its ``ttl`` seconds is forgotten: there is no reaper thread,
+  every request first drops the nodes whose time ran out, so what a client reads is never stale.
+- Clients ask ``GET /findJob?name=web`` or ``GET /findSession?session=app`` and get the nodes.
+
+The registry is memory only, on purpose: nodes re-send everything with every heartbeat, so a
+restarted lookupd knows the whole cluster again after one heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import re
+import threading
+import time
+from typing import Iterable
+
+from webob import Request, Response
+
+from . import __version__
+
+__all__ = ["DEFAULT_TTL", "MAX_TTL", "Registry", "LookupApp", "TokenFile", "RegistryError"]
+
+log = logging.getLogger("zsup.lookupd")
+
+DEFAULT_TTL = 30.0
+MAX_TTL = 86400.0
+MAX_BODY = 1024 * 1024
+MAX_NODES = 10_000
+MAX_JOBS = 100_000
+DEFAULT_SESSION = "default"
+
+_NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a session or job name, as zsup.jobspec allows: no dots
+
+
+class RegistryError(Exception):
+    """A refused request: HTTP status, error code and a one-line message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _bad(message: str) -> RegistryError:
+    return RegistryError(400, "bad_request", message)
+
+
+def job_name(name: object) -> str:
+    """``session.name`` as given, or ``default.name`` for a bare name; refuses anything else."""
+    if not isinstance(name, str) or not name or len(name) > 512:
+        raise _bad(f"a job name is a non-empty string, not {name!r}")
+    parts = name.split(".")
+    if len(parts) == 1:
+        parts = [DEFAULT_SESSION, parts[0]]
+    if len(parts) != 2 or not all(_PART.fullmatch(p) for p in parts):
+        raise _bad(f"bad job name {name!r}: expected NAME or SESSION.NAME (no other dots)")
+    return ".".join(parts)
+
+
+def session_name(name: object) -> str:
+    if not isinstance(name, str) or not _PART.fullmatch(name) or len(name) > 255:
+        raise _bad(f"bad session name {name!r}")
+    return name
+
+
+def check_node_id(node_id: object) -> str:
+    if not isinstance(node_id, str) or not node_id:
+        raise _bad("node_id is required: a non-empty string")
+    if not _NODE_ID.fullmatch(node_id):
+        raise _bad(f"bad node_id {node_id!r}: up to 128 letters, digits and . _ : @ -")
+    return node_id
+
+
+class _Node:
+    __slots__ = ("node_id", "name", "urls", "version", "jobs", "sessions", "ttl",
+                 "registered_at", "last_seen", "deadline")
+
+    def to_dict(self, now: float) -> dict:
+        return {
+            "node_id": self.node_id,
+            "name": self.name,
+            "urls": dict(self.urls),
+            "version": self.version,
+            "jobs": list(self.jobs),
+            "sessions": list(self.sessions),
+            "ttl": self.ttl,
+            "registered_at": self.registered_at,
+            "last_seen": self.last_seen,
+            "expires_in": round(max(0.0, self.deadline - now), 3),
+        }
+
+
+class Registry:
+    """The nodes and what they run; every method is safe to call from any thread.
+
+    Expiry uses the monotonic clock (``deadline``); ``last_seen`` and ``registered_at`` are
+    wall-clock times (seconds since the epoch) for people to read.
+    """
+
+    def __init__(self, default_ttl: float = DEFAULT_TTL, max_nodes: int = MAX_NODES,
+                 clock=time.monotonic, wall_clock=time.time):
+        if not (0 < default_ttl <= MAX_TTL):
+            raise ValueError(f"ttl must be > 0 and <= {MAX_TTL:g} seconds, not {default_ttl!r}")
+        self.default_ttl = float(default_ttl)
+        self.max_nodes = max_nodes
+        self._clock = clock
+        self._wall = wall_clock
+        self._lock = threading.Lock()
+        self._nodes: dict[str, _Node] = {}
+
+    # -- writes
+
+    def register(self, doc: object, node_id: str | None = None) -> tuple[dict, bool]:
+        """Add or refresh a node from its JSON document; returns (node, created).
+
+        ``node_id`` comes from the URL of ``PUT /nodes/<id>``: the document may then leave
+        ``node_id`` out, and a refresh may send only the fields that changed (or ``{}``, a
+        bare heartbeat). A new node needs nothing but its id: the rest defaults to empty.
+        """
+        if not isinstance(doc, dict):
+            raise _bad("the body must be a JSON object")
+        unknown = sorted(set(doc) - {"node_id", "name", "urls", "version", "jobs", "sessions", "ttl"})
+        if unknown:
+            raise _bad(f"unknown field(s): {', '.join(unknown)}")
+        if node_id is not None:
+            check_node_id(node_id)
+            if "node_id" in doc and doc["node_id"] != node_id:
+                raise _bad(f"node_id {doc['node_id']!r} in the body differs from {node_id!r} in the URL")
+        else:
+            node_id = check_node_id(doc.get("node_id"))
+        fields = self._check_fields(doc)
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            node = self._nodes.get(node_id)
+            created = node is None
+            if created:
+                if len(self._nodes) >= self.max_nodes:
+                    raise RegistryError(503, "unavailable", f"registry full ({self.max_nodes} nodes)")
+                node = _Node()
+                node.node_id = node_id
+                node.name = node_id
+                node.urls, node.version, node.jobs, node.sessions = {}, None, [], []
+                node.ttl = self.default_ttl
+                node.registered_at = self._wall()
+            for key, value in fields.items():
+                setattr(node, key, value)
+            if "jobs" in fields and "sessions" not in fields:
+                node.sessions = sorted({j.split(".", 1)[0] for j in node.jobs})
+            node.last_seen = self._wall()
+            node.deadline = now + node.ttl
+            self._nodes[node_id] = node
+            result = node.to_dict(now)
+        if created:
+            log.info("node %s (%s) registered: %d job(s)", node_id, result["name"], len(result["jobs"]))
+        return result, created
+
+    def _check_fields(self, doc: dict) -> dict:
+        out: dict = {}
+        if "name" in doc:
+            name = doc["name"]
+            if not isinstance(name, str) or not name or len(name) > 255:
+                raise _bad("name must be a non-empty string of up to 255 characters")
+            out["name"] = name
+        if "urls" in doc:
+            urls = doc["urls"]
+            if not isinstance(urls, dict) or not all(
+                    isinstance(k, str) and isinstance(v, str) and len(v) <= 2048 for k, v in urls.items()):
+                raise _bad('urls must be an object of strings, such as {"http": "http://host:5000"}')
+            out["urls"] = dict(urls)
+        if "version" in doc:
+            version = doc["version"]
+            if version is not None and (not isinstance(version, str) or len(version) > 64):
+                raise _bad("version must be a string")
+            out["version"] = version
+        if "jobs" in doc:
+            jobs = doc["jobs"]
+            if not isinstance(jobs, list) or len(jobs) > MAX_JOBS:
+                raise _bad('jobs must be a list of job names, such as ["default.web"]')
+            out["jobs"] = sorted({job_name(j) for j in jobs})
+        if "sessions" in doc:
+            sessions = doc["sessions"]
+            if not isinstance(sessions, list) or len(sessions) > MAX_JOBS:
+                raise _bad('sessions must be a list of session names, such as ["default"]')
+            out["sessions"] = sorted({session_name(s) for s in sessions}
+                                     | {j.split(".", 1)[0] for j in out.get("jobs", ())})
+        if "ttl" in doc and doc["ttl"] is not None:
+            ttl = doc["ttl"]
+            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl <= MAX_TTL):
+                raise _bad(f"ttl must be a number of seconds > 0 and <= {MAX_TTL:g}")
+            out["ttl"] = float(ttl)
+        return out
+
+    def unregister(self, node_id: str) -> dict:
+        with self._lock:
+            self._expire(self._clock())
+            node = self._nodes.pop(node_id, None)
+        if node is None:
+            raise RegistryError(404, "not_found", f"no node {node_id!r}")
+        log.info("node %s (%s) unregistered", node_id, node.name)
+        return {"node_id": node_id, "deleted": True}
+
+    # -- reads
+
+    def nodes(self) -> list[dict]:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            nodes = list(self._nodes.values())
+            return [n.to_dict(now) for n in sorted(nodes, key=lambda n: (n.name, n.node_id))]
+
+    def node(self, node_id: str) -> dict:
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            node = self._nodes.get(node_id)
+            if node is None:
+                raise RegistryError(404, "not_found", f"no node {node_id!r}")
+            return node.to_dict(now)
+
+    def jobs(self) -> dict[str, list[str]]:
+        """job -> the ids of the nodes that run it."""
+        return self._index(lambda n: n.jobs)
+
+    def sessions(self) -> dict[str, list[str]]:
+        return self._index(lambda n: n.sessions)
+
+    def find_job(self, name: str) -> list[dict]:
+        name = job_name(name)
+        return [n for n in self.nodes() if name in n["jobs"]]
+
+    def find_session(self, session: str) -> list[dict]:
+        session = session_name(session)
+        return [n for n in self.nodes() if session in n["sessions"]]
+
+    def _index(self, keys) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for node in self._live():
+            for key in keys(node):
+                out.setdefault(key, []).append(node.node_id)
+        return {k: sorted(v) for k, v in sorted(out.items())}
+
+    def _live(self) -> list[_Node]:
+        with self._lock:
+            self._expire(self._clock())
+            return list(self._nodes.values())
+
+    def _expire(self, now: float) -> None:
+        """Drop the nodes whose ttl ran out; the caller holds the lock."""
+        dead = [n for n in self._nodes.values() if n.deadline <= now]
+        for node in dead:
+            del self._nodes[node.node_id]
+            log.info("node %s (%s) expired: no heartbeat for %gs", node.node_id, node.name, node.ttl)
+
+
+class TokenFile:
+    """Bearer tokens, one per line (``#`` comments and blank lines skipped).
+
+    The file is read again when its mtime or size changes, so tokens can be added or revoked
+    without a restart. A file that cannot be read any more lets nobody in (and is logged).
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._stamp: tuple | None = None
+        self._tokens: list[bytes] = []
+        self._load()  # raises OSError at start: a missing file is a startup error
+        if not self._tokens:
+            raise ValueError(f"tokens file {path!r} holds no token")
+
+    def _load(self) -> None:
+        st = os.stat(self.path)
+        stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if stamp == self._stamp:
+            return
+        with open(self.path, encoding="utf-8") as f:
+            tokens = [line.strip().encode("utf-8") for line in f]
+        self._tokens = [t for t in tokens if t and not t.startswith(b"#")]
+        self._stamp = stamp
+
+    def tokens(self) -> list[bytes]:
+        with self._lock:
+            try:
+                self._load()
+            except (OSError, UnicodeDecodeError) as exc:
+                if self._stamp is not None:
+                    log.error("cannot read tokens file %s: %s; refusing every token", self.path, exc)
+                self._stamp, self._tokens = None, []
+            return self._tokens
+
+    def check(self, authorization: str | None) -> bool:
+        if not authorization:
+            return False
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        given = token.strip().encode("utf-8")
+        found = False
+        for known in self.tokens():  # no early exit: the time taken says nothing of which matched
+            found |= hmac.compare_digest(given, known)
+        return found
+
+
+def _json(status: int, body: object, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    resp = Response(status=status, content_type="application/json", charset="utf-8")
+    resp.body = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
+    resp.headers["Cache-Control"] = "no-store"
+    for key, value in headers:
+        resp.headers[key] = value
+    return resp
+
+
+def _error(exc: RegistryError, headers: Iterable[tuple[str, str]] = ()) -> Response:
+    return _json(exc.status, {"error": {"code": exc.code, "message": exc.message}}, headers)
+
+
+class LookupApp:
+    """The WSGI application: routes, JSON in and out, optional bearer tokens."""
+
+    def __init__(self, registry: Registry, tokens: TokenFile | None = None, protect_reads: bool = False):
+        self.registry = registry
+        self.tokens = tokens
+        self.protect_reads = protect_reads
+
+    def __call__(self, environ, start_response):
+        req = Request(environ)
+        try:
+            resp = self.handle(req)
+        except RegistryError as exc:
+            resp = _error(exc, [("WWW-Authenticate", 'Bearer realm="zsup-lookupd"')] if exc.status == 401 else [])
+        except Exception:  # a bug must answer JSON, never a traceback
+            log.exception("error serving %s %s", req.method, req.path_info)
+            resp = _error(RegistryError(500, "internal", "internal error"))
+        return resp(environ, start_response)
+
+    def handle(self, req: Request) -> Response:
+        path = req.path_info.rstrip("/") or "/"
+        method = req.method.upper()
+        node_id = None
+        if path.startswith("/nodes/"):
+            node_id = path[len("/nodes/"):]
+            if "/" in node_id:
+                raise RegistryError(404, "not_found", f"no such resource {req.path_info!r}")
+            methods = {"GET": (self.get_node, False), "PUT": (self.put_node, True),
+                       "DELETE": (self.delete_node, True)}
+        else:
+            methods = self.ROUTES.get(path)
+            if methods is None:
+                raise RegistryError(404, "not_found", f"no such resource {req.path_info!r}")
+            methods = {m: (getattr(self, name), writes) for m, (name, writes) in methods.items()}
+        if method == "HEAD" and "GET" in methods:
+            method = "GET"
+        if method not in methods:
+            allowed = ", ".join(sorted(methods))
+            return _error(RegistryError(405, "method_not_allowed",
+                                        f"{req.method} is not allowed on {path} (allowed: {allowed})"),
+                          [("Allow", allowed)])
+        handler, writes = methods[method]
+        if self.tokens is not None and (writes or self.protect_reads) and path != "/ping":
+            if not self.tokens.check(req.headers.get("Authorization")):
+                raise RegistryError(401, "unauthorized", "a valid bearer token is required")
+        return handler(req, node_id) if node_id is not None else handler(req)
+
+    # path -> {method: (handler method name, whether it changes the registry)}
+    ROUTES = {
+        "/": {"GET": ("index", False)},
+        "/ping": {"GET": ("ping", False)},
+        "/version": {"GET": ("version", False)},
+        "/nodes": {"GET": ("list_nodes", False), "POST": ("post_node", True)},
+        "/jobs": {"GET": ("list_jobs", False)},
+        "/sessions": {"GET": ("list_sessions", False)},
+        "/findJob": {"GET": ("find_job", False)},
+        "/findSession": {"GET": ("find_session", False)},
+    }
+
+    @staticmethod
+    def body(req: Request, empty_ok: bool = False) -> object:
+        length = req.content_length
+        if length is not None and length > MAX_BODY:
+            raise RegistryError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        raw = req.body_file.read(MAX_BODY + 1) if length is None else req.body
+        if len(raw) > MAX_BODY:
+            raise RegistryError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+        if not raw.strip():
+            if empty_ok:
+                return {}
+            raise _bad("a JSON body is required")
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise _bad(f"malformed JSON: {exc}") from None
+
+    @staticmethod
+    def param(req: Request, name: str) -> str:
+        value = req.GET.get(name)
+        if not value:
+            raise _bad(f"query parameter {name!r} is required")
+        return value
+
+    def index(self, req):
+        return _json(200, {"name": "zsup-lookupd", "version": __version__,
+                           "endpoints": ["/nodes", "/nodes/<node_id>", "/jobs", "/sessions",
+                                         "/findJob?name=", "/findSession?session=", "/ping", "/version"]})
+
+    def ping(self, req):
+        return _json(200, {"ping": "pong"})
+
+    def version(self, req):
+        return _json(200, {"name": "zsup-lookupd", "version": __version__})
+
+    def list_nodes(self, req):
+        return _json(200, {"nodes": self.registry.nodes()})
+
+    def post_node(self, req):
+        node, created = self.registry.register(self.body(req))
+        return _json(201 if created else 200, {"node": node})
+
+    def get_node(self, req, node_id):
+        return _json(200, {"node": self.registry.node(node_id)})
+
+    def put_node(self, req, node_id):
+        node, created = self.registry.register(self.body(req, empty_ok=True), node_id)
+        return _json(201 if created else 200, {"node": node})
+
+    def delete_node(self, req, node_id):
+        return _json(200, self.registry.unregister(node_id))
+
+    def list_jobs(self, req):
+        return _json(200, {"jobs": self.registry.jobs()})
+
+    def list_sessions(self, req):
+        return _json(200, {"sessions": self.registry.sessions()})
+
+    def find_job(self, req):
+        name = job_name(self.param(req, "name"))
+        return _json(200, {"job": name, "nodes": self.registry.find_job(name)})
+
+    def find_session(self, req):
+        session = session_name(self.param(req, "session"))
+        return _json(200, {"session": session, "nodes": self.registry.find_session(session)})
