@@ -1,0 +1,275 @@
+"""Gateway websockets, authentication, TLS, unix sockets and the zsup-http command."""
+
+import base64
+import http.client
+import json
+import os
+import queue
+import re
+import signal
+import ssl
+import subprocess
+import sys
+
+import pytest
+from ws4py.client.threadedclient import WebSocketClient
+from ws4py.exc import HandshakeError
+
+from conftest import PYTHON, ROOT, wait_for
+from test_http_support import (GW, Answer, UnixHTTPConnection, echo_job, gw, start_gateway,  # noqa: F401
+                               ticker_job)
+from zsup.http.auth import Authenticator, hash_password, verify_password
+
+
+class WS(WebSocketClient):
+    def __init__(self, url, **kw):
+        super().__init__(url, **kw)
+        self.messages = queue.Queue()
+        self.closed_with = None
+
+    def received_message(self, message):
+        self.messages.put(message.data)
+
+    def closed(self, code, reason=None):
+        self.closed_with = code
+
+    def next(self, timeout=10.0):
+        return self.messages.get(timeout=timeout)
+
+
+@pytest.fixture
+def ws_clients():
+    made = []
+
+    def make(url, **kw):
+        ws = WS(url, **kw)
+        try:
+            ws.connect()
+        except BaseException:
+            ws.close_connection()
+            raise
+        made.append(ws)
+        return ws
+
+    try:
+        yield make
+    finally:
+        for ws in made:
+            try:
+                ws.close()
+            except Exception:
+                pass
+        for ws in made:
+            try:
+                wait_for(lambda: ws.terminated, timeout=5, message="websocket client closed")
+            except AssertionError:
+                ws.close_connection()
+            if ws._th.is_alive():
+                ws._th.join(5)
+
+
+def test_wstreams_echo_and_errors(gw, ws_clients):
+    gw.load(echo_job())
+    pid = gw.pid_of("echo")[0]
+    ws = ws_clients(f"ws://{gw.host}:{gw.port}/wstreams/{pid}")
+    ws.send("ECHO\n")  # the seed's echo client
+    assert ws.next() == b"ECHO\n"
+    ws.send(b"binary\n", binary=True)
+    assert ws.next() == b"binary\n"
+    # lines written over HTTP come back on the websocket too
+    gw.post(f"/streams/{pid}/stdin", b"from http\n")
+    assert ws.next() == b"from http\n"
+    # the process exits: the websocket closes normally
+    gw.request("DELETE", f"/processes/{pid}")
+    wait_for(lambda: ws.terminated, message="websocket closed on exit")
+    assert ws.closed_with == 1000
+
+    # a process without stdin: each frame is answered with a JSON error
+    gw.load(ticker_job())
+    tpid = gw.pid_of("ticker")[0]
+    ws = ws_clients(f"ws://{gw.host}:{gw.port}/wstreams/{tpid}?label=stderr")
+    ws.send("hello\n")
+    err = json.loads(ws.next())
+    assert err["error"]["code"] == "conflict" and "stdin" in err["error"]["message"]
+
+    # unknown or exited processes, unknown paths: no websocket (404 before the upgrade)
+    for path in ("/wstreams/999999", f"/wstreams/{pid}", "/nowhere", f"/wstreams/{tpid}?label=x"):
+        with pytest.raises(HandshakeError):
+            ws_clients(f"ws://{gw.host}:{gw.port}{path}")
+
+
+def test_channel_websocket_streams_events(gw, ws_clients):
+    ws = ws_clients(f"ws://{gw.host}:{gw.port}/channel?pattern=job.default.echo")
+    ws2 = ws_clients(f"ws://{gw.host}:{gw.port}/channel/job.default.")
+    # the slow joiner: the first load may come before the subscription; reload until seen
+    names = iter(range(1000))
+
+    def created():
+        n = next(names)
+        gw.post("/jobs/default", echo_job(name="echo" if n == 0 else f"other{n}"))
+        if n == 0:
+            gw.request("DELETE", "/jobs/default/echo")
+        try:
+            return json.loads(ws.next(timeout=0.2))
+        except queue.Empty:
+            return None
+
+    event = wait_for(created, message="a job event on the channel")
+    assert event["topic"].startswith("job.default.echo.")
+    assert json.loads(ws2.next())["topic"].startswith("job.default.")
+
+
+def _basic(user, password):
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def test_auth_passwords_and_tokens(zsupd_factory, tmp_path, ws_clients):
+    assert verify_password("s3cret", hash_password("s3cret"))
+    assert verify_password("s3cret", hash_password("s3cret", "pbkdf2_sha256"))
+    assert not verify_password("wrong", hash_password("s3cret"))
+    passwords = tmp_path / "users"
+    passwords.write_text(f"# users\nalice:{hash_password('s3cret')}\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-123\n")
+    d = zsupd_factory("")
+    gateway = start_gateway(d, tmp_path, endpoints=[
+        {"name": "t", "bind": "127.0.0.1:0", "auth_file": str(passwords), "tokens_file": str(tokens)}])
+    try:
+        g = GW(d, gateway, tmp_path)
+        a = g.get("/ping")
+        assert a.status == 401 and a.json["error"]["code"] == "forbidden"
+        assert "Basic" in a.headers["WWW-Authenticate"]
+        assert g.get("/ping", headers={"Authorization": _basic("alice", "wrong")}).status == 401
+        assert g.get("/ping", headers={"Authorization": _basic("bob", "s3cret")}).status == 401
+        assert g.get("/ping", headers={"Authorization": "Bearer tok-999"}).status == 401
+        assert g.get("/ping", headers={"Authorization": "Basic !!"}).status == 401
+        assert g.get("/ping", headers={"Authorization": _basic("alice", "s3cret")}).status == 200
+        assert g.get("/ping", headers={"Authorization": "Bearer tok-123"}).status == 200
+        assert g.get("/_plugin/x/", headers={}).status == 401
+        # preflight needs no credentials
+        assert g.request("OPTIONS", "/jobs").status == 204
+        # websockets are guarded too
+        url = f"ws://{g.host}:{g.port}/channel"
+        with pytest.raises(HandshakeError):
+            ws_clients(url)
+        with pytest.raises(HandshakeError):
+            ws_clients(url, headers=[("Authorization", "Bearer nope")])
+        assert not ws_clients(url, headers=[("Authorization", "Bearer tok-123")]).terminated
+        # tokens are re-read when the file changes
+        tokens.write_text("tok-456\n")
+        os.utime(tokens, ns=(1, 1))
+        assert g.get("/ping", headers={"Authorization": "Bearer tok-456"}).status == 200
+        assert g.get("/ping", headers={"Authorization": "Bearer tok-123"}).status == 401
+    finally:
+        gateway.stop()
+    # a configured file that cannot be read lets nobody in
+    assert not Authenticator(str(tmp_path / "missing")).check(_basic("alice", "s3cret"))
+
+
+def test_tls_and_unix_endpoints(zsupd_factory, tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    sock_path = str(tmp_path / "gw.sock")
+    d = zsupd_factory("")
+    gateway = start_gateway(d, tmp_path, endpoints=[
+        {"name": "tls", "bind": "127.0.0.1:0", "certfile": str(cert), "keyfile": str(key)},
+        {"name": "unix", "bind": f"unix:{sock_path}", "backlog": 16}])
+    try:
+        tls_addr = gateway.addresses[0]
+        context = ssl.create_default_context(cafile=str(cert))
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection(tls_addr.host, tls_addr.port, context=context, timeout=10)
+        conn.request("GET", "/ping")
+        assert conn.getresponse().read() == b'{"ok": true}\n'
+        conn.close()
+        plain = http.client.HTTPConnection(tls_addr.host, tls_addr.port, timeout=5)
+        with pytest.raises((http.client.HTTPException, OSError)):
+            plain.request("GET", "/ping")
+            plain.getresponse()
+        plain.close()
+        conn = UnixHTTPConnection(sock_path)
+        conn.request("GET", "/sessions")
+        assert conn.getresponse().read() == b'{"sessions": []}\n'
+        conn.close()
+        assert oct(os.stat(sock_path).st_mode & 0o777) == "0o600"
+    finally:
+        gateway.stop()
+    assert not os.path.exists(sock_path)
+
+
+def test_cli_with_config_and_sigterm(zsupd_factory, tmp_path):
+    d = zsupd_factory("")
+    sock_path = str(tmp_path / "cli.sock")
+    config = tmp_path / "gw.ini"
+    config.write_text(f"[zsup]\nhttp_endpoints = main\nstate_dir = {d.state_dir}\n\n"
+                      f"[endpoint:main]\nbind = unix:{sock_path}\nbacklog = 8\n\n"
+                      f"[endpoint:unused]\nbind = 127.0.0.1:1\n")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    env.pop("ZSUP_BUS", None)
+    proc = subprocess.Popen([PYTHON, "-m", "zsup.cli.http_gateway", "-c", str(config), "-v"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        def answer():
+            if proc.poll() is not None:
+                raise AssertionError(proc.stderr.read().decode())
+            try:
+                conn = UnixHTTPConnection(sock_path, timeout=2)
+                conn.request("GET", "/ping")
+                return conn.getresponse().status == 200
+            except OSError:
+                return False
+        wait_for(answer, timeout=20, interval=0.05, message="zsup-http to answer")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert not os.path.exists(sock_path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    # --bind with port 0, --bus from the environment, SIGINT
+    env["ZSUP_BUS"], env["ZSUP_PUB"] = d.bus, d.pub
+    proc = subprocess.Popen([PYTHON, "-m", "zsup.cli.http_gateway", "--bind", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        line = proc.stderr.readline().decode()
+        port = int(re.search(r"listening on 127\.0\.0\.1:(\d+)", line).group(1))
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", "/version")
+        assert json.loads(conn.getresponse().read())["zsupd"]["name"] == "zsupd"
+        conn.close()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+    bad = subprocess.run([PYTHON, "-m", "zsup.cli.http_gateway", "--bind", "nonsense"],
+                         capture_output=True, env=env, timeout=30)
+    assert bad.returncode != 0 and b"zsup-http: error:" in bad.stderr and b"Traceback" not in bad.stderr
+    out = subprocess.run([PYTHON, "-m", "zsup.cli.http_gateway", "--hash-password", "alice"],
+                         input=b"pw\n", capture_output=True, env=env, timeout=30)
+    user, _, stored = out.stdout.decode().strip().partition(":")
+    assert user == "alice" and verify_password("pw", stored)
+
+
+def test_zsupd_starts_the_gateway(zsupd_factory, tmp_path):
+    """zsupd runs `python -m zsup.cli.http_gateway` as its own job from http_endpoints."""
+    sock_path = str(tmp_path / "d.sock")
+    d = zsupd_factory(f"[zsup]\nhttp_endpoints = web\n\n[endpoint:web]\nbind = unix:{sock_path}\n")
+
+    def answer():
+        try:
+            conn = UnixHTTPConnection(sock_path, timeout=2)
+            conn.request("GET", "/ping")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+    wait_for(answer, timeout=20, interval=0.05, message="the gateway started by zsupd")

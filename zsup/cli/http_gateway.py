@@ -1,0 +1,200 @@
+"""zsup-http: the HTTP and websocket gateway to zsupd (REST, stream feeds, websockets).
+
+It speaks only bus messages to zsupd. The bus is found from ``--bus``/``--pub``, else
+``-c CONFIG`` (its ``bus``/``pub``/``state_dir``), else ``--state-dir``, else
+``$ZSUP_BUS``/``$ZSUP_PUB`` (or the default state dir). Endpoints: ``--bind`` (one), else the
+config's ``http_endpoints`` (all ``[endpoint:*]`` sections when none is named), else
+127.0.0.1:5000. ``zsup-http --hash-password USER`` prints a password file line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import signal
+import sys
+import threading
+
+from .. import __version__
+from ..errors import ZsupError
+
+DEFAULT_BIND = "127.0.0.1:5000"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="zsup-http", description="Serve zsupd over HTTP and websockets.")
+    p.add_argument("-c", "--config", help="zsupd's configuration file (bus, endpoints, plugin_dir)")
+    p.add_argument("--state-dir", help="zsupd's state dir (its bus sockets live there)")
+    p.add_argument("--bus", help="zsupd's command endpoint (default: $ZSUP_BUS or the state dir's)")
+    p.add_argument("--pub", help="zsupd's event endpoint (default: $ZSUP_PUB or the state dir's)")
+    p.add_argument("--bind", help="listen here only: HOST:PORT, [IPv6]:PORT, PORT or unix:PATH "
+                                  f"(default {DEFAULT_BIND}, or the config's endpoints)")
+    p.add_argument("--certfile", help="TLS certificate for --bind")
+    p.add_argument("--keyfile", help="TLS key for --bind")
+    p.add_argument("--backlog", type=int, help="listen backlog for --bind")
+    p.add_argument("--auth-file", help="password file (user:scheme$salt$hash lines); every endpoint")
+    p.add_argument("--tokens-file", help="API tokens file (one per line); every endpoint")
+    p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
+    p.add_argument("--max-streams", type=int, default=256,
+                   help="open stream feeds at most (each holds a worker thread; default 256)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for zsupd's answer")
+    p.add_argument("--hash-password", metavar="USER",
+                   help="print a password file line for USER (password from the terminal or stdin)")
+    p.add_argument("-v", dest="verbose", action="count", default=0, help="verbose (-vv: debug)")
+    p.add_argument("--version", action="version", version=f"zsup-http {__version__}")
+    return p
+
+
+def _hash_password(user: str) -> int:
+    from ..http.auth import hash_password
+
+    if ":" in user or not user:
+        print("zsup-http: error: a user name cannot be empty or hold ':'", file=sys.stderr)
+        return 2
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {user}: ")
+        if getpass.getpass("again: ") != password:
+            print("zsup-http: error: the passwords differ", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("zsup-http: error: empty password", file=sys.stderr)
+        return 2
+    print(f"{user}:{hash_password(password)}")
+    return 0
+
+
+def resolve(args) -> tuple[str, str, list[dict], str | None]:
+    """(bus, pub, endpoint dicts, plugin_dir) from the options; ZsupError/ValueError if bad."""
+    from ..bus.client import default_endpoints
+
+    config = None
+    if args.config:
+        from ..config import load_config
+
+        overrides = {"state_dir": args.state_dir} if args.state_dir else None
+        config = load_config(args.config, overrides)
+        bus, pub = config.settings["bus"], config.settings["pub"]
+        plugin_dir = config.settings.get("plugin_dir")
+    else:
+        bus, pub = default_endpoints(args.state_dir)
+        plugin_dir = os.path.join(os.path.abspath(os.path.expanduser(args.state_dir)), "plugins") \
+            if args.state_dir else None
+    bus = args.bus or bus
+    pub = args.pub or pub
+    plugin_dir = args.plugin_dir or plugin_dir
+    if args.bind:
+        endpoints = [{"name": "default", "bind": args.bind, "certfile": args.certfile,
+                      "keyfile": args.keyfile, "backlog": args.backlog or 1024,
+                      "auth_file": None, "tokens_file": None}]
+    elif config is not None and config.endpoints:
+        names = config.http_endpoints or sorted(config.endpoints)
+        endpoints = [dict(config.endpoints[name], name=name) for name in names]
+    else:
+        endpoints = [{"name": "default", "bind": DEFAULT_BIND, "certfile": args.certfile,
+                      "keyfile": args.keyfile, "backlog": args.backlog or 1024,
+                      "auth_file": None, "tokens_file": None}]
+    for ep in endpoints:
+        if args.auth_file:
+            ep["auth_file"] = args.auth_file
+        if args.tokens_file:
+            ep["tokens_file"] = args.tokens_file
+    return bus, pub, endpoints, plugin_dir
+
+
+class Gateway:
+    """Everything zsup-http runs: one BusGate, and one HTTPServer per authentication setting
+    (endpoints that share their password and tokens files share a server)."""
+
+    def __init__(self, bus: str, pub: str, endpoints: list[dict], plugin_dir: str | None = None,
+                 max_streams: int = 256, timeout: float = 5.0):
+        from ..http.app import GatewayApp
+        from ..http.auth import Authenticator
+        from ..http.busgate import BusGate
+        from ..http.server import Endpoint, HTTPServer
+
+        self.gate = BusGate(bus, pub, timeout=timeout)
+        self.servers: list[HTTPServer] = []
+        self.apps: list[GatewayApp] = []
+        groups: dict[tuple, list[Endpoint]] = {}
+        for ep in endpoints:
+            key = (ep.get("auth_file"), ep.get("tokens_file"))
+            groups.setdefault(key, []).append(Endpoint(
+                name=ep["name"], bind=ep["bind"], backlog=int(ep.get("backlog") or 1024),
+                certfile=ep.get("certfile"), keyfile=ep.get("keyfile")))
+        for (auth_file, tokens_file), group in groups.items():
+            app = GatewayApp(self.gate, Authenticator(auth_file, tokens_file), plugin_dir,
+                             max_streams=max_streams)
+            self.apps.append(app)
+            self.servers.append(HTTPServer(
+                app, group, app.websocket_routes, threads=app.threads, authorize=app.authorize,
+                adjustments={"connection_limit": max_streams + 1000,
+                             "channel_request_lookahead": 1,
+                             "max_request_body_size": 64 << 20,
+                             "ident": "zsup-http"}))
+
+    @property
+    def addresses(self):
+        return [a for s in self.servers for a in s.addresses]
+
+    def start(self) -> None:
+        try:
+            for server in self.servers:
+                server.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        # The gate first: every open stream and websocket pump sees its subscription closed
+        # and ends, so the servers' worker threads finish at once.
+        self.gate.close()
+        for server in self.servers:
+            server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.hash_password is not None:
+        return _hash_password(args.hash_password)
+    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.max_streams < 1:
+        print("zsup-http: error: --max-streams must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        bus, pub, endpoints, plugin_dir = resolve(args)
+        gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout)
+    except (ZsupError, ValueError) as exc:
+        print(f"zsup-http: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        gateway.start()
+    except OSError as exc:
+        print(f"zsup-http: error: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"zsup-http: error: {exc}", file=sys.stderr)
+        return 1
+    for address in gateway.addresses:
+        logging.getLogger("zsup.http").warning("zsup-http listening on %s (bus %s)", address, bus)
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        gateway.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""The gateway's WSGI application: routing, JSON errors, CORS, authentication, mounts.
+
+``GatewayApp(gate, authenticator=None, plugin_dir=None, max_streams=256)`` is a WSGI app and
+also gives HTTPServer what it needs: ``websocket_routes`` and ``authorize``; ``threads`` is
+the worker pool it needs (``max_streams`` for live feeds plus ``rest_threads`` that no stream
+can take).
+
+Order of a request: ``OPTIONS`` (CORS preflight, never authenticated) -> authentication
+(when a password or tokens file is configured; 401 otherwise) -> mounted sub-apps
+(``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
+modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
+CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
+unexpected exception is logged and answered 500 without details.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from typing import Any, Callable
+
+from webob import Request, Response
+
+from zsup import __version__
+from zsup.errors import ZsupError
+from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
+from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
+from zsup.http.auth import Authenticator
+from zsup.http.busgate import BusGate
+from zsup.http.routes_api import api
+from zsup.http.routing import openapi_document
+from zsup.http.streams import Cursors
+from zsup.http.web import HTTPError, StreamResponse, error_response, json_response
+from zsup.http.websockets import websocket_route
+
+__all__ = ["GatewayApp", "MOUNTS"]
+
+log = logging.getLogger("zsup.http")
+
+#: prefix -> module that may provide ``make_app(gate, public_base)``.
+MOUNTS = {"/tasks": "zsup.http.tasks_api", "/agent": "zsup.http.agent_api"}
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID, X-Requested-With",
+    "Access-Control-Expose-Headers": "Location, Content-Type",
+    "Access-Control-Max-Age": "86400",
+}
+
+
+def public_base(req: Request) -> str:
+    """The gateway's base URL as the client sees it (``scheme://host[:port]``, no slash)."""
+    return req.host_url
+
+
+def _optional_module(name: str):
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name == name:
+            return None
+        raise
+
+
+class GatewayApp:
+    def __init__(self, gate: BusGate, authenticator: Authenticator | None = None,
+                 plugin_dir: str | None = None, max_streams: int = 256, rest_threads: int = 16):
+        self.gate = gate
+        self.authenticator = authenticator or Authenticator()
+        self.plugin_dir = plugin_dir
+        self.max_streams = max_streams
+        self.rest_threads = rest_threads
+        self.cursors = Cursors()
+        self._slots = threading.BoundedSemaphore(max_streams)
+        self.open_streams = 0
+        self._count_lock = threading.Lock()
+        self._mounts: dict[str, Any] = {}
+        self._mounts_lock = threading.Lock()
+        self._openapi: dict | None = None
+
+    @property
+    def threads(self) -> int:
+        return self.max_streams + self.rest_threads
+
+    # -- hooks for HTTPServer
+
+    def authorize(self, headers) -> bool:
+        return self.authenticator.check_headers(headers)
+
+    def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
+        try:
+            if path.startswith("/agent/"):
+                module = _optional_module(MOUNTS["/agent"])
+                hook = getattr(module, "websocket_route", None)
+                return hook(self.gate, path, query) if hook else None
+            return websocket_route(self.gate, path, query)
+        except ZsupError as exc:
+            log.info("no websocket at %s: %s", path, exc)
+            return None
+
+    # -- stream slots
+
+    def acquire_stream(self) -> Callable[[], None]:
+        """Take one of `max_streams` slots (503 when none is left); returns its release."""
+        if not self._slots.acquire(blocking=False):
+            raise HTTPError(503, f"too many open streams ({self.max_streams}); try again later")
+        with self._count_lock:
+            self.open_streams += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._count_lock:
+                if released:
+                    return
+                released = True
+                self.open_streams -= 1
+            self._slots.release()
+        return release
+
+    def openapi(self) -> dict:
+        if self._openapi is None:
+            doc = openapi_document(api.routes, "zsup HTTP gateway", __version__,
+                                   "REST, stream feeds and events of zsupd; see docs/http.md. "
+                                   "Websockets: /wstreams/{pid}, /channel, /channel/{pattern}.")
+            for prefix, module in MOUNTS.items():
+                doc.setdefault("x-mounts", {})[prefix] = module
+            self._openapi = doc
+        return self._openapi
+
+    # -- WSGI
+
+    def __call__(self, environ: dict, start_response: Callable):
+        def with_cors(status, headers, exc_info=None):
+            present = {name.lower() for name, _ in headers}
+            headers = list(headers) + [(k, v) for k, v in CORS_HEADERS.items()
+                                       if k.lower() not in present]
+            return start_response(status, headers, exc_info)
+
+        req = Request(environ)
+        try:
+            return self._handle(req, environ, with_cors)
+        except HTTPError as err:
+            return error_response(err)(environ, with_cors)
+        except ZsupError as exc:
+            return error_response(HTTPError.from_bus(exc))(environ, with_cors)
+        except Exception:
+            log.exception("error in %s %s", req.method, req.path_info)
+            return error_response(HTTPError(500, "internal error in the gateway (logged)",
+                                            "internal"))(environ, with_cors)
+
+    def _handle(self, req: Request, environ: dict, start_response: Callable):
+        if req.method == "OPTIONS":
+            resp = Response(status=204)
+            resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]
+            return resp(environ, start_response)
+        if self.authenticator.enabled and not self.authenticator.check(req.headers.get("Authorization")):
+            challenge = ", ".join(f'{scheme} realm="zsup"' for scheme in self.authenticator.schemes)
+            raise HTTPError(401, "authentication required", "forbidden",
+                            {"WWW-Authenticate": challenge})
+        path = req.path_info or "/"
+        for prefix in MOUNTS:
+            if path == prefix or path.startswith(prefix + "/"):
+                sub = self._mount(prefix)
+                if sub is not None:
+                    req.script_name += prefix
+                    req.path_info = path[len(prefix):]
+                    return sub(environ, start_response)
+        route, params, allowed = api.resolve(req.method, path)
+        if route is None:
+            if allowed:
+                raise HTTPError(405, f"{req.method} is not allowed on {path} "
+                                     f"(allowed: {', '.join(sorted(set(allowed)))})",
+                                headers={"Allow": ", ".join(sorted(set(allowed)))})
+            raise HTTPError(404, f"no route {req.method} {path}")
+        result = route.handler(self, req, **params)
+        if isinstance(result, StreamResponse):
+            return self._stream(result, start_response)
+        if callable(result):  # a webob Response, FileApp or any WSGI app
+            return result(environ, start_response)
+        return json_response(result, route.status)(environ, start_response)
+
+    @staticmethod
+    def _stream(result: StreamResponse, start_response: Callable):
+        status = f"{result.status} {'OK' if result.status == 200 else ''}".strip()
+        write = start_response(status, list(result.headers.items()))
+        try:
+            write(b"")  # the head goes out now: a client knows the stream is open
+        except Exception:
+            result.body.close()
+            raise
+        return result.body
+
+    def _mount(self, prefix: str):
+        with self._mounts_lock:
+            if prefix not in self._mounts:
+                module = _optional_module(MOUNTS[prefix])
+                make_app = getattr(module, "make_app", None) if module else None
+                self._mounts[prefix] = make_app(self.gate, public_base) if make_app else None
+            return self._mounts[prefix]

@@ -1,0 +1,181 @@
+"""Who may use the gateway: HTTP Basic against a password file, and bearer API tokens.
+
+Password file (``auth_file``): one ``user:scheme$salt$hash`` line per user; ``#`` lines and
+blank lines are skipped. Schemes: ``scrypt`` (n=2**14, r=8, p=1, 32 bytes) and
+``pbkdf2_sha256`` (200,000 rounds, 32 bytes); salt and hash are base64. Make a line with
+``zsup-http --hash-password USER`` (reads the password from the terminal or stdin) or
+``hash_password()`` below.
+
+Tokens file (``tokens_file``): one token per line (``#`` comments allowed), sent as
+``Authorization: Bearer TOKEN``; compared in constant time.
+
+Both files are re-read when they change (mtime or size), so users and tokens can be added
+without a restart. A configured file that cannot be read lets nobody in (and is logged).
+Successful password checks are remembered (by a hash of the password) so a browser sending
+Basic credentials with every request does not pay for scrypt every time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+import threading
+from typing import Mapping
+
+__all__ = ["Authenticator", "hash_password", "verify_password"]
+
+log = logging.getLogger("zsup.http.auth")
+
+SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
+PBKDF2_ROUNDS = 200_000
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _derive(scheme: str, password: str, salt: bytes) -> bytes:
+    secret = password.encode("utf-8")
+    if scheme == "scrypt":
+        return hashlib.scrypt(secret, salt=salt, maxmem=64 * 1024 * 1024, **SCRYPT)
+    if scheme == "pbkdf2_sha256":
+        return hashlib.pbkdf2_hmac("sha256", secret, salt, PBKDF2_ROUNDS, 32)
+    raise ValueError(f"unknown password scheme {scheme!r}")
+
+
+def hash_password(password: str, scheme: str = "scrypt") -> str:
+    """The ``scheme$salt$hash`` part of a password file line."""
+    salt = secrets.token_bytes(16)
+    return f"{scheme}${_b64(salt)}${_b64(_derive(scheme, password, salt))}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, salt, digest = stored.split("$")
+        expected = base64.b64decode(digest, validate=True)
+        actual = _derive(scheme, password, base64.b64decode(salt, validate=True))
+    except (ValueError, binascii.Error):
+        return False
+    return hmac.compare_digest(actual, expected)
+
+
+class _WatchedFile:
+    """A small text file re-read whenever its mtime or size changes."""
+
+    def __init__(self, path: str, parse):
+        self.path = path
+        self._parse = parse
+        self._stamp = None
+        self.value = None
+        self._lock = threading.Lock()
+
+    def get(self):
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError as exc:
+            if self._stamp != "missing":
+                log.error("cannot read %s: %s (nobody gets in)", self.path, exc.strerror)
+            self._stamp, self.value = "missing", None
+            return None
+        with self._lock:
+            if stamp != self._stamp:
+                try:
+                    with open(self.path, encoding="utf-8") as f:
+                        self.value = self._parse(f.read())
+                except (OSError, UnicodeDecodeError) as exc:
+                    log.error("cannot read %s: %s (nobody gets in)", self.path, exc)
+                    self.value = None
+                self._stamp = stamp
+            return self.value
+
+
+def _parse_passwords(text: str) -> dict[str, str]:
+    users = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, sep, stored = line.partition(":")
+        if sep and user:
+            users[user] = stored.strip()
+    return users
+
+
+def _parse_tokens(text: str) -> list[bytes]:
+    return [line.strip().encode("utf-8") for line in text.splitlines()
+            if line.strip() and not line.strip().startswith("#")]
+
+
+class Authenticator:
+    """Checks an ``Authorization`` header against a password file and/or a tokens file."""
+
+    def __init__(self, auth_file: str | None = None, tokens_file: str | None = None):
+        self.auth_file = auth_file
+        self.tokens_file = tokens_file
+        self._passwords = _WatchedFile(auth_file, _parse_passwords) if auth_file else None
+        self._tokens = _WatchedFile(tokens_file, _parse_tokens) if tokens_file else None
+        self._verified: dict[tuple[str, str, bytes], bool] = {}
+        self._verified_lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._passwords is not None or self._tokens is not None
+
+    @property
+    def schemes(self) -> list[str]:
+        return (["Basic"] if self._passwords else []) + (["Bearer"] if self._tokens else [])
+
+    def check_headers(self, headers: Mapping[str, str]) -> bool:
+        """For HTTPServer's websocket ``authorize`` hook."""
+        return self.check(headers.get("Authorization") or headers.get("authorization"))
+
+    def check(self, authorization: str | None) -> bool:
+        if not self.enabled:
+            return True
+        if not authorization:
+            return False
+        scheme, _, credentials = authorization.strip().partition(" ")
+        scheme, credentials = scheme.lower(), credentials.strip()
+        if scheme == "bearer" and self._tokens is not None:
+            return self._check_token(credentials)
+        if scheme == "basic" and self._passwords is not None:
+            return self._check_basic(credentials)
+        return False
+
+    def _check_token(self, token: str) -> bool:
+        tokens = self._tokens.get() or []
+        given = token.encode("utf-8")
+        found = False
+        for known in tokens:  # no early exit: the time taken does not say which one matched
+            found |= hmac.compare_digest(given, known)
+        return found
+
+    def _check_basic(self, credentials: str) -> bool:
+        try:
+            user, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+        except (ValueError, binascii.Error):
+            return False
+        if not sep:
+            return False
+        users = self._passwords.get() or {}
+        stored = users.get(user)
+        if stored is None:
+            _derive("scrypt", password, b"\0" * 16)  # about the cost of a real check
+            return False
+        key = (user, stored, hashlib.sha256(password.encode("utf-8")).digest())
+        with self._verified_lock:
+            if key in self._verified:
+                return True
+        if not verify_password(password, stored):
+            return False
+        with self._verified_lock:
+            if len(self._verified) > 1000:
+                self._verified.clear()
+            self._verified[key] = True
+        return True
