@@ -288,7 +288,7 @@ def test_grandchildren_are_reaped_and_stopped(zsupd_factory):
     line = wait_for(lambda: d.call("read_output", pid=pid)["lines"])
     orphan = int(line[0]["data"])
     try:
-        assert psutil.Process(orphan).ppid() == d.proc.pid
+        wait_for(lambda: psutil.Process(orphan).ppid() == d.proc.pid, message="zsupd to adopt the orphan")
         assert d.stop() == 0
         wait_for(lambda: not alive(orphan), message="the adopted grandchild to be stopped")
     finally:

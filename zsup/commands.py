@@ -284,15 +284,4 @@ def read_output(d, pid: int, label: str | None = None, since: int = 0, limit: in
 
 
 # Commands that live in their own modules register themselves with @command on import.
-def _load_extensions() -> None:
-    import importlib
-
-    for module in ("zsup.task_commands", "zsup.agent_commands"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-
-
-_load_extensions()
+from . import agent_commands, task_commands  # noqa: E402,F401

@@ -109,6 +109,7 @@ class Daemon:
         self.plugins.load()
         self.manager.start()
         self._load_initial_jobs()
+        self._start_services()
         self._start_gateway()
         self._ready.set()
         self.plugins.start()
@@ -308,6 +309,14 @@ class Daemon:
         labels = [label] if label else list(dict.fromkeys(spec.redirect_output))
         return {"job": name, "log": settings.log, "format": settings.log_format,
                 "paths": {l: log_paths(name, l, settings) for l in labels}}
+
+    def _start_services(self) -> None:
+        """Tasks and agent processes: mark what a previous zsupd left unfinished, resume
+        unfinished agent set-ups."""
+        from . import agent_commands, task_commands
+
+        task_commands.service(self)
+        agent_commands.service(self)
 
     # ------------------------------------------------------------------ HTTP gateway
     def _start_gateway(self) -> None:

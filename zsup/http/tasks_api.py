@@ -1,0 +1,190 @@
+"""The task API (pulsar-rest-api) over HTTP: a WSGI app that speaks only bus commands.
+
+Mounted by the gateway (at /tasks); paths here are relative to the mount:
+
+    POST /<app>/<env>          action=...   -> {"taskId": N}
+    GET  /                     ?limit=&offset=  tasks, newest first (no output)
+    GET  /<id>                 the task with all its output to date
+    GET  /<id>/state           ?timeout=30&version=V  long-poll: {"changed": true, "task": ...}
+                               or {"changed": false} after the timeout
+    GET|POST /<id>/kill        stop the task; the task
+
+Errors: `{"error": {"code", "message"}}` with 400, 404, 405, 409, 503... (docs/tasks.md).
+
+The long-poll subscribes to `task.<id>.update` first, then reads the task's `version` (so no
+change falls between the two), and also re-reads the task every POLL_EVERY seconds: a new
+subscription takes a moment to reach zsupd (the bus's slow-joiner rule). With `version=V`
+the client says which version it has seen, and a task already past it answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+from webob import Request, Response
+
+from zsup.errors import BadRequest, NotFound, ZsupError
+
+HTTP_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403,
+               "unavailable": 503, "internal": 500, "method_not_allowed": 405}
+DEFAULT_WAIT = 30.0
+MAX_WAIT = 120.0
+POLL_EVERY = 0.5
+
+
+def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
+    resp = Response(status=status, content_type="application/json", charset="utf-8")
+    resp.body = (json.dumps(body, indent=None) + "\n").encode()
+    resp.cache_control = "no-store"
+    for key, value in (headers or {}).items():
+        resp.headers[key] = value
+    return resp
+
+
+def error_response(code: str, message: str, status: int | None = None, headers: dict | None = None) -> Response:
+    return json_response({"error": {"code": code, "message": message}}, status or HTTP_STATUS.get(code, 500),
+                         headers)
+
+
+class MethodNotAllowed(ZsupError):
+    code = "method_not_allowed"
+
+    def __init__(self, allowed: list[str]):
+        super().__init__(f"method not allowed here (allowed: {', '.join(allowed)})")
+        self.allowed = allowed
+
+
+def params(req: Request) -> dict:
+    """A request's parameters: a JSON object body, or form fields, with the query string."""
+    out = dict(req.GET.items())
+    if req.method in ("POST", "PUT"):
+        ctype = (req.content_type or "").lower()
+        body = req.body
+        if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")) or \
+                (ctype == "text/plain" and body.lstrip().startswith(b"{")):
+            try:
+                data = json.loads(body.decode("utf-8")) if body.strip() else {}
+            except (UnicodeDecodeError, ValueError) as exc:
+                raise BadRequest(f"body: not valid JSON ({exc})") from None
+            if not isinstance(data, dict):
+                raise BadRequest("body: expected a JSON object")
+            out.update(data)
+        else:
+            out.update(req.POST.items())
+    return out
+
+
+def mount_base(req: Request, public_base: Callable[[Request], str]) -> str:
+    """The absolute URL of the mount point. `public_base(req)` may give it whole, or only
+    the gateway's `scheme://host[:port]`: then the mount's path (SCRIPT_NAME) is added."""
+    base = public_base(req).rstrip("/")
+    script = req.script_name.rstrip("/")
+    if script and not base.endswith(script):
+        base += script
+    return base
+
+
+def check_method(req: Request, *allowed: str) -> None:
+    if req.method not in allowed and not (req.method == "HEAD" and "GET" in allowed):
+        raise MethodNotAllowed(list(allowed))
+
+
+def run(handler: Callable[[Request], Response], environ, start_response):
+    """Answer a request, turning any ZsupError (ours or zsupd's) into a JSON error."""
+    req = Request(environ)
+    try:
+        resp = handler(req)
+    except MethodNotAllowed as exc:
+        resp = error_response(exc.code, exc.message, 405, {"Allow": ", ".join(exc.allowed)})
+    except ZsupError as exc:
+        resp = error_response(exc.code, exc.message)
+    return resp(environ, start_response)
+
+
+def number(value, name: str, default: float, low: float, high: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{name}: expected a number, got {value!r}") from None
+    if result != result or result < low:
+        raise BadRequest(f"{name}: must be >= {low:g}")
+    return min(result, high)
+
+
+class TasksApp:
+    def __init__(self, gate, public_base: Callable[[Request], str]):
+        self.gate = gate
+        self.public_base = public_base
+
+    def __call__(self, environ, start_response):
+        return run(self.route, environ, start_response)
+
+    def route(self, req: Request) -> Response:
+        parts = [p for p in req.path_info.split("/") if p]
+        if not parts:
+            check_method(req, "GET")
+            return self.list(req)
+        if parts[0].isdigit() and len(parts) == 1:
+            check_method(req, "GET")
+            return json_response(self.gate.call("task_get", id=int(parts[0])))
+        if parts[0].isdigit() and len(parts) == 2 and parts[1] == "state":
+            check_method(req, "GET")
+            return self.state(req, int(parts[0]))
+        if parts[0].isdigit() and len(parts) == 2 and parts[1] == "kill":
+            check_method(req, "GET", "POST")
+            return json_response(self.gate.call("task_kill", id=int(parts[0])))
+        if len(parts) == 2:
+            check_method(req, "POST")
+            return self.create(req, parts[0], parts[1])
+        raise NotFound(f"no such resource: {req.path_info}")
+
+    def create(self, req: Request, app: str, env: str) -> Response:
+        action = params(req).get("action")
+        if not isinstance(action, str) or not action:
+            raise BadRequest("action: the process type to run is required")
+        task = self.gate.call("task_create", app=app, env=env, action=action)
+        base = mount_base(req, self.public_base)
+        return json_response({"taskId": task["id"], "status": task["status"], "url": f"{base}/{task['id']}",
+                              "state": f"{base}/{task['id']}/state"})
+
+    def list(self, req: Request) -> Response:
+        limit = int(number(req.GET.get("limit"), "limit", 20, 0, 500))
+        offset = int(number(req.GET.get("offset"), "offset", 0, 0, 2**62))
+        result = self.gate.call("task_list", limit=limit, offset=offset)
+        base = mount_base(req, self.public_base)
+        for task in result["tasks"]:
+            task["url"] = f"{base}/{task['id']}"
+        nxt = offset + limit
+        result["next"] = f"{base}/?limit={limit}&offset={nxt}" if nxt < result["total"] and limit else None
+        result["previous"] = f"{base}/?limit={limit}&offset={max(0, offset - limit)}" if offset else None
+        return json_response(result)
+
+    def state(self, req: Request, task_id: int) -> Response:
+        timeout = number(req.GET.get("timeout"), "timeout", DEFAULT_WAIT, 0, MAX_WAIT)
+        seen = req.GET.get("version")
+        deadline = time.monotonic() + timeout
+        with self.gate.subscribe([f"task.{task_id}.update"], maxsize=100) as sub:
+            task = self.gate.call("task_get", id=task_id, since_output=2**62)  # no output: just the version
+            if seen not in (None, ""):
+                baseline = int(number(seen, "version", 0, 0, 2**62))
+            else:
+                baseline = task["version"]
+            while task["version"] <= baseline:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return json_response({"changed": False})
+                event = sub.get(timeout=min(POLL_EVERY, remaining))
+                if event is not None and event.msg.get("version", 0) <= baseline:
+                    continue
+                task = self.gate.call("task_get", id=task_id, since_output=2**62)
+        return json_response({"changed": True, "task": self.gate.call("task_get", id=task_id)})
+
+
+def make_app(gate, public_base: Callable[[Request], str]) -> TasksApp:
+    """The task API as a WSGI app. `gate` is the gateway's BusGate (call, subscribe);
+    `public_base(req)` the absolute URL of the mount point, e.g. "http://127.0.0.1:5000/tasks"."""
+    return TasksApp(gate, public_base)
