@@ -313,10 +313,11 @@ class Daemon:
     def _start_services(self) -> None:
         """Tasks and agent processes: mark what a previous zsupd left unfinished, resume
         unfinished agent set-ups."""
-        from . import agent_commands, task_commands
+        from .agent import AgentService
+        from .tasks import TaskService
 
-        task_commands.service(self)
-        agent_commands.service(self)
+        self.tasks = TaskService(self)
+        self.agent = AgentService(self)
 
     # ------------------------------------------------------------------ HTTP gateway
     def _start_gateway(self) -> None:

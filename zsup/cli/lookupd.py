@@ -22,6 +22,8 @@ import threading
 
 from .. import __version__
 from ..lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
+from .daemonize import daemonize, setup_logging
+from .daemonize import pidfile as write_pidfile
 
 DEFAULT_BIND = "127.0.0.1:5010"
 PROG = "zsup-lookupd"
@@ -99,8 +101,6 @@ def build_server(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .zsupd import daemonize, setup_logging
-
     args = build_parser().parse_args(argv)
     try:
         server, _ = build_server(args)
@@ -126,28 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
     try:
-        if pidfile:
-            with open(pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        for address in server.addresses:
-            scheme = "https" if args.certfile else "http"
-            where = str(address) if address.is_unix else f"{scheme}://{address}"
-            log.info("%s %s listening on %s (ttl %gs%s)", PROG, __version__, where, args.ttl,
-                     ", tokens required" if args.tokens_file else "")
-        while not stop.wait(1.0):
-            pass
-        log.info("%s stopping", PROG)
+        with write_pidfile(pidfile):
+            serve(server, args, stop)
         return 0
     except OSError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     finally:
         server.stop()
-        if pidfile:
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
+
+
+def serve(server, args, stop: threading.Event) -> None:
+    for address in server.addresses:
+        scheme = "https" if args.certfile else "http"
+        where = str(address) if address.is_unix else f"{scheme}://{address}"
+        log.info("%s %s listening on %s (ttl %gs%s)", PROG, __version__, where, args.ttl,
+                 ", tokens required" if args.tokens_file else "")
+    while not stop.wait(1.0):
+        pass
+    log.info("%s stopping", PROG)
 
 
 if __name__ == "__main__":

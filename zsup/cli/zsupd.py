@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import logging.handlers
 import os
 import sys
 
 from .. import __version__
 from ..config import load_config, parse_config
 from ..errors import ZsupError
+from .daemonize import daemonize, setup_logging
+from .daemonize import pidfile as write_pidfile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,32 +49,6 @@ def read_config(args):
     return config, overrides
 
 
-def daemonize() -> None:
-    """Classic double fork: the daemon is no session leader and never gets a terminal back."""
-    if os.fork():
-        os._exit(0)
-    os.setsid()
-    if os.fork():
-        os._exit(0)
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-def setup_logging(verbose: int, log_file: str | None) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO
-    if log_file:
-        # zsupd's own log follows the rules of the jobs' logs: bounded, rotated, reopenable
-        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=10)
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -96,19 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         http = {"bind": bind, "certfile": args.certfile, "keyfile": args.keyfile, "backlog": args.backlog}
     daemon = Daemon(config, overrides, verbose=args.verbose, http_bind=http)
     try:
-        if pidfile:
-            with open(pidfile, "w") as f:
-                f.write(f"{os.getpid()}\n")
-        return daemon.run()
+        with write_pidfile(pidfile):
+            return daemon.run()
     except ZsupError as exc:
         print(f"zsupd: error: {exc.message}", file=sys.stderr)
         return 1
-    finally:
-        if pidfile:
-            try:
-                os.unlink(pidfile)
-            except OSError:
-                pass
 
 
 if __name__ == "__main__":
