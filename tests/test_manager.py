@@ -401,3 +401,18 @@ def test_spawning_while_other_threads_are_busy(manager, recorder):
         stop.set()
         for t in threads:
             t.join()
+
+
+def test_uid_and_gid(manager, recorder):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    if os.geteuid() != 0:
+        with pytest.raises(BadRequest, match="^uid: only root"):
+            manager.load({"name": "who", "cmd": "id", "uid": "nobody"})
+        return
+    manager.load({"name": "who", "cmd": "id", "args": ["-u"], "uid": "nobody", "gid": nobody.pw_gid,
+                  "numprocesses": 0})
+    pid = manager.commit("who")
+    wait_for(lambda: recorder.find(".who.exit"))
+    assert recorder.output(pid) == f"{nobody.pw_uid}\n".encode()
