@@ -167,7 +167,13 @@ class GatewayApp:
                 if sub is not None:
                     req.script_name += prefix
                     req.path_info = path[len(prefix):]
-                    return sub(environ, start_response)
+                    # A mounted app may hold its thread (the task long-poll waits up to its
+                    # timeout): it takes a stream slot so REST keeps its reserved threads.
+                    release = self.acquire_stream()
+                    try:
+                        return sub(environ, start_response)
+                    finally:
+                        release()
         route, params, allowed = api.resolve(req.method, path)
         if route is None:
             if allowed:
