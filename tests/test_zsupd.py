@@ -351,3 +351,16 @@ def test_stats_are_published_only_while_someone_subscribes(zsupd_factory):
             if ev is not None:
                 seen.append(ev.topic)
         assert not [t for t in seen if t.startswith("stats.")]
+
+
+def test_grandchildren_die_too_when_zsupd_is_sigkilled(zsupd_factory):
+    d = zsupd_factory("[process:family]\ncmd = sh -c 'sleep 300 & echo $!; wait'\n")
+    pid = d.call("pids", name="family")[0]
+    grandchild = int(wait_for(lambda: d.call("read_output", pid=pid)["lines"])[0]["data"])
+    child = d.call("get_process", pid=pid)["os_pid"]
+    try:
+        d.proc.kill()
+        d.proc.wait(10)
+        wait_for(lambda: not alive(child) and not alive(grandchild), message="the whole family to die")
+    finally:
+        kill_tree([child, grandchild])

@@ -107,6 +107,11 @@ class Daemon:
         self.plugins = PluginHost(PluginContext(self.bus.endpoints["router"][0], self.bus.endpoints["pub"][0],
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
         self.plugins.load()
+        from .guard import OrphanGuard
+
+        self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
+        self.manager.ignore_child(self.guard.start())
+        self.events.subscribe("proc.", self.guard.on_event)
         self.manager.start()
         self._load_initial_jobs()
         self._start_services()
@@ -126,6 +131,7 @@ class Daemon:
         self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
         self.plugins.stop()
         self.manager.stop()
+        self.guard.stop()
         self.webhooks.stop()
         self.log_writer.stop()
         self.bus.stop()
