@@ -3,6 +3,7 @@
 import os
 import signal
 import sys
+import threading
 import time
 
 import psutil
@@ -22,6 +23,21 @@ def wait_for(condition, timeout=10.0, interval=0.005, message="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def readline_within(stream, timeout=15.0, message="a line"):
+    """stream.readline(), failing with a clear message (not a hang) if no line comes in time.
+
+    The read runs in a daemon thread: on timeout it stays blocked until the caller kills the
+    process at the other end of the pipe (EOF ends it).
+    """
+    result = []
+    reader = threading.Thread(target=lambda: result.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if reader.is_alive():
+        raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    return result[0]
 
 
 def alive(os_pid):

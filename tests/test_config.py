@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from conftest import readline_within
 from zsup.config import ConfigError, DaemonConfig, load_config, parse_config
 from zsup.errors import BadRequest
 from zsup.flapping import FlappingRule
@@ -308,7 +309,7 @@ def run_example(name, **kw):
 def test_example_dummy_greets_and_stops_cleanly_on_sigterm():
     proc = run_example("dummy.py")
     try:
-        first = proc.stdout.readline().decode()
+        first = readline_within(proc.stdout, message="dummy.py's greeting").decode()
         assert first == f"hello, dummy (pid: {proc.pid}) is alive\n"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -323,7 +324,7 @@ def test_example_echo_echoes_lines():
     try:
         proc.stdin.write(b"hello\n")
         proc.stdin.flush()
-        assert proc.stdout.readline() == b"hello\n"  # flushed at once, not at exit
+        assert readline_within(proc.stdout, message="the echo") == b"hello\n"  # flushed at once, not at exit
         proc.stdin.write(b"second line\n")
         proc.stdin.close()
         assert proc.stdout.read() == b"second line\n"

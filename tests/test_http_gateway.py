@@ -9,7 +9,8 @@ import time
 import pytest
 
 from conftest import wait_for
-from test_http_support import GW, echo_job, gw, read_until, start_gateway, ticker_job  # noqa: F401
+from test_http_support import (GW, LineReader, echo_job, gw, read_until, sse_blocks, start_gateway,  # noqa: F401
+                               ticker_job, until_job_event)
 from zsup.http.routes_api import api
 
 
@@ -249,11 +250,15 @@ def test_watch_streams_events(gw):
     conn.request("GET", "/watch/job.default.echo?feed=eventsource")
     resp = conn.getresponse()
     assert resp.status == 200
-    # the slow joiner: load until the create event shows up
-    wait_for(lambda: gw.post("/jobs/default", echo_job()).status == 201)
-    text = read_until(resp, lambda t: b"event: job.default.echo.create" in t and t.endswith(b"\n\n"))
-    data = [line for line in text.decode().splitlines() if line.startswith("data: ")][-1]
-    assert json.loads(data[6:])["msg"]["event"] == "create"
+    reader = LineReader(resp)
+
+    def created(text):
+        return [b for b in sse_blocks(text) if b.get("event") == "job.default.echo.create"]
+
+    # the slow joiner: load (and unload) until the create event shows up
+    until_job_event(gw, reader, created)
+    block = created(reader.text)[0]
+    assert json.loads(block["data"])["msg"]["event"] == "create"
     conn.close()
 
 
@@ -269,8 +274,10 @@ def test_zsupd_down_is_503_and_gateway_recovers(gw):
     conn = gw.connection()
     conn.request("GET", "/watch/job.")
     resp = conn.getresponse()
-    wait_for(lambda: gw.post("/jobs/default", echo_job()).status == 201)
-    assert b"job.default.echo.create" in read_until(resp, lambda t: b"create" in t)
+    assert resp.status == 200
+    # the SUB socket reconnects (and the subscription reaches the new zsupd) a moment after
+    # zsupd answers again: load (and unload) until the create event shows up
+    until_job_event(gw, LineReader(resp), lambda t: b"job.default.echo.create" in t)
     conn.close()
 
 

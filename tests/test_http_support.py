@@ -118,3 +118,73 @@ def read_until(resp, predicate, limit=1 << 20):
         text += line
         assert len(text) < limit
     return text
+
+
+class LineReader:
+    """Reads a streaming response's lines in a background thread, so a test can wait for
+    what came with a deadline (and keep triggering events meanwhile) instead of blocking."""
+
+    def __init__(self, resp):
+        import threading
+
+        self.resp = resp
+        self._lock = threading.Lock()
+        self._text = b""
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            while True:
+                line = self.resp.readline()
+                if not line:
+                    return
+                with self._lock:
+                    self._text += line
+        except Exception:  # closed under us, or timed out: the waits below fail with the text
+            return
+
+    @property
+    def text(self):
+        with self._lock:
+            return self._text
+
+    def wait(self, predicate, timeout):
+        """True once predicate(text so far) holds, False after `timeout` seconds."""
+        try:
+            wait_for(lambda: predicate(self.text), timeout=timeout, interval=0.01)
+            return True
+        except AssertionError:
+            return False
+
+
+def sse_blocks(text):
+    """The complete blocks of an SSE text, each as {field: value} (the last value wins)."""
+    blocks = []
+    for block in text.decode().split("\n\n")[:-1]:
+        fields = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(": ")
+            fields[key] = value
+        blocks.append(fields)
+    return blocks
+
+
+def until_job_event(gw, reader, predicate, job=None, timeout=30):
+    """The slow joiner: a new subscription misses what is published before it reaches zsupd.
+    Load (and unload) a job again and again until predicate(reader's text) holds."""
+    job = job or echo_job()
+
+    def seen():
+        a = gw.post("/jobs/default", job)
+        assert a.status == 201, a
+        if reader.wait(predicate, timeout=1.0):
+            return True
+        a = gw.request("DELETE", f"/jobs/default/{job['name']}")
+        assert a.status == 200, a
+        return False
+
+    try:
+        wait_for(seen, timeout=timeout, interval=0.01, message="the job's event on the stream")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the stream had {reader.text[-500:]!r}") from None

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from conftest import PYTHON, ROOT, alive, kill_tree, wait_for
+from conftest import PYTHON, ROOT, alive, kill_tree, readline_within, wait_for
 from zsup.errors import BadRequest, Conflict, NotFound
 
 
@@ -366,7 +366,7 @@ def test_no_orphans_when_supervisor_is_sigkilled(tmp_path):
     sup = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True)
     pids = []
     try:
-        pids = [int(p) for p in sup.stdout.readline().split()]
+        pids = [int(p) for p in readline_within(sup.stdout, message="the supervisor's child pids").split()]
         assert len(pids) == 4 and all(alive(p) for p in pids)
         # the death signal is armed once setpriv has exec'd the real program
         wait_for(lambda: all("setpriv" not in (psutil.Process(p).cmdline() or ["setpriv"])[0] for p in pids))

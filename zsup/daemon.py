@@ -118,9 +118,12 @@ class Daemon:
         self._start_gateway()
         self._ready.set()
         self.plugins.start()
-        from .lookup_client import LookupRegistrar
-        self.registrar = LookupRegistrar(self)
-        self.registrar.start()
+        self.registrar = None
+        if self.settings.get("lookupd_addresses"):
+            from .lookup_client import LookupRegistrar  # urllib and ssl only when needed
+
+            self.registrar = LookupRegistrar(self)
+            self.registrar.start()
         self.events.publish("sys.start", {"event": "start", "pid": os.getpid(), "state_dir": self.state_dir})
         log.info("zsupd started: bus %s, events %s", ", ".join(self.bus.endpoints["router"]),
                  ", ".join(self.bus.endpoints["pub"]))

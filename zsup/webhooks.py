@@ -11,7 +11,6 @@ import json
 import logging
 import queue
 import threading
-import urllib.request
 
 from .events import topic_matches
 
@@ -76,6 +75,8 @@ class Webhooks:
                         log.warning("webhook queue full: %d events dropped so far", self.dropped)
 
     def _run(self) -> None:
+        import urllib.request  # only in the webhook thread: zsupd without hooks never loads it
+
         while True:
             item = self._queue.get()
             if item is None:

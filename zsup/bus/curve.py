@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
 from zsup.errors import ZsupError
 
@@ -33,6 +31,8 @@ def generate_keypair(directory: str, name: str) -> tuple[str, str]:
     if not os.path.isdir(directory):
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
+    import zmq.auth  # imported when used: it pulls in asyncio, a few MB zsupd rarely needs
+
     public_file, secret_file = zmq.auth.create_certificates(directory, name)
     os.chmod(secret_file, 0o600)
     return str(public_file), str(secret_file)
@@ -41,6 +41,8 @@ def generate_keypair(directory: str, name: str) -> tuple[str, str]:
 def load_keys(path: str) -> tuple[bytes, bytes | None]:
     """(public, secret) keys from a certificate file; secret is None for a public `.key` file."""
     try:
+        import zmq.auth
+
         return zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ZsupError(f"cannot load CURVE keys from {path}: {exc}") from None
@@ -86,12 +88,15 @@ def configure_client_socket(sock: zmq.Socket, curve: dict) -> None:
     sock.curve_serverkey = _key(curve, "server_key")
 
 
-def start_authenticator(context: zmq.Context, authorized_keys_dir: str | None) -> ThreadAuthenticator:
+def start_authenticator(context: zmq.Context, authorized_keys_dir: str | None):
     """Start the ZAP handler that decides which CURVE clients get in.
 
     Keys in `authorized_keys_dir` are read once, here: adding a client key means restarting
     the bus (or building a new authenticator).
     """
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
     if authorized_keys_dir is not None and not os.path.isdir(authorized_keys_dir):
         raise ZsupError(f"CURVE authorized_keys_dir {authorized_keys_dir} is not a directory")
     auth = ThreadAuthenticator(context)
