@@ -11,14 +11,10 @@ run-time job, zsupd's store restores it after a restart of zsupd.
 Files: `<state_dir>/agent/<slug>/archive` (the download) and `<state_dir>/agent/<slug>/app/`
 (the unpacked tree). Delete unloads the job and removes that folder.
 
-Unpacking trusts nothing in the archive: members are checked one by one (tar and zip alike,
-without relying on tarfile's filters): no absolute path, no `..`, no device, FIFO or other
-special file, nothing written through a link, at most MAX_MEMBERS members and
-`agent_max_unpacked` bytes, counted while writing rather than read from headers. Regular
-files and folders come first; symbolic links are made last, each checked (its folder and its
-target, resolved with realpath) to stay inside, and every link is checked again once all are
-made, since a later link can change what an earlier one resolves to. Any failure removes the
-whole unpacked tree and the record ends in state `failed` with a `reason`.
+Fetching and unpacking live in zsup/archive.py (its docstring says what the unpacking checks
+and why: no path leaving the folder, no link out, size limits, no devices); it is imported by
+the worker only, so zsupd's start does not load urllib.request, ssl, tarfile or zipfile. Any
+failure removes the whole unpacked tree and the record ends in state `failed` with a `reason`.
 
 Every change publishes `agent.<slug>.update` with the status.
 """
@@ -31,13 +27,8 @@ import logging
 import os
 import re
 import shutil
-import stat
-import tarfile
 import threading
 import time
-import urllib.error
-import urllib.request
-import zipfile
 
 from .errors import BadRequest, Conflict, NotFound, ZsupError
 from .procfile import Procfile
@@ -66,9 +57,6 @@ PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
 TYPE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,99}$")
 ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 BUSY = ("pending", "downloading", "unpacking", "starting")
-DOWNLOAD_TIMEOUT = 30.0
-MAX_MEMBERS = 10000
-CHUNK = 64 * 1024
 
 
 class SetupFailed(Exception):
@@ -229,7 +217,9 @@ class AgentService:
         thread.start()
 
     def _setup(self, slug: str, cancelled: threading.Event) -> None:
-        base, archive, target = self.paths(slug)
+        from . import archive  # here, not at the top: it loads urllib, tarfile, zipfile
+
+        base, archive_path, target = self.paths(slug)
         try:
             record = self._record(slug)
             if record is None:
@@ -237,10 +227,10 @@ class AgentService:
             shutil.rmtree(base, ignore_errors=True)  # what an interrupted setup left
             os.makedirs(base, mode=0o700)
             self._step(slug, cancelled, "downloading")
-            self.download(record["source_url"], archive, cancelled)
+            archive.fetch(record["source_url"], archive_path, self.max_download, cancelled)
             self._step(slug, cancelled, "unpacking")
-            root = self.unpack(archive, target, cancelled)
-            os.unlink(archive)
+            root = archive.unpack(archive_path, target, self.max_unpacked, cancelled)
+            os.unlink(archive_path)
             self._step(slug, cancelled, "starting")
             config = self.job_config(record, root)
             with self.lock:
@@ -250,14 +240,14 @@ class AgentService:
                 self.d.manager.load(config, start=True)
                 self.d.remember(config["session"] + "." + config["name"])
                 self._set_state(slug, "running")
-        except Cancelled:
+        except (Cancelled, archive.Cancelled):
             shutil.rmtree(base, ignore_errors=True)
-        except (SetupFailed, ZsupError) as exc:
+        except (SetupFailed, archive.ArchiveError, ZsupError) as exc:
             reason = exc.message if isinstance(exc, ZsupError) else str(exc)
             log.warning("agent process %s failed: %s", slug, reason)
             shutil.rmtree(target, ignore_errors=True)
             try:
-                os.unlink(archive)
+                os.unlink(archive_path)
             except OSError:
                 pass
             if not cancelled.is_set():
@@ -280,66 +270,6 @@ class AgentService:
             raise Cancelled()
         self._set_state(slug, state)
 
-    def download(self, url: str, path: str, cancelled: threading.Event) -> None:
-        if not url.lower().startswith(("http://", "https://")):
-            raise SetupFailed(f"source_url: only http:// and https:// URLs are supported, not {url!r}")
-        limit = self.max_download
-        request = urllib.request.Request(url, headers={"User-Agent": "zsup-agent"})
-        try:
-            with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT) as response:
-                length = response.headers.get("Content-Length")
-                if length and length.isdigit() and int(length) > limit:
-                    raise SetupFailed(f"download: archive is {length} bytes, over the limit of {limit}")
-                size = 0
-                with open(path, "wb") as f:
-                    while True:
-                        if cancelled.is_set():
-                            raise Cancelled()
-                        chunk = response.read(CHUNK)
-                        if not chunk:
-                            break
-                        size += len(chunk)
-                        if size > limit:
-                            raise SetupFailed(f"download: archive over the limit of {limit} bytes")
-                        f.write(chunk)
-        except urllib.error.HTTPError as exc:
-            raise SetupFailed(f"download: {url} answered {exc.code} {exc.reason}") from None
-        except urllib.error.URLError as exc:
-            raise SetupFailed(f"download: cannot fetch {url}: {exc.reason}") from None
-        except (OSError, ValueError) as exc:
-            raise SetupFailed(f"download: cannot fetch {url}: {exc}") from None
-
-    # ------------------------------------------------------------------ unpacking
-    def unpack(self, archive: str, target: str, cancelled: threading.Event) -> str:
-        """Unpack into target; return the app's root (target, or its one top folder)."""
-        os.makedirs(target, mode=0o700)
-        unpacker = _Unpacker(target, self.max_unpacked, cancelled)
-        if zipfile.is_zipfile(archive):
-            try:
-                with zipfile.ZipFile(archive) as zf:
-                    unpacker.zip(zf)
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
-                raise SetupFailed(f"archive: bad zip file: {exc}") from None
-        else:
-            try:
-                tf = tarfile.open(archive, "r:*")
-            except (tarfile.TarError, OSError, EOFError):
-                raise SetupFailed("archive: not an archive (expected tar, tar.gz, tar.bz2, tar.xz or zip)") from None
-            try:
-                with tf:
-                    unpacker.tar(tf)
-            except (tarfile.TarError, OSError, EOFError, zipfile.error) as exc:
-                raise SetupFailed(f"archive: bad tar file: {exc}") from None
-        unpacker.finish()
-        if os.path.isfile(os.path.join(target, "Procfile")):
-            return target
-        entries = os.listdir(target)
-        if len(entries) == 1:
-            only = os.path.join(target, entries[0])
-            if os.path.isdir(only) and not os.path.islink(only) and os.path.isfile(os.path.join(only, "Procfile")):
-                return only
-        raise SetupFailed("archive: no Procfile at its root")
-
     def job_config(self, record: dict, root: str) -> dict:
         procfile = os.path.join(root, "Procfile")
         if os.path.islink(procfile):
@@ -358,153 +288,3 @@ class AgentService:
                       "ZSUP_AGENT_NODE": record["node"]}
         return job
 
-
-class _Unpacker:
-    """Writes archive members into `target`, checking each (see the module docstring)."""
-
-    def __init__(self, target: str, limit: int, cancelled: threading.Event):
-        self.target = os.path.realpath(target)
-        self.limit = limit
-        self.cancelled = cancelled
-        self.total = 0
-        self.count = 0
-        self.links: list[tuple[str, str]] = []  # (relative path, link target), made last
-        self.files: set[str] = set()
-
-    # -- paths
-    def relative(self, name: str) -> str:
-        clean = name.replace("\\", "/")
-        if clean.startswith("/") or re.match(r"^[A-Za-z]:", clean):
-            raise SetupFailed(f"archive: absolute path {name!r}")
-        parts = [p for p in clean.split("/") if p not in ("", ".")]
-        if ".." in parts:
-            raise SetupFailed(f"archive: path {name!r} leaves the folder")
-        if any("\0" in p for p in parts):
-            raise SetupFailed(f"archive: bad path {name!r}")
-        return "/".join(parts)
-
-    def inside(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == self.target or real.startswith(self.target + os.sep)
-
-    def dest(self, rel: str) -> str:
-        """Where a member goes: its folder must resolve inside, and it must not be a link."""
-        path = os.path.join(self.target, rel)
-        if not self.inside(os.path.dirname(path)):
-            raise SetupFailed(f"archive: {rel!r} would be written through a link")
-        if os.path.islink(path):
-            raise SetupFailed(f"archive: {rel!r} would be written through a link")
-        return path
-
-    def counted(self) -> None:
-        self.count += 1
-        if self.count > MAX_MEMBERS:
-            raise SetupFailed(f"archive: more than {MAX_MEMBERS} members")
-        if self.cancelled.is_set():
-            raise Cancelled()
-
-    # -- writing
-    def mkdir(self, rel: str) -> None:
-        if not rel:
-            return
-        path = self.dest(rel)
-        if os.path.lexists(path) and not os.path.isdir(path):
-            raise SetupFailed(f"archive: {rel!r} is both a file and a folder")
-        os.makedirs(path, mode=0o755, exist_ok=True)
-        if not self.inside(path):
-            raise SetupFailed(f"archive: {rel!r} leaves the folder")
-
-    def write(self, rel: str, source, mode: int) -> None:
-        if not rel:
-            raise SetupFailed("archive: a file without a name")
-        parent = os.path.dirname(rel)
-        if parent:
-            self.mkdir(parent)
-        path = self.dest(rel)
-        if os.path.isdir(path):
-            raise SetupFailed(f"archive: {rel!r} is both a folder and a file")
-        if os.path.lexists(path):
-            os.unlink(path)  # a later member of the same name wins, as with tar
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            while True:
-                chunk = source.read(CHUNK)
-                if not chunk:
-                    break
-                self.total += len(chunk)
-                if self.total > self.limit:
-                    raise SetupFailed(f"archive: unpacked size over the limit of {self.limit} bytes")
-                f.write(chunk)
-        os.chmod(path, (mode & 0o755) | 0o600)
-        self.files.add(rel)
-
-    def link(self, rel: str, target: str) -> None:
-        if not rel:
-            raise SetupFailed("archive: a link without a name")
-        if not target or target.startswith("/") or "\0" in target:
-            raise SetupFailed(f"archive: link {rel!r} points outside the folder ({target!r})")
-        self.links.append((rel, target))
-
-    def finish(self) -> None:
-        """Make the links, each checked when made and all checked again at the end."""
-        for rel, target in self.links:
-            parent = os.path.dirname(rel)
-            if parent:
-                self.mkdir(parent)
-            path = self.dest(rel)
-            if os.path.lexists(path):
-                raise SetupFailed(f"archive: link {rel!r} would replace another member")
-            if not self.inside(os.path.join(os.path.dirname(path), target)):
-                raise SetupFailed(f"archive: link {rel!r} points outside the folder ({target!r})")
-            os.symlink(target, path)
-            if not self.inside(path):
-                raise SetupFailed(f"archive: link {rel!r} points outside the folder ({target!r})")
-        for rel, target in self.links:
-            if not self.inside(os.path.join(self.target, rel)):
-                raise SetupFailed(f"archive: link {rel!r} points outside the folder ({target!r})")
-
-    # -- formats
-    def tar(self, tf: tarfile.TarFile) -> None:
-        while True:
-            member = tf.next()
-            if member is None:
-                break
-            self.counted()
-            rel = self.relative(member.name)
-            if member.isdir():
-                self.mkdir(rel)
-            elif member.isreg():
-                source = tf.extractfile(member)
-                with source:
-                    self.write(rel, source, member.mode)
-            elif member.issym():
-                self.link(rel, member.linkname)
-            elif member.islnk():
-                # A hard link names an earlier member: copy it (a hard link could reach a
-                # file outside through the same inode otherwise).
-                other = self.relative(member.linkname)
-                if other not in self.files:
-                    raise SetupFailed(f"archive: hard link {rel!r} to {member.linkname!r}, not an earlier file")
-                with open(os.path.join(self.target, other), "rb") as source:
-                    self.write(rel, source, member.mode)
-            else:
-                raise SetupFailed(f"archive: {rel or member.name!r} is a device, FIFO or other special file")
-
-    def zip(self, zf: zipfile.ZipFile) -> None:
-        for info in zf.infolist():
-            self.counted()
-            rel = self.relative(info.filename)
-            mode = info.external_attr >> 16
-            kind = stat.S_IFMT(mode)
-            if info.is_dir():
-                self.mkdir(rel)
-            elif kind == stat.S_IFLNK:
-                if info.file_size > 4096:
-                    raise SetupFailed(f"archive: link {rel!r} has an over-long target")
-                with zf.open(info) as source:
-                    self.link(rel, source.read(4097).decode("utf-8", "replace"))
-            elif kind in (0, stat.S_IFREG):
-                with zf.open(info) as source:
-                    self.write(rel, source, mode or 0o644)
-            else:
-                raise SetupFailed(f"archive: {rel!r} is a device, FIFO or other special file")
