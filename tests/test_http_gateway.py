@@ -235,6 +235,8 @@ def test_feeds_heartbeat_last_event_id_and_exit(gw):
 
     # the process exits: the open continuous stream ends after its last line
     gw.post(f"/streams/{pid}/stdin", b"last\n")
+    # echo.py stops at once on SIGTERM: let it echo the line before it is stopped
+    wait_for(lambda: gw.get(f"/streams/{pid}/stdout?since=7").body == b"last\n", message="'last' echoed")
     gw.request("DELETE", f"/processes/{pid}")
     rest = resp.read()  # returns only when the chunked answer ends
     assert rest.replace(b"\n", b"") in (b"last", b"")

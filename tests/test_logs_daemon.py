@@ -72,7 +72,7 @@ def test_unwritable_log_folder_never_stops_supervision(zsupd_factory, tmp_path):
     wait_for(lambda: d.call("read_output", pid=pid)["last_seq"] > 5)
     d.call("stop_process", pid=pid)
     wait_for(lambda: [p for p in d.call("pids", name="talk") if p != pid])
-    assert "log files" in d.log()
+    wait_for(lambda: "log files" in d.log(), message="the log-files error in zsupd's log")
     blocker.unlink()  # space comes back: writing resumes by itself
     path = d.call("log_paths", name="talk", label="stdout")["paths"]["stdout"][0]
     wait_for(lambda: os.path.exists(path) and b"tick" in open(path, "rb").read(), timeout=15)

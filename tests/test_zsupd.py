@@ -14,7 +14,7 @@ import zmq
 
 from conftest import PYTHON, ROOT, alive, kill_tree, wait_for
 from zsup.bus.client import Client, Subscriber
-from zsup.errors import BadRequest, NotFound
+from zsup.errors import BadRequest, NotFound, Unavailable
 
 SLEEP = "[process:{name}]\ncmd = sleep 300\nnumprocesses = {n}\n"
 
@@ -252,7 +252,8 @@ def test_slow_subscriber_does_not_slow_supervision(zsupd_factory):
                 assert c.call("ping") == "pong"
             pid = c.call("pids", name="web")[0]
             os.kill(c.call("get_process", pid=pid)["os_pid"], signal.SIGKILL)
-            wait_for(lambda: [p for p in c.call("pids", name="web") if p != pid], timeout=5)
+            wait_for(lambda: [p for p in c.call("pids", name="web") if p != pid], timeout=15,
+                     message="the killed process to be replaced")
             chatty = c.call("pids", name="chatty")[0]
             seq = c.call("read_output", pid=chatty, limit=1)["last_seq"]
             wait_for(lambda: c.call("read_output", pid=chatty, limit=1)["last_seq"] > seq + 10000)
@@ -309,8 +310,15 @@ def test_daemon_mode_pidfile_and_verbose_output(tmp_path):
     assert rc == 0  # the foreground process returns at once
     pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
     try:
-        with Client(f"ipc://{state}/zsupd.sock", timeout=1) as c:
-            wait_for(lambda: c.call("ping") == "pong")
+        # the pid file comes before the bus answers (and ping waits for the jobs to be loaded)
+        def answers():
+            try:
+                with Client(f"ipc://{state}/zsupd.sock", timeout=1) as c:
+                    return c.call("ping") == "pong"
+            except Unavailable:
+                return False
+
+        wait_for(answers, timeout=20, interval=0.05, message="the daemon to answer ping")
         assert psutil.Process(pid).ppid() != os.getpid()  # detached from us
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not alive(pid), timeout=20)
