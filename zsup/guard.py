@@ -32,6 +32,7 @@ class OrphanGuard:
         self._lock = threading.Lock()
         self._live: set[int] = set()
         self._fd = -1
+        self._size = 0  # bytes in the list file, counted here rather than asked of the kernel
         self._pipe_w = -1
         self._proc: subprocess.Popen | None = None
 
@@ -63,8 +64,8 @@ class OrphanGuard:
             if self._fd < 0:
                 return
             (self._live.add if alive else self._live.discard)(pgid)
-            os.write(self._fd, line.encode())
-            if os.fstat(self._fd).st_size > COMPACT_AT:
+            self._size += os.write(self._fd, line.encode())
+            if self._size > COMPACT_AT:
                 self._compact()
 
     def _compact(self) -> None:
@@ -75,6 +76,7 @@ class OrphanGuard:
         os.replace(tmp, self.path)
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self._size = os.fstat(self._fd).st_size
 
     def stop(self) -> None:
         """A clean stop: zsupd stopped its children itself; the guard just exits."""

@@ -247,6 +247,7 @@ class _Marker:
         self.done = threading.Event()
 
 
+FORMAT_SLICE = 2048
 _LINE_FMT = b"%s%d %s\n".__mod__
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
 
@@ -512,7 +513,13 @@ class LogWriter:
             if len(lines) == 1:
                 chunk = _LINE_FMT((prefix, seq, lines[0]))
             else:
-                chunk = b"".join(map(_LINE_FMT, zip(repeat(prefix), range(seq, seq + len(lines)), lines)))
+                # Formatted in slices: one C-level join over a 1 MiB read would hold the GIL for
+                # tens of milliseconds and stall the IO and supervisor threads meanwhile.
+                parts = []
+                for i in range(0, len(lines), FORMAT_SLICE):
+                    part = lines[i:i + FORMAT_SLICE]
+                    parts.append(b"".join(map(_LINE_FMT, zip(repeat(prefix), range(seq + i, seq + i + len(part)), part))))
+                chunk = b"".join(parts)
         else:
             text = data.decode("utf-8", "replace")
             lines = text.split("\n")

@@ -8,6 +8,7 @@ Writes to stdin never block: what a child does not read yet waits in a bounded b
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 from typing import Callable
@@ -19,7 +20,10 @@ from .process import Process
 
 log = logging.getLogger(__name__)
 
-READ_SIZE = 256 * 1024
+READ_SIZE = 1024 * 1024
+PIPE_DEFAULT = 64 * 1024
+PIPE_CHATTY = 1024 * 1024
+F_SETPIPE_SZ = 1031
 STDIN_BUFFER_LIMIT = 1024 * 1024
 
 # on_lines(process, stream, first_seq, count, payload)
@@ -32,6 +36,7 @@ class PipeReader:
         self.on_lines = on_lines
         self._owner: dict[int, tuple[Process, OutputStream]] = {}
         self._stdin: dict[int, bytearray] = {}  # stdin fd -> pending bytes
+        self._grown: set[int] = set()
 
     # -- called from any thread ---------------------------------------------------------------
     def add(self, proc: Process) -> None:
@@ -72,12 +77,25 @@ class PipeReader:
             if not data:
                 self._eof(fd)
                 return
+            if len(data) >= PIPE_DEFAULT and fd not in self._grown:
+                self._grow(fd)
             for first, count, payload in stream.feed(data):
                 self.on_lines(proc, stream, first, count, payload)
             if once and len(data) < READ_SIZE:
                 return
 
+    def _grow(self, fd: int) -> None:
+        """A read that found the pipe full: this child is chatty, so give its pipe 1 MiB.
+        Fewer, larger reads cut the per-line cost; quiet children keep the default 64 KiB
+        (pipe memory counts against a per-user limit, so not every pipe gets it)."""
+        self._grown.add(fd)
+        try:
+            fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_CHATTY)
+        except OSError:
+            pass  # over the user's pipe budget or pipe-max-size: the default size works too
+
     def _eof(self, fd: int) -> None:
+        self._grown.discard(fd)
         proc, stream = self._owner.pop(fd)
         self.loop.remove_reader(fd)
         os.close(fd)

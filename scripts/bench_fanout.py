@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Scenario 6, fan-out (zsup only): 200 concurrent `feed=eventsource` clients of the HTTP
+gateway on one chatty process.
+
+zsupd runs one job printing 5,000 lines/s (50 lines every 10 ms); the gateway runs as its own
+process (`python -m zsup.cli.http_gateway --bus ... --pub ... --bind 127.0.0.1:PORT`); 200
+clients (non-blocking sockets in one thread, HTTP/1.0) read
+`GET /streams/<pid>/stdout?feed=eventsource` for 5 s (3 in quick mode) after a 1 s warm-up.
+Counted: `data:` lines per client. Reported: lines/s delivered to each client (median and the
+slowest), to all together, what the child produced, and the gateway's RSS and CPU.
+If the gateway is missing or fails, the result is {"skipped": reason}, never an exception.
+"""
+
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib as bl  # noqa: E402
+
+CLIENTS = 200
+WINDOW = 3.0 if bl.QUICK else 5.0
+RATE_SCRIPT = ("import sys, time\n"
+               "n = 0\n"
+               "while True:\n"
+               "    sys.stdout.write(''.join('line %d of a chatty process\\n' % (n + i) for i in range(50)))\n"
+               "    sys.stdout.flush()\n"
+               "    n += 50\n"
+               "    time.sleep(0.01)\n")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Skip(Exception):
+    pass
+
+
+def run_one(kind: str, tuned: bool) -> dict:
+    try:
+        return measure()
+    except Skip as exc:
+        bl.progress(f"fanout: skipped: {exc}")
+        return {"skipped": str(exc)}
+
+
+def measure() -> dict:
+    import psutil
+
+    gateway_mod = os.path.join(bl.ROOT, "zsup", "cli", "http_gateway.py")
+    if not os.path.exists(gateway_mod):
+        raise Skip("no HTTP gateway yet (zsup/cli/http_gateway.py is missing)")
+    script = os.path.join(tempfile_dir(), "chatty.py")
+    with open(script, "w") as f:
+        f.write(RATE_SCRIPT)
+    d = bl.ZsupDaemon([bl.Job("chatty", [sys.executable, script], 1)])
+    d.start()
+    d.wait_ready()
+    pid = bl.wait_for(lambda: d.call("pids", name="chatty"), 10, 0.02, "the chatty process")[0]
+    port = free_port()
+    log_path = os.path.join(d.dir, "gateway.out")
+    with open(log_path, "ab") as log:
+        gw = subprocess.Popen([bl.ZSUP_PY, "-m", "zsup.cli.http_gateway", "--bus", d.bus, "--pub", d.pub,
+                               "--bind", f"127.0.0.1:{port}"], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, PYTHONPATH=bl.ROOT), cwd=d.dir)
+
+    def tail():
+        with open(log_path, errors="replace") as f:
+            return " ".join(f.read()[-300:].split())
+
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            if gw.poll() is not None:
+                raise Skip(f"the gateway exited with {gw.returncode}: {tail()}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise Skip("the gateway does not accept connections after 15 s") from None
+                time.sleep(0.05)
+        result = fan_out(port, pid, d, gw)
+        result["gateway_rss_mb"] = psutil.Process(gw.pid).memory_info().rss / 2**20
+        return result
+    finally:
+        gw.terminate()
+        try:
+            gw.wait(5)
+        except subprocess.TimeoutExpired:
+            gw.kill()
+            gw.wait()
+        d.stop()
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.mkdtemp(prefix="bench-fanout-")
+
+
+def fan_out(port: int, pid: int, d, gw) -> dict:
+    sel = selectors.DefaultSelector()
+    request = (f"GET /streams/{pid}/stdout?feed=eventsource HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"
+               "Accept: text/event-stream\r\n\r\n").encode()
+    state = {}
+    for _ in range(CLIENTS):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(request)
+        s.setblocking(False)
+        state[s] = {"head": b"", "status": None, "carry": b"", "lines": 0, "closed": False}
+        sel.register(s, selectors.EVENT_READ)
+
+    def pump(until: float) -> None:
+        while time.monotonic() < until:
+            for key, _ in sel.select(0.05):
+                s = key.fileobj
+                st = state[s]
+                try:
+                    data = s.recv(1 << 18)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    st["closed"] = True
+                    sel.unregister(s)
+                    continue
+                if st["status"] is None:
+                    st["head"] += data
+                    if b"\r\n\r\n" not in st["head"]:
+                        continue
+                    head, _, data = st["head"].partition(b"\r\n\r\n")
+                    st["status"] = head.split(b"\r\n", 1)[0]
+                    data = b"\n" + data
+                buf = st["carry"] + data
+                st["lines"] += buf.count(b"\ndata:")
+                st["carry"] = buf[-5:]
+
+    t_conn = time.monotonic()
+    deadline = t_conn + 15
+    while time.monotonic() < deadline and any(st["status"] is None for st in state.values()):
+        pump(time.monotonic() + 0.1)
+    t_conn = time.monotonic() - t_conn
+    pump(time.monotonic() + 1.0)  # warm-up: every feed subscribed
+    bad = [st["status"] for st in state.values() if st["status"] is None or b" 200" not in st["status"]]
+    if bad:
+        for s in state:
+            s.close()
+        raise Skip(f"{len(bad)} of {CLIENTS} clients got no 200 answer (e.g. {bad[0]!r})")
+    import psutil
+
+    gproc = psutil.Process(gw.pid)
+    c0 = gproc.cpu_times()
+    seq0 = d.call("get_process", pid=pid)["last_seq"]["stdout"]
+    for st in state.values():
+        st["lines"] = 0
+    t0 = time.monotonic()
+    pump(t0 + WINDOW)
+    t1 = time.monotonic()
+    seq1 = d.call("get_process", pid=pid)["last_seq"]["stdout"]
+    c1 = gproc.cpu_times()
+    per = sorted(st["lines"] / (t1 - t0) for st in state.values())
+    closed = sum(st["closed"] for st in state.values())
+    for s in state:
+        s.close()
+    return {"clients": CLIENTS, "closed_early": closed, "all_answered_s": t_conn, "produced_lines_per_s": (seq1 - seq0) / (t1 - t0),
+            "per_client_lines_per_s": bl.median(per), "slowest_client_lines_per_s": per[0],
+            "all_lines_per_s": sum(per),
+            "gateway_cpu_pct": ((c1.user + c1.system) - (c0.user + c0.system)) / (t1 - t0) * 100}
+
+
+if __name__ == "__main__":
+    bl.scenario_main("fanout", run_one, variants=[("zsup", False)])
