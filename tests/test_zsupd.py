@@ -372,3 +372,26 @@ def test_grandchildren_die_too_when_zsupd_is_sigkilled(zsupd_factory):
         wait_for(lambda: not alive(child) and not alive(grandchild), message="the whole family to die")
     finally:
         kill_tree([child, grandchild])
+
+
+def test_tcp_bus_with_curve_for_zsupctl(zsupd_factory, tmp_path):
+    import subprocess
+
+    from zsup.bus.curve import generate_keypair
+
+    keys = tmp_path / "keys"
+    server_public, server_secret = generate_keypair(str(keys / "server"), "server")
+    client_public, client_secret = generate_keypair(str(keys / "clients"), "alice")
+    d = zsupd_factory(f"[zsup]\nbus_tcp = tcp://127.0.0.1:0\ncurve_secret_key_file = {server_secret}\n"
+                      f"curve_public_key_file = {server_public}\ncurve_authorized_keys = {keys / 'clients'}\n"
+                      + SLEEP.format(name="web", n=1))
+    tcp = [e for e in d.call("endpoints")["router"] if e.startswith("tcp://")][0]
+
+    def zsupctl(*args):
+        return subprocess.run([PYTHON, "-m", "zsup.cli.zsupctl", "--bus", tcp, "--timeout", "2", *args],
+                              capture_output=True, text=True, timeout=30, env=dict(os.environ, PYTHONPATH=ROOT))
+
+    ok = zsupctl("--curve-key", client_secret, "--server-key", server_public, "processes")
+    assert ok.returncode == 0 and "default.web" in ok.stdout
+    refused = zsupctl("processes")  # no keys: the server never answers
+    assert refused.returncode == 1 and "no zsupd answering" in refused.stderr

@@ -153,9 +153,20 @@ class Ctl:
         return bool(self.args.json)
 
     @property
+    def curve(self) -> dict | None:
+        """CURVE keys for a tcp:// bus, from --curve-key and --server-key."""
+        if not (self.args.curve_key or self.args.server_key):
+            return None
+        if not (self.args.curve_key and self.args.server_key):
+            raise ZsupError("--curve-key and --server-key go together")
+        from ..bus.curve import client_curve
+
+        return client_curve(self.args.curve_key, self.args.server_key)
+
+    @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(self.bus, timeout=self.args.timeout)
+            self._client = Client(self.bus, timeout=self.args.timeout, curve=self.curve)
         return self._client
 
     def call(self, cmd: str, **args: Any) -> Any:
@@ -165,7 +176,7 @@ class Ctl:
     def subscribe(self, patterns: Iterable[str]) -> Subscriber:
         if not self.pub:
             raise ZsupError(f"no events endpoint known for {self.bus}: give --pub or set ZSUP_PUB")
-        return Subscriber(self.pub, list(patterns))
+        return Subscriber(self.pub, list(patterns), curve=self.curve)
 
     def emit(self, result: Any, human: Callable[[Any], str | None] | str | None = None) -> None:
         """Print a result: raw JSON with --json, else what `human` makes of it."""
@@ -737,9 +748,14 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--json", action="store_true", default=sup, help="print raw JSON results, for scripts")
     g.add_argument("--timeout", type=float, metavar="SECONDS", default=sup,
                    help=f"how long to wait for zsupd's answer (default: {DEFAULT_TIMEOUT:g})")
+    g.add_argument("--curve-key", metavar="SECRET_FILE", default=sup,
+                   help="for a tcp:// bus: this client's CURVE secret key file (.key_secret)")
+    g.add_argument("--server-key", metavar="PUBLIC_FILE", default=sup,
+                   help="for a tcp:// bus: zsupd's CURVE public key file (.key)")
 
 
-GLOBAL_DEFAULTS = {"bus": None, "pub": None, "state_dir": None, "json": False, "timeout": DEFAULT_TIMEOUT}
+GLOBAL_DEFAULTS = {"bus": None, "pub": None, "state_dir": None, "json": False, "timeout": DEFAULT_TIMEOUT,
+                   "curve_key": None, "server_key": None}
 
 
 def build_parser() -> argparse.ArgumentParser:
