@@ -63,10 +63,25 @@ def lines_of(path):
     return data.split(b"\n")[:-1]
 
 
-def parse_text(line):
+def parse_text(line, last=None):
+    """(stamp, pid, seq, text) of a text line. A line without its seq (`TIME PID: text`) gets
+    `last[pid] + 1` (None without `last`); `last` is updated."""
     stamp, ident, text = line.split(b" ", 2)
     pid, seq = ident.split(b":")
-    return stamp, int(pid), int(seq), text
+    pid = int(pid)
+    if seq:
+        seq = int(seq)
+    else:
+        seq = None if last is None or last.get(pid) is None else last[pid] + 1
+    if last is not None:
+        last[pid] = seq
+    return stamp, pid, seq, text
+
+
+def seqs_of(paths):
+    """The seqs of the text files `paths` (oldest first), implicit ones inferred per pid."""
+    last = {}
+    return [parse_text(line, last)[2] for path in paths for line in lines_of(path)]
 
 
 def test_settings_merge_and_checks():
@@ -118,12 +133,21 @@ def test_many_writers_whole_lines_in_order(tmp_path, make_writer):
     assert w.flush(30)
     path = log_paths(JOB, "stdout", s)[0]
     last = {pid: 0 for pid in range(1, 5)}
+    explicit = 0
     for line in lines_of(path):
-        _, pid, seq, text = parse_text(line)
-        assert seq == last[pid] + 1, f"pid {pid}: {seq} after {last[pid]}"
+        prev = dict(last)
+        _, pid, seq, text = parse_text(line, last)
+        explicit += b"%d:%d " % (pid, seq) in line
+        assert seq == prev[pid] + 1, f"pid {pid}: {seq} after {prev[pid]}"
         assert text == b"pid %d line %d" % (pid, seq)
-        last[pid] = seq
     assert last == {pid: per_pid for pid in range(1, 5)}
+    assert explicit < 4 * per_pid // 10  # most lines carry their seq implicitly
+    by_pid = {}
+    for r in read_log([path]):
+        by_pid.setdefault(r.pid, []).append(r)
+    for pid, records in by_pid.items():
+        assert [r.seq for r in records] == list(range(1, per_pid + 1))
+        assert [r.line for r in records] == ["pid %d line %d" % (pid, i) for i in range(1, per_pid + 1)]
     stats = w.stats()
     assert stats["lines_written"] == 4 * per_pid and stats["lines_dropped"] == 0
     assert stats["files_open"] == 1
@@ -161,12 +185,11 @@ def test_rotation_by_size_with_compression(tmp_path, make_writer):
     assert wait_for(lambda: w.stats()["compress_pending"] == 0 and sorted(os.listdir(tmp_path))
                     == sorted(os.path.basename(p) for p in expected)), os.listdir(tmp_path)
     assert log_paths(JOB, "stdout", s) == expected
-    seqs = []
-    for path in reversed(expected):
+    for path in expected:
         lines = lines_of(path)
         size = sum(len(line) + 1 for line in lines)
         assert 0 < size <= 2000
-        seqs.extend(parse_text(line)[2] for line in lines)
+    seqs = seqs_of(reversed(expected))
     assert seqs == list(range(seqs[0], total + 1))  # contiguous, newest kept, oldest dropped
     assert seqs[0] > 1
     assert [r.seq for r in read_log(expected)] == seqs
@@ -242,7 +265,7 @@ def test_unusable_folder_reports_once_and_resumes(tmp_path, make_writer, errors)
     blocker.unlink()
     base = log_paths(JOB, "stdout", s)[0]
     assert wait_for(lambda: write_some() and os.path.exists(base) and lines_of(base), timeout=15, interval=0.05)
-    seqs = [parse_text(x)[2] for x in lines_of(base)]
+    seqs = seqs_of([base])
     assert seqs == list(range(seqs[0], seqs[-1] + 1))
     assert len(errors) == 1
     stats = w.stats()
@@ -269,7 +292,7 @@ def test_deleted_folder_is_recreated(tmp_path, make_writer, errors):
     assert len(errors) == 1 and "removed" in errors[0]
     last = seq
     write_one()
-    assert parse_text(lines_of(base)[-1])[2] == last + 1
+    assert seqs_of([base])[-1] == last + 1
 
 
 RLIMIT_SCRIPT = textwrap.dedent("""
@@ -322,8 +345,9 @@ def test_file_size_limit_reports_once_and_resumes(tmp_path):
     assert after["lines_written"] + after["lines_dropped"] == after["sent"]
     path = log_paths(JOB, "stdout", LogSettings(log_dir=str(tmp_path)))[0]
     seqs = []
+    last = {}
     for line in lines_of(path):  # whole lines only, even where a write was cut by the limit
-        _, pid, seq, text = parse_text(line)
+        _, pid, seq, text = parse_text(line, last)
         assert text == b"a line of output %d" % seq
         seqs.append(seq)
     assert seqs == sorted(seqs) and seqs[-1] == after["sent"]
@@ -422,3 +446,103 @@ def test_reading_while_rotating_sees_no_gap_or_duplicate(tmp_path, make_writer):
     assert wait_for(lambda: w.stats()["compress_pending"] == 0)
     seqs = [r.seq for r in w.read(JOB, "stdout", s)]
     assert seqs == list(range(seqs[0], total + 1))
+
+
+# --- the text format: one explicit seq per batch, implicit ones after it ----------------------
+
+
+def test_text_batch_format(tmp_path, make_writer):
+    clock = FakeClock(1_795_000_000.25)
+    w = make_writer(clock=clock)
+    s = LogSettings(log_dir=str(tmp_path))
+    w.write(JOB, "stdout", s, 3, 4242, 17, b"first\nsecond  with  spaces\n\nfourth\n")
+    w.write(JOB, "stdout", s, 3, 4242, 21, b"alone\n")
+    w.write(JOB, "stdout", s, 3, 4242, 22, b"piece of a long line")
+    w.write(JOB, "stdout", s, 3, 4242, 23, b"a\nlast without newline")
+    assert w.flush(5)
+    base = log_paths(JOB, "stdout", s)[0]
+    t = b"2026-11-18T11:06:40.250000Z"
+    assert open(base, "rb").read() == (
+        t + b" 3:17 first\n" + t + b" 3: second  with  spaces\n" + t + b" 3: \n" + t + b" 3: fourth\n"
+        + t + b" 3:21 alone\n" + t + b" 3:22 piece of a long line\n"
+        + t + b" 3:23 a\n" + t + b" 3: last without newline\n")
+    records = list(read_log([base]))
+    assert [(r.pid, r.seq, r.line) for r in records] == [
+        (3, 17, "first"), (3, 18, "second  with  spaces"), (3, 19, ""), (3, 20, "fourth"), (3, 21, "alone"),
+        (3, 22, "piece of a long line"), (3, 23, "a"), (3, 24, "last without newline")]
+    assert all(r.time == 1_795_000_000.25 for r in records)
+    assert w.stats()["lines_written"] == 8
+
+
+def test_implicit_seqs_across_batches_and_interleaved_pids(tmp_path, make_writer):
+    w = make_writer()
+    s = LogSettings(log_dir=str(tmp_path))
+    expected = {1: [], 2: [], 3: []}
+    next_seq = {1: 1, 2: 100, 3: 5}
+    for round_ in range(30):
+        for pid in (1, 2, 3):
+            n = 1 + (round_ * pid) % 7
+            if pid == 3 and round_ % 10 == 9:
+                next_seq[pid] += 50  # lines lost upstream: the next batch's explicit seq jumps
+            seq = next_seq[pid]
+            w.write(JOB, "stdout", s, pid, 1, seq, b"".join(b"%d/%d\n" % (pid, seq + i) for i in range(n)))
+            expected[pid] += range(seq, seq + n)
+            next_seq[pid] = seq + n
+    assert w.flush(5)
+    base = log_paths(JOB, "stdout", s)[0]
+    got = {1: [], 2: [], 3: []}
+    for r in read_log([base]):
+        assert r.line == "%d/%d" % (r.pid, r.seq)
+        got[r.pid].append(r.seq)
+    assert got == expected
+    tail = list(read_log([base], limit=10))
+    assert all(r.line == "%d/%d" % (r.pid, r.seq) for r in tail)
+
+
+def write_file(path, lines):
+    with open(path, "wb") as f:
+        f.write(b"".join(line + b"\n" for line in lines))
+
+
+def test_file_starting_mid_batch_has_unknown_then_known_seqs(tmp_path):
+    t = b"2026-11-18T11:06:40.250000Z"
+    base = str(tmp_path / "default.web.stdout.log")
+    older = [t + b" 1:10 a10", t + b" 1: a11", t + b" 2:7 b7", t + b" 1: a12"]
+    # the older file's batch of pid 1 goes on in the newer file (not something zsupd writes)
+    newer = [t + b" 1: a13", t + b" 2: b8", t + b" 1: a14", t + b" 1:15 a15", t + b" 2: b9", t + b" 1: a16"]
+    write_file(base + ".1", older)
+    write_file(base, newer)
+    alone = [(r.pid, r.seq, r.line) for r in read_log([base])]
+    assert alone == [(1, None, "a13"), (2, None, "b8"), (1, None, "a14"), (1, 15, "a15"), (2, None, "b9"),
+                     (1, 16, "a16")]
+    # with the older file there, every seq is known: streaming, and reading the tail
+    both = [(1, 10), (1, 11), (2, 7), (1, 12), (1, 13), (2, 8), (1, 14), (1, 15), (2, 9), (1, 16)]
+    assert [(r.pid, r.seq) for r in read_log([base, base + ".1"])] == both
+    assert [(r.pid, r.seq) for r in read_log([base, base + ".1"], limit=8)] == both[-8:]
+    assert [(r.pid, r.seq) for r in read_log([base], limit=2)] == [(2, None), (1, 16)]
+    # the older file deleted (the backups limit): the oldest file left starts mid-batch
+    os.unlink(base + ".1")
+    assert [r.seq for r in read_log([base], limit=100)] == [None, None, None, 15, None, 16]
+
+
+def test_batch_larger_than_a_file_is_split_with_explicit_seqs(tmp_path, make_writer):
+    w = make_writer()
+    s = LogSettings(log_dir=str(tmp_path), log_max_bytes=2000, log_backups=100)
+    w.write(JOB, "stdout", s, 1, 1, 1, b"first\n")
+    w.write(JOB, "stdout", s, 1, 1, 2, b"".join(b"line %d\n" % i for i in range(2, 1002)))
+    w.write(JOB, "stdout", s, 1, 1, 1002, b"last\n")
+    assert w.flush(10)
+    assert wait_for(lambda: w.stats()["compress_pending"] == 0)
+    paths = log_paths(JOB, "stdout", s)
+    assert len(paths) > 10
+    for path in paths:
+        lines = lines_of(path)
+        assert parse_text(lines[0])[2] is not None, f"{path} starts without an explicit seq"
+        assert sum(len(line) + 1 for line in lines) <= 2000
+    for path in paths[1:-1]:  # pieces fill the files: no half-empty file in the middle
+        assert sum(len(line) + 1 for line in lines_of(path)) > 2000 - 60
+    records = list(read_log(paths))
+    assert [r.seq for r in records] == list(range(1, 1003))
+    assert [r.line for r in records] == ["first"] + ["line %d" % i for i in range(2, 1002)] + ["last"]
+    assert [r.seq for r in read_log(paths, limit=500)] == list(range(503, 1003))
+    assert w.stats()["lines_written"] == 1002

@@ -8,10 +8,17 @@ Why it is built this way:
   dropped and counted: losing log lines is better than stalling every child of the daemon.
 - The writer thread keeps files open, gathers the formatted lines in memory and writes them
   with one `os.write` per file at least every 100 ms (or when the queue runs dry, or when a file
-  has 1 MB pending), so short lines cost a few hundred nanoseconds each.
-- Every line carries zsup's process id and the line's sequence number. A follower
-  (`zsupctl logs -f`) reads the files, then the live bus feed, and joins them on (pid, seq)
-  without gap or duplicate.
+  has 1 MB pending).
+- The text format costs no Python work per line: a batch (the lines of one `write`, which
+  arrived in one read, hence one time stamp) is formatted with one C-level `bytes.replace`
+  that puts a prefix after each newline, about 40 ns a short line. Only the first line of a
+  batch carries its sequence number; the others' is implicit (the previous one's + 1).
+  A 1 MiB batch holds the GIL for about 2 ms, well under the interpreter's switch interval.
+- Every line carries the time and zsup's process id; a reader infers each line's sequence
+  number from the last explicit one of that pid, so a follower (`zsupctl logs -f`) reads the
+  files, then the live bus feed, and joins them on (pid, seq) without gap or duplicate. Every
+  file zsupd writes starts with an explicit seq: a batch too large for a file is cut into
+  pieces that each begin with one.
 - Rotation renames `x.log` -> `x.log.1` (shifting older ones up) and a second thread gzips
   the rotated file, so compression never slows the writer. The two threads and the readers
   share one lock for the renames only: a reader opening the files of a log sees a consistent
@@ -23,14 +30,17 @@ Why it is built this way:
 - A write that fails half-way (a full disk) is cut back with `ftruncate`, so a file only ever
   holds whole lines.
 
-Formats, one line each:
+Formats, one line each (docs/logs.md):
 
-    text: 2026-11-25T14:29:43.123456Z 3:17 the line as the child wrote it
+    text: 2026-11-25T14:29:43.123456Z 3:17 the first line of a batch
+          2026-11-25T14:29:43.123456Z 3: the next line of that batch (seq 18, implicit)
     json: {"time": "2026-11-25T14:29:43.123456Z", "pid": 3, "os_pid": 4242, "seq": 17,
            "label": "stdout", "line": "the line as the child wrote it"}
 
-The time is UTC with microseconds, taken when the line reached the daemon; `3:17` is zsup's
-process id and the line's sequence number. A piece of an over-long line gets a line of its own.
+The time is UTC with microseconds, taken when the batch reached the daemon; `3:17` is zsup's
+process id and the line's sequence number, `3:` the process id of a line whose seq is the
+previous line's of pid 3 plus one. JSON stays one self-contained object per line (slower to
+write: Python work per line). A piece of an over-long line gets a line of its own.
 Time rotation ("daily", "hourly") follows local time, as operators expect of "daily".
 """
 
@@ -51,7 +61,6 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from itertools import repeat
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Sequence
 
 __all__ = [
@@ -133,11 +142,17 @@ class LogSettings:
 
 
 class LogRecord(NamedTuple):
-    """One line read back from a log file. `os_pid` and `label` are known in JSON files only."""
+    """One line read back from a log file. `os_pid` and `label` are known in JSON files only.
+
+    `seq` is None when it cannot be known: a text line whose seq is implicit (the previous
+    line's of that pid + 1) when no earlier line of its pid was read, which happens only if the
+    oldest file left starts in the middle of a batch. zsupd's own files always start a file,
+    and every batch, with an explicit seq, so the newest lines always have known seqs.
+    """
 
     time: float
     pid: int
-    seq: int
+    seq: int | None
     line: str
     os_pid: int | None = None
     label: str | None = None
@@ -247,8 +262,6 @@ class _Marker:
         self.done = threading.Event()
 
 
-FORMAT_SLICE = 2048
-_LINE_FMT = b"%s%d %s\n".__mod__
 _json_str = json.JSONEncoder(ensure_ascii=False).encode
 
 
@@ -502,37 +515,42 @@ class LogWriter:
                 self._lines_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
                 return
         if settings.log_format == "text":
-            lines = data.split(b"\n")
-            if not lines[-1]:
-                lines.pop()
             sec, us = divmod(int(t * 1_000_000), 1_000_000)
             if sec != self._ts_sec:  # one strftime per second of output, not per batch
                 self._ts_sec = sec
                 self._ts_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
-            prefix = b"%s.%06dZ %d:" % (self._ts_text, us, pid)
-            if len(lines) == 1:
-                chunk = _LINE_FMT((prefix, seq, lines[0]))
-            else:
-                # Formatted in slices: one C-level join over a 1 MiB read would hold the GIL for
-                # tens of milliseconds and stall the IO and supervisor threads meanwhile.
-                parts = []
-                for i in range(0, len(lines), FORMAT_SLICE):
-                    part = lines[i:i + FORMAT_SLICE]
-                    parts.append(b"".join(map(_LINE_FMT, zip(repeat(prefix), range(seq + i, seq + i + len(part)), part))))
-                chunk = b"".join(parts)
-        else:
-            text = data.decode("utf-8", "replace")
-            lines = text.split("\n")
-            if not lines[-1]:
-                lines.pop()
-            head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (_format_time(t), pid, os_pid)
-            tail = ', "label": %s, "line": ' % _json_str(label)
-            chunk = "".join([
-                f"{head}{s}{tail}{_json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
-            ]).encode()
+            head = b"%s.%06dZ %d:" % (self._ts_text, us, pid)  # `TIME PID:`
+            short = head + b" "  # `TIME PID: `, the prefix of every line but the first
+            # No Python work per line: one C-level replace puts the short prefix after every
+            # newline but the last (a 1 MiB batch takes about a millisecond of GIL time).
+            n = data.count(b"\n")
+            if data[-1:] == b"\n":
+                body = data.replace(b"\n", b"\n" + short, n - 1) if n > 1 else data
+                nlines = n
+            else:  # a piece of an over-long line (or a last line without its newline)
+                body = (data.replace(b"\n", b"\n" + short) if n else data) + b"\n"
+                nlines = n + 1
+            chunk = b"%s%d %s" % (head, seq, body)
+            self._append(f, chunk, nlines, t, seq, head, short)
+            return
+        text = data.decode("utf-8", "replace")
+        lines = text.split("\n")
+        if not lines[-1]:
+            lines.pop()
+        head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (_format_time(t), pid, os_pid)
+        tail = ', "label": %s, "line": ' % _json_str(label)
+        chunk = "".join([
+            f"{head}{s}{tail}{_json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
+        ]).encode()
         self._append(f, chunk, len(lines), t)
 
-    def _append(self, f: _File, chunk: bytes, nlines: int, t: float) -> None:
+    def _append(self, f: _File, chunk: bytes, nlines: int, t: float, seq: int = 0, head: bytes = b"",
+                short: bytes = b"") -> None:
+        """Queue a formatted batch for `f`, rotating first (by time, or by size if it would not fit).
+
+        `seq`, `head` and `short` describe a text batch (its first seq, `TIME PID:` and the short
+        prefix `TIME PID: ` of its other lines), so a split batch can begin each piece anew.
+        """
         settings = f.settings
         if settings.log_rotate:
             if f.period_end is None:
@@ -544,12 +562,47 @@ class LogWriter:
         max_bytes = settings.log_max_bytes
         if max_bytes and f.size + f.pending_bytes + len(chunk) > max_bytes:
             if len(chunk) > max_bytes and nlines > 1:
-                # Larger than a whole file: place it line by line, so no rotation cuts a line.
-                for line in chunk.split(b"\n")[:-1]:
-                    self._append(f, line + b"\n", 1, t)
+                self._append_split(f, chunk, nlines, seq, head, short, max_bytes)
                 return
             if f.size + f.pending_bytes > 0:
                 self._rotate(f, "size")
+        self._add(f, chunk, nlines)
+
+    def _append_split(self, f: _File, chunk: bytes, nlines: int, seq: int, head: bytes, short: bytes,
+                      max_bytes: int) -> None:
+        """A batch larger than a whole file: cut it at line ends into pieces that fill each file,
+        so no rotation cuts a line (a line larger than a file gets a file of its own).
+
+        In text, every piece after the first begins with an explicit seq again (its leading
+        `TIME PID: ` becomes `TIME PID:SEQ `), so every file starts with a known seq. The cuts
+        are found with C-level searches; the only Python work is per piece, not per line.
+        """
+        pos, end = 0, len(chunk)
+        lead, skip = b"", 0  # what replaces the first `skip` bytes of the next piece
+        while pos < end:
+            used = f.size + f.pending_bytes
+            room = max_bytes - used - len(lead) + skip
+            cut = chunk.rfind(b"\n", pos, pos + room) if room > 0 else -1
+            if cut < 0 and used > 0:
+                self._rotate(f, "size")
+                if f.fd is None:  # the rotation could not reopen the file
+                    self._lines_dropped += nlines
+                    return
+                used = f.size + f.pending_bytes  # still > 0 if the rotation has to wait
+                room = max_bytes - used - len(lead) + skip
+                cut = chunk.rfind(b"\n", pos, pos + room) if room > 0 else -1
+            if cut < 0:
+                cut = chunk.find(b"\n", pos)  # chunks always end with a newline
+            piece = lead + chunk[pos + skip:cut + 1] if skip else chunk[pos:cut + 1]
+            k = chunk.count(b"\n", pos, cut + 1)
+            self._add(f, piece, k)
+            nlines -= k
+            seq += k
+            pos = cut + 1
+            if short:
+                lead, skip = head + b"%d " % seq, len(short)
+
+    def _add(self, f: _File, chunk: bytes, nlines: int) -> None:
         if f.fd is None:  # a rotation could not reopen the file
             self._lines_dropped += nlines
             return
@@ -874,14 +927,16 @@ class _OpenLog:
 
     def first_time(self) -> float | None:
         for line in self.lines():
-            record = _parse_line(line)
+            record = _parse_line(line, {})
             if record is not None:
                 return record.time
         return None
 
-    def records(self) -> Iterator[LogRecord]:
+    def records(self, last: dict[int, int | None]) -> Iterator[LogRecord]:
+        """The records of this file; `last` (pid -> last seq, carried from the chain's older
+        files) gives implicit seqs their value and is updated."""
         for line in self.lines():
-            record = _parse_line(line)
+            record = _parse_line(line, last)
             if record is not None:
                 yield record
 
@@ -918,17 +973,32 @@ def _parse_time(text: str) -> float:
     return (sec * 1_000_000 + int(frac.ljust(6, "0"))) / 1_000_000
 
 
-def _parse_line(line: bytes) -> LogRecord | None:
+def _parse_line(line: bytes, last: dict[int, int | None]) -> LogRecord | None:
+    """One line of either format, or None for a line that is not ours.
+
+    A text line is `TIME PID:SEQ text` (the first line of a batch) or `TIME PID: text` (the
+    others): an implicit seq is `last[pid] + 1`, None if unknown. `last` is updated.
+    """
     try:
         if line[:1] == b"{":
             obj = json.loads(line)
             t = obj["time"]
             t = float(t) if isinstance(t, (int, float)) else _parse_time(t)
-            return LogRecord(t, int(obj["pid"]), int(obj["seq"]), obj.get("line", ""),
-                             obj.get("os_pid"), obj.get("label"))
+            pid, seq = int(obj["pid"]), int(obj["seq"])
+            last[pid] = seq
+            return LogRecord(t, pid, seq, obj.get("line", ""), obj.get("os_pid"), obj.get("label"))
         stamp, ident, text = line.split(b" ", 2)
-        pid, seq = ident.split(b":")
-        return LogRecord(_parse_time(stamp.decode("ascii")), int(pid), int(seq), text.decode("utf-8", "replace"))
+        pid_text, seq_text = ident.split(b":")
+        pid = int(pid_text)
+        if seq_text:
+            seq: int | None = int(seq_text)
+        else:
+            seq = last.get(pid)
+            if seq is not None:
+                seq += 1
+        t = _parse_time(stamp.decode("ascii"))
+        last[pid] = seq
+        return LogRecord(t, pid, seq, text.decode("utf-8", "replace"))
     except (ValueError, KeyError, TypeError, IndexError, UnicodeDecodeError):
         return None  # not one of our lines (a hand edit, a foreign file): skip it
 
@@ -953,13 +1023,15 @@ def _chains(files: list[_OpenLog]) -> list[list[_OpenLog]]:
 
 
 def _stream_chain(chain: list[_OpenLog], since: float | None) -> Iterator[LogRecord]:
+    last: dict[int, int | None] = {}  # pid -> last seq, across the files of the chain
     for i, f in enumerate(chain):
         if since is not None and i + 1 < len(chain):
-            # Every line of this file is older than the next file's first line.
+            # Every line of this file is older than the next file's first line. (Skipping it
+            # loses no seq: a file zsupd wrote starts with explicit ones.)
             nxt = chain[i + 1].first_time()
             if nxt is not None and nxt < since:
                 continue
-        for record in f.records():
+        for record in f.records(last):
             if since is None or record.time >= since:
                 yield record
 
@@ -969,15 +1041,27 @@ def _tail_chain(chain: list[_OpenLog], since: float | None, limit: int) -> list[
     parts: list[list[LogRecord]] = []
     total = 0
     for f in reversed(chain):
-        records = list(f.records())
-        older = since is not None and bool(records) and records[0].time < since
-        if since is not None:
-            records = [r for r in records if r.time >= since]
+        records = list(f.records({}))
         parts.append(records)
-        total += len(records)
-        if total >= limit or older:
+        if since is None:
+            total += len(records)
+        else:
+            total += sum(1 for r in records if r.time >= since)
+            if records and records[0].time < since:
+                break  # older files hold older lines only
+        if total >= limit:
             break
-    out = [r for part in reversed(parts) for r in part]
+    parts.reverse()
+    if len(parts) > 1:
+        # Each file was read on its own: one that starts mid-batch (not one zsupd wrote) has
+        # lines of unknown seq, which the older file read just before it can tell.
+        last: dict[int, int | None] = {}
+        for part in parts:
+            for i, r in enumerate(part):
+                if r.seq is None and last.get(r.pid) is not None:
+                    r = part[i] = r._replace(seq=last[r.pid] + 1)  # type: ignore[operator]
+                last[r.pid] = r.seq
+    out = [r for part in parts for r in part if since is None or r.time >= since]
     return out[-limit:] if limit else []
 
 
@@ -990,6 +1074,11 @@ def read_log(paths: Sequence[str | os.PathLike] | Sequence[_OpenLog], since: flo
     `LogWriter.read` also holds the rotation lock while opening). `since` (epoch seconds) keeps
     lines stamped at or after it; `limit` keeps the last N. Both formats are understood, and
     groups of several processes' files (a `%(pid)s` template) are merged by time.
+
+    Implicit text seqs are inferred per log (one chain of rotated files) and pid, from the
+    last explicit one before them; a line whose seq cannot be known (the oldest file read
+    starts mid-batch, which no file zsupd writes does) has `seq` None. The newest lines'
+    seqs are always known: every batch begins with an explicit seq.
     """
     files = [p if isinstance(p, _OpenLog) else None for p in paths]
     if any(f is None for f in files):
