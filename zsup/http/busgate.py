@@ -27,10 +27,17 @@ Interface (stable; the task API and the agent API are built on it):
 ``Subscription``
     ``.get(timeout: float | None = None) -> Event | None`` the next event (``Event(topic, msg,
     data)`` of ``zsup.bus.protocol``), or None after ``timeout`` seconds or once closed;
+    ``.drain(limit=1000) -> list[Event]`` every event already queued (at most ``limit``), without
+    waiting, so a consumer that wakes for one event writes all that came meanwhile at once;
     ``.dropped`` how many events did not fit in its queue (a consumer that falls behind loses
     events, never slows the others; ``seq`` gaps in output show it); ``.closed`` true once
     closed, by ``.close()`` or because its consumer stopped reading for ``stall_timeout``
     seconds with a full queue; ``.close()`` (idempotent; also a context manager).
+
+Events are decoded once, in the fan-out thread, and the SAME ``Event`` object goes to every
+subscription: treat it as read-only. ``memo(event)`` is a dict attached to it for work that is
+the same for every consumer (the stream feeds keep a formatted batch there, so 200 clients of
+one stream format each event once, not 200 times).
 
 ``gate.close()`` stops the fan-out thread and closes every socket the gate made (call it once,
 at shutdown).
@@ -57,9 +64,23 @@ from zsup.bus.client import Client
 from zsup.bus.protocol import Event, decode_event, topic_matches, zmq_prefix
 from zsup.errors import Unavailable, ZsupError
 
-__all__ = ["BusGate", "Subscription"]
+__all__ = ["BusGate", "Subscription", "memo"]
 
 log = logging.getLogger("zsup.http.busgate")
+
+
+def memo(event: Event) -> dict:
+    """A dict shared by every consumer of this event, for derived data computed once.
+
+    Event is a frozen dataclass: the memo lives in its instance ``__dict__`` (not a field, so
+    equality and repr are unchanged). ``setdefault`` is atomic, so concurrent consumers agree on
+    one dict; two of them may compute the same entry at once, which is harmless.
+    """
+    d = event.__dict__
+    m = d.get("_memo")
+    if m is None:
+        m = d.setdefault("_memo", {})
+    return m
 
 
 class Subscription:
@@ -89,6 +110,23 @@ class Subscription:
             self.closed = True
             return None
         return item
+
+    def drain(self, limit: int = 1000) -> list[Event]:
+        """Every event already queued (at most `limit`), without waiting; [] if none."""
+        self.last_get = time.monotonic()
+        q = self._queue
+        with q.mutex:
+            n = min(limit, len(q.queue))
+            if not n:
+                return []
+            popleft = q.queue.popleft
+            items = [popleft() for _ in range(n)]
+            q.not_full.notify(n)
+        for i, item in enumerate(items):
+            if item is None:  # closed: what came before the mark still counts
+                self.closed = True
+                return items[:i]
+        return items
 
     def close(self) -> None:
         with self._close_lock:

@@ -630,6 +630,30 @@ class _UpgradeTask:
 class _Channel(HTTPChannel):
     """waitress's HTTP channel, plus a non-blocking TLS handshake and websocket hand-off."""
 
+    def reset_drained_outbuf(self) -> None:
+        """Give a long-lived stream a fresh output buffer once everything was sent.
+
+        waitress (3.x) keeps a channel's output in an OverflowableBuffer that, once a write did
+        not fit in 8 KiB (a big chunk, or a client a little behind), becomes a BytesIO that only
+        grows: bytes sent are skipped, never pruned, until 16 MiB went through it
+        (``outbuf_high_watermark``). Harmless for one response, but every open stream would keep
+        up to 16 MiB of already-sent output. ``outbuf_lock`` is the lock waitress itself takes
+        to write and to flush, so the swap races with neither.
+        """
+        try:
+            outbufs = self.outbufs
+            if len(outbufs) != 1 or outbufs[0].buf is None or len(outbufs[0]):
+                return  # the cheap, usual case: nothing to give back (or data still unsent)
+            with self.outbuf_lock:
+                old = self.outbufs[0]
+                if len(self.outbufs) != 1 or old.buf is None or len(old):
+                    return
+                self.outbufs[0] = type(old)(old.overflow)
+                self.current_outbuf_count = 0
+            old.close()
+        except Exception:  # another waitress version: do without
+            pass
+
     _tls = False
     _tls_handshaking = False
     _tls_want_write = False

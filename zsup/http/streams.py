@@ -15,6 +15,10 @@ Feeds of ``GET /streams/<pid>/<label>``:
 many idle seconds (60 for ``true``). A stream ends when its process exits, after its last
 lines. Lines lost by a slow subscriber (a ``seq`` gap) are fetched again with ``read_output``.
 
+Fan-out is cheap per client: an output event is decoded once (the gate's fan-out thread) and
+formatted once (``sse_event``, memoized on the shared Event); each client's thread drains its
+queue and writes all of it as one chunk, batched by ``BATCH_DELAY`` while the stream is busy.
+
 Every live feed holds one waitress worker thread while open: app.py sizes the pool to
 ``max_streams`` plus threads kept for REST, and refuses a stream beyond ``max_streams`` with
 503, so streams can never starve the REST routes.
@@ -30,12 +34,21 @@ from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
 from zsup.errors import NotFound, Unavailable
+from zsup.http.busgate import memo
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
 
 route = api.route
 
 FEEDS = ("continuous", "longpoll", "eventsource")
+
+#: Batching of busy live feeds (continuous, eventsource), in seconds. After a write, a feed
+#: whose lines keep coming sleeps this long and then writes everything that came meanwhile
+#: as ONE chunk; when nothing came, it waits for the next line and writes it at once (unless
+#: it is within this delay of the previous write). So a line after a quiet spell is not held
+#: back, and a busy stream costs each client at most 1/BATCH_DELAY writes and thread wake-ups
+#: per second, however many events zsupd publishes. 0 writes every wake-up at once.
+BATCH_DELAY = 0.05
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -74,17 +87,86 @@ def event_json(event: Event) -> dict:
     return out
 
 
+def event_json_text(event: Event) -> str:
+    """``json.dumps(event_json(event))``, computed once per event for all its consumers."""
+    m = memo(event)
+    text = m.get("json")
+    if text is None:
+        text = m["json"] = json.dumps(event_json(event), ensure_ascii=False)
+    return text
+
+
+def event_lines(event: Event) -> list[bytes]:
+    """``event.lines()``, split once per event for all its consumers."""
+    m = memo(event)
+    lines = m.get("lines")
+    if lines is None:
+        lines = m["lines"] = event.lines()
+    return lines
+
+
+def event_line_count(event: Event) -> int:
+    """How many lines (seqs) an output event holds, as split_lines counts them."""
+    m = memo(event)
+    n = m.get("n")
+    if n is None:
+        data = event.data or b""
+        n = m["n"] = data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
+    return n
+
+
+def sse_line(seq: int, line: bytes, label: str) -> bytes:
+    """One output line as an SSE message (id = seq, event = label)."""
+    text = line.decode("utf-8", "replace")
+    text = text[:-1] if text.endswith("\n") else text
+    return f"id: {seq}\nevent: {label}\n{_sse_data(text)}\n".encode("utf-8")
+
+
+def sse_event(event: Event, label: str) -> bytes:
+    """Every line of an output event as SSE messages, formatted once per event and label.
+
+    The same bytes as ``sse_line`` for each line in turn: only ``\\n`` separates lines, and a
+    ``\\n`` always ends an invalid UTF-8 sequence, so decoding the whole batch at once gives
+    the lines' texts unchanged.
+    """
+    m = memo(event)
+    key = ("sse", label)
+    out = m.get(key)
+    if out is None:
+        seq = event.msg["seq"]
+        text = (event.data or b"").decode("utf-8", "replace")
+        parts = text.split("\n")
+        if parts[-1] == "":
+            parts.pop()
+        if "\r" in text:
+            out = "".join(f"id: {seq + i}\nevent: {label}\n{_sse_data(part)}\n"
+                          for i, part in enumerate(parts))
+        else:
+            out = "".join(f"id: {seq + i}\nevent: {label}\ndata: {part}\n\n"
+                          for i, part in enumerate(parts))
+        out = m[key] = out.encode("utf-8")
+    return out
+
+
 def _sse_data(text: str) -> str:
     # Every CR or LF would end an SSE field: split into data lines (the client joins with \n).
     return "".join(f"data: {part}\n" for part in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
 
 
+def _waitress_channel(req):
+    """The channel serving `req` when it is zsup's waitress channel (None elsewhere), so a
+    long-lived stream can give back its drained output buffer (`_Channel.reset_drained_outbuf`)."""
+    channel = getattr(req.environ.get("waitress.client_disconnected"), "__self__", None)
+    return channel if hasattr(channel, "reset_drained_outbuf") else None
+
+
 class StreamBody:
     """An app_iter over a generator that frees its stream slot exactly once, however it ends."""
 
-    def __init__(self, gen: Iterator[bytes], release: Callable[[], None]):
+    def __init__(self, gen: Iterator[bytes], release: Callable[[], None], channel=None):
         self._gen = gen
         self._release = release
+        self._channel = channel
         self._done = False
         self._lock = threading.Lock()
 
@@ -92,6 +174,8 @@ class StreamBody:
         return self
 
     def __next__(self) -> bytes:
+        if self._channel is not None:
+            self._channel.reset_drained_outbuf()
         try:
             return next(self._gen)
         except StopIteration:
@@ -129,6 +213,7 @@ class LineFeed:
         self._exit_deadline: float | None = None
         self._check_every = 0.25
         self._next_check = time.monotonic() + self._check_every
+        self._last_output = float("-inf")  # when output of this stream last came by the bus
         # Lines already there (after `after`), and an early exit, are found at once.
         self.initial = self.catch_up()
         if self.state == "exited":
@@ -153,8 +238,24 @@ class LineFeed:
 
     def wait(self, timeout: float) -> list[tuple[int, bytes]]:
         """Lines that came, waiting up to `timeout` seconds for the first ones; [] if none."""
-        deadline = time.monotonic() + timeout
         out: list[tuple[int, bytes]] = []
+        for item in self.wait_batch(timeout):
+            if isinstance(item, tuple):
+                out.append(item)
+            else:
+                seq = item.msg["seq"]
+                out.extend((seq + i, line) for i, line in enumerate(event_lines(item)))
+        return out
+
+    def wait_batch(self, timeout: float) -> list:
+        """Like ``wait``, but a whole event is given as the Event itself, not cut into lines.
+
+        Items are ``(seq, line)`` tuples (from the ring, or part of an event) or output Events
+        whose lines all come next, in order (``sse_event`` and ``event.data`` format those
+        once for every client). Once one event came, everything queued behind it is taken too.
+        """
+        deadline = time.monotonic() + timeout
+        out: list = []
         while not out and not self.ended:
             now = time.monotonic()
             if now >= deadline:
@@ -166,23 +267,47 @@ class LineFeed:
                     out += self.catch_up()
                     self.ended = True
                 elif now >= self._next_check:
-                    out += self._idle_check(now)
+                    if now - self._last_output < self._check_every and self.state != "exited":
+                        # Not idle: output is flowing (a gap would show in its seq).
+                        self._next_check = self._last_output + self._check_every
+                    else:
+                        out += self._idle_check(now)
                 continue
-            if event.topic.startswith("proc."):
-                if event.msg.get("pid") == self.pid:
-                    out += self.catch_up()  # the exit comes after the last output is read
-                    self.ended = True
-                continue
-            seq = event.msg.get("seq")
-            if not isinstance(seq, int):
-                continue
-            if seq > self.next:
-                out += self.catch_up()
-            for i, line in enumerate(event.lines()):
+            self._take(event, out)
+            out += self.take_queued()
+        return out
+
+    def take_queued(self) -> list:
+        """What is already queued (items as in ``wait_batch``), without waiting."""
+        out: list = []
+        if not self.ended:
+            for event in self.sub.drain():
+                self._take(event, out)
+                if self.ended:
+                    break
+        return out
+
+    def _take(self, event: Event, out: list) -> None:
+        if event.topic.startswith("proc."):
+            if event.msg.get("pid") == self.pid:
+                out += self.catch_up()  # the exit comes after the last output is read
+                self.ended = True
+            return
+        seq = event.msg.get("seq")
+        if not isinstance(seq, int):
+            return
+        self._last_output = time.monotonic()
+        if seq > self.next:
+            out += self.catch_up()
+        n = event_line_count(event)
+        if seq == self.next and n:
+            out.append(event)
+            self.next = seq + n
+        elif seq + n > self.next:
+            for i, line in enumerate(event_lines(event)):
                 if seq + i >= self.next:
                     out.append((seq + i, line))
                     self.next = seq + i + 1
-        return out
 
     def _idle_check(self, now: float) -> list[tuple[int, bytes]]:
         # Nothing came for a while: ask the ring. This also sees an exit that happened before
@@ -232,20 +357,36 @@ def _process(ctx, pid: int, label: str) -> dict:
 
 
 def _feed_loop(feed: LineFeed, heartbeat: float | None, disconnected: Callable[[], bool],
-               fmt: Callable[[int, bytes], bytes], beat: bytes, first: bytes = b"") -> Iterator[bytes]:
+               fmt: Callable[[int, bytes], bytes], fmt_event: Callable[[Event], bytes],
+               beat: bytes, first: bytes = b"") -> Iterator[bytes]:
+    """One chunk per wake-up: every line that came, formatted (whole events once for all)."""
     try:
         if first:
             yield first
-        pending = feed.initial
+        pending: list = feed.initial
         last_sent = time.monotonic()
         while True:
             if pending:
-                yield b"".join(fmt(seq, line) for seq, line in pending)
+                yield b"".join(fmt(*item) if isinstance(item, tuple) else fmt_event(item)
+                               for item in pending)
                 last_sent = time.monotonic()
             if feed.ended or disconnected():
                 return
+            if pending and BATCH_DELAY > 0:
+                # Busy: sleep, then take all that came meanwhile (one wake-up per write); if
+                # nothing did, the stream has gone quiet: wait for its next line below.
+                time.sleep(BATCH_DELAY)
+                pending = feed.take_queued()
+                if pending:
+                    continue
             wait = 1.0 if heartbeat is None else max(0.01, min(1.0, last_sent + heartbeat - time.monotonic()))
-            pending = feed.wait(wait)
+            pending = feed.wait_batch(wait)
+            if pending and BATCH_DELAY > 0 and not feed.ended:
+                # Lines right after a write: gather until BATCH_DELAY after it.
+                delay = last_sent + BATCH_DELAY - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                    pending += feed.take_queued()
             if not pending and heartbeat is not None and time.monotonic() - last_sent >= heartbeat:
                 yield beat
                 last_sent = time.monotonic()
@@ -299,17 +440,16 @@ def stream(ctx, req, pid, label):
         raise
     disconnected = _disconnected(req)
     if feed_name == "continuous":
-        gen = _feed_loop(feed, heartbeat, disconnected, lambda seq, line: line, b"\n")
-        return StreamResponse(StreamBody(gen, release))
+        gen = _feed_loop(feed, heartbeat, disconnected, lambda seq, line: line,
+                         lambda event: event.data, b"\n")
+        return StreamResponse(StreamBody(gen, release, _waitress_channel(req)))
     if feed_name == "eventsource":
-        def sse(seq: int, line: bytes) -> bytes:
-            text = line.decode("utf-8", "replace")
-            text = text[:-1] if text.endswith("\n") else text
-            return f"id: {seq}\nevent: {label}\n{_sse_data(text)}\n".encode("utf-8")
-        gen = _feed_loop(feed, heartbeat, disconnected, sse, b": heartbeat\n\n",
+        gen = _feed_loop(feed, heartbeat, disconnected, lambda seq, line: sse_line(seq, line, label),
+                         lambda event: sse_event(event, label), b": heartbeat\n\n",
                          first=b"retry: 3000\n\n")
-        return StreamResponse(StreamBody(gen, release), "text/event-stream; charset=utf-8")
-    return StreamResponse(StreamBody(_longpoll(ctx, feed, key, heartbeat, disconnected), release))
+        return StreamResponse(StreamBody(gen, release, _waitress_channel(req)), "text/event-stream; charset=utf-8")
+    return StreamResponse(StreamBody(_longpoll(ctx, feed, key, heartbeat, disconnected), release,
+                                     _waitress_channel(req)))
 
 
 def _longpoll(ctx, feed: LineFeed, key, heartbeat, disconnected) -> Iterator[bytes]:
@@ -383,15 +523,10 @@ def _watch(ctx, req, pattern: str):
                         yield b": heartbeat\n\n" if sse else b"\n"
                         last_sent = time.monotonic()
                     continue
-                batch = [event]
-                while len(batch) < 100:
-                    more = sub.get(timeout=0)
-                    if more is None:
-                        break
-                    batch.append(more)
+                batch = [event] + sub.drain(1000)
                 chunks = []
                 for ev in batch:
-                    text = json.dumps(event_json(ev), ensure_ascii=False)
+                    text = event_json_text(ev)
                     chunks.append(f"event: {ev.topic}\ndata: {text}\n\n" if sse else text + "\n")
                 yield "".join(chunks).encode("utf-8")
                 last_sent = time.monotonic()
@@ -399,7 +534,7 @@ def _watch(ctx, req, pattern: str):
             sub.close()
 
     content_type = "text/event-stream; charset=utf-8" if sse else "application/x-ndjson"
-    return StreamResponse(StreamBody(gen(), release), content_type)
+    return StreamResponse(StreamBody(gen(), release, _waitress_channel(req)), content_type)
 
 
 @route("GET", "/watch", "Every bus event, live (JSON lines or SSE)", tag="events",

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote
 from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
-from zsup.http.streams import LineFeed, event_json
+from zsup.http.streams import LineFeed, event_json_text
 
 log = logging.getLogger("zsup.http.websockets")
 
@@ -130,7 +130,7 @@ class ChannelSocket(_PumpedSocket):
         while not self._stop.is_set() and not self.sub.closed:
             event = self.sub.get(timeout=0.5)
             if event is not None:
-                self.send(json.dumps(event_json(event), ensure_ascii=False), False)
+                self.send(event_json_text(event), False)
 
     def release(self):
         if self.sub is not None:
