@@ -17,6 +17,10 @@ Listener = Callable[[str, dict, "bytes | None"], None]
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
+    """Gaffer's matching rules, the ones of the emitter, webhooks, `watch` and bus Subscribers:
+    `""` or `"."` match everything; a pattern ending with `.` is a plain prefix; any other
+    matches itself and what lies below it (`proc.default.web` gets `proc.default.web.spawn`,
+    not `proc.default.webapp.spawn`)."""
     if pattern in ("", "."):
         return True
     if pattern.endswith("."):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from zsup.errors import BadRequest, ZsupError
+from zsup.events import topic_matches  # noqa: F401  (gaffer's rules, kept in one place)
 
 PROTOCOL_VERSION = 1
 
@@ -188,21 +189,6 @@ def stats_topic(session: str, name: str, pid: int) -> str:
 def sys_topic(event: str) -> str:
     """`sys.<event>`: daemon start, reload, stop."""
     return f"sys.{event}"
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Gaffer's matching rules, the ones of webhooks, `watch` and Subscriber patterns.
-
-    - `""` or `"."` matches every topic;
-    - a pattern ending with `.` is a plain prefix (`proc.default.web.` gets every event of web);
-    - any other pattern matches itself and what lies below it: `proc.default.web` matches
-      `proc.default.web` and `proc.default.web.spawn`, but not `proc.default.webapp.spawn`.
-    """
-    if pattern in ("", "."):
-        return True
-    if pattern.endswith("."):
-        return topic.startswith(pattern)
-    return topic == pattern or topic.startswith(pattern + ".")
 
 
 def zmq_prefix(pattern: str) -> str:
