@@ -142,7 +142,8 @@ class StatsSampler:
             s, n = proc.spec.session, proc.spec.name
             topic = f"stats.{s}.{n}.{proc.pid}"
             alive.add((proc.os_pid, proc.started))
-            if not any(topic_matches(p, topic) for p in patterns):
+            # bus patterns are raw ZeroMQ prefixes: a plain prefix match samples all they get
+            if not any(topic.startswith(p) or topic_matches(p, topic) for p in patterns):
                 continue
             stats = process_tree_stats(self.cache, proc)
             self.manager.events.publish(topic, {"event": "stats", "name": n, "session": s, **stats})
