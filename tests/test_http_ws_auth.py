@@ -10,14 +10,15 @@ import signal
 import ssl
 import subprocess
 import sys
+from urllib.parse import quote
 
 import pytest
 from ws4py.client.threadedclient import WebSocketClient
 from ws4py.exc import HandshakeError
 
 from conftest import PYTHON, ROOT, readline_within, wait_for
-from test_http_support import (GW, Answer, UnixHTTPConnection, echo_job, gw, start_gateway,  # noqa: F401
-                               ticker_job)
+from test_http_support import (GW, Answer, UnixHTTPConnection, echo_job, gw, read_until,  # noqa: F401
+                               sse_blocks, start_gateway, ticker_job)
 from zsup.http.auth import Authenticator, hash_password, verify_password
 
 
@@ -166,6 +167,95 @@ def test_auth_passwords_and_tokens(zsupd_factory, tmp_path, ws_clients):
         gateway.stop()
     # a configured file that cannot be read lets nobody in
     assert not Authenticator(str(tmp_path / "missing")).check(_basic("alice", "s3cret"))
+
+
+def test_access_token_query_parameter(zsupd_factory, tmp_path, ws_clients, caplog):
+    """Browsers cannot set headers on EventSource or WebSocket: ?access_token=TOKEN works too
+    (a bearer token only, never a password), and never reaches the routes or the logs."""
+    passwords = tmp_path / "users"
+    passwords.write_text(f"alice:{hash_password('s3cret')}\n")
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tok-123\ntok+/=&x\n")
+    d = zsupd_factory("")
+    gateway = start_gateway(d, tmp_path, endpoints=[
+        {"name": "t", "bind": "127.0.0.1:0", "auth_file": str(passwords), "tokens_file": str(tokens)}])
+    try:
+        g = GW(d, gateway, tmp_path)
+        bearer = {"Authorization": "Bearer tok-123"}
+        caplog.set_level("DEBUG")
+        assert g.get("/ping?access_token=tok-123").status == 200
+        assert g.get("/ping?access_token=tok%2B%2F%3D%26x").status == 200  # URL-encoded
+        for bad in ("tok-999", "", "s3cret", "alice:s3cret", _basic("alice", "s3cret"),
+                    _basic("alice", "s3cret").split()[1], "Bearer tok-123"):
+            a = g.get(f"/ping?access_token={quote(bad, safe='')}")
+            assert a.status == 401 and a.json["error"]["code"] == "forbidden", bad
+        # two values are refused, even when one of them is good
+        assert g.get("/ping?access_token=tok-999&access_token=tok-123").status == 401
+        # the header still works, and a good header with a bad query token too
+        assert g.get("/ping?access_token=nope", headers=bearer).status == 200
+
+        assert g.post("/jobs/default?access_token=tok-123", echo_job()).status == 201  # any route
+        pid = wait_for(lambda: g.get("/processes/default.echo/_pids", headers=bearer).json["pids"])[0]
+        g.post(f"/streams/{pid}/stdin", b"hello\n", headers=bearer)
+        wait_for(lambda: g.get(f"/streams/{pid}/stdout", headers=bearer).body == b"hello\n")
+
+        # an EventSource-style GET (no header at all), the token among other parameters
+        conn = g.connection()
+        conn.request("GET", f"/streams/{pid}/stdout?feed=eventsource&access_token=tok-123&since=0")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
+        text = read_until(resp, lambda t: b"data: " in t and t.endswith(b"\n\n"))
+        assert [b["data"] for b in sse_blocks(text) if "data" in b] == ["hello"]
+        conn.close()
+        assert g.get(f"/streams/{pid}/stdout?feed=eventsource&access_token=bad").status == 401
+        assert g.get(f"/streams/{pid}/stdout?feed=eventsource&access_token=s3cret").status == 401
+        conn = g.connection()
+        conn.request("GET", "/watch?feed=eventsource&heartbeat=0.05&access_token=tok-123")
+        resp = conn.getresponse()
+        assert resp.status == 200 and read_until(resp, lambda t: b": heartbeat" in t)
+        conn.close()
+        # other parameters still reach the route (an unknown feed is still a 400)
+        assert g.get(f"/streams/{pid}/stdout?access_token=tok-123&feed=nope").status == 400
+
+        # websockets: ?access_token= on the upgrade request
+        base = f"ws://{g.host}:{g.port}"
+        ws = ws_clients(f"{base}/wstreams/{pid}?access_token=tok-123")
+        ws.send("ECHO\n")
+        assert ws.next() == b"ECHO\n"
+        # other parameters still reach the websocket route
+        assert not ws_clients(f"{base}/channel?access_token=tok-123&pattern=job.").terminated
+        for bad in ("nope", "s3cret", quote(_basic("alice", "s3cret"), safe="")):
+            with pytest.raises(HandshakeError) as refused:
+                ws_clients(f"{base}/channel?access_token={bad}")
+            assert "401" in str(refused.value), bad
+        with pytest.raises(HandshakeError):
+            ws_clients(f"{base}/wstreams/{pid}?access_token=s3cret")
+
+        # the token never shows in the gateway's logs
+        assert "tok-123" not in caplog.text and "s3cret" not in caplog.text
+    finally:
+        gateway.stop()
+
+
+def test_access_token_is_taken_out_of_the_environ():
+    from zsup.http.auth import split_access_token, strip_access_token
+
+    assert split_access_token("") == ([], "")
+    assert split_access_token("feed=x&since=2") == ([], "feed=x&since=2")
+    assert split_access_token("a=%20b&access_token=t%2Bk&c") == (["t+k"], "a=%20b&c")
+    assert split_access_token("access%5Ftoken=x") == (["x"], "")
+    environ = {"QUERY_STRING": "feed=eventsource&access_token=tok",
+               "REQUEST_URI": "/streams/1/stdout?feed=eventsource&access_token=tok"}
+    assert strip_access_token(environ) == ["tok"]
+    assert environ == {"QUERY_STRING": "feed=eventsource",
+                       "REQUEST_URI": "/streams/1/stdout?feed=eventsource"}
+    environ = {"QUERY_STRING": "access_token=tok", "REQUEST_URI": "/watch?access_token=tok"}
+    assert strip_access_token(environ) == ["tok"]
+    assert environ == {"QUERY_STRING": "", "REQUEST_URI": "/watch"}
+    # a password-only gateway takes no access_token at all; no auth at all lets anybody in
+    passwords_only = Authenticator(auth_file="/nonexistent", tokens_file=None)
+    assert not passwords_only.check_request(None, ["anything"])
+    assert Authenticator().check_request(None, [])
 
 
 def test_tls_and_unix_endpoints(zsupd_factory, tmp_path):

@@ -5,8 +5,10 @@ also gives HTTPServer what it needs: ``websocket_routes`` and ``authorize``; ``t
 the worker pool it needs (``max_streams`` for live feeds plus ``rest_threads`` that no stream
 can take).
 
-Order of a request: ``OPTIONS`` (CORS preflight, never authenticated) -> authentication
-(when a password or tokens file is configured; 401 otherwise) -> mounted sub-apps
+Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
+route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
+-> authentication (when a password or tokens file is configured: the ``Authorization``
+header, or a bearer token as ``?access_token=``; 401 otherwise) -> mounted sub-apps
 (``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
 modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
 CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
@@ -26,7 +28,7 @@ from zsup import __version__
 from zsup.errors import ZsupError
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
-from zsup.http.auth import Authenticator
+from zsup.http.auth import Authenticator, strip_access_token
 from zsup.http.busgate import BusGate
 from zsup.http.routes_api import api
 from zsup.http.routing import openapi_document
@@ -87,7 +89,14 @@ class GatewayApp:
     # -- hooks for HTTPServer
 
     def authorize(self, headers) -> bool:
-        return self.authenticator.check_headers(headers)
+        # HTTPServer passes webob's EnvironHeaders, whose ``environ`` is the upgrade request's
+        # environ: that is where ``?access_token=`` is (browsers cannot set headers on a
+        # WebSocket). It is taken out of the environ here, before HTTPServer reads the query
+        # string for websocket_routes() and the websocket's ``query_string``.
+        environ = getattr(headers, "environ", None)
+        tokens = strip_access_token(environ) if isinstance(environ, dict) else []
+        authorization = headers.get("Authorization") or headers.get("authorization")
+        return self.authenticator.check_request(authorization, tokens)
 
     def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
         try:
@@ -139,9 +148,10 @@ class GatewayApp:
                                        if k.lower() not in present]
             return start_response(status, headers, exc_info)
 
+        access_tokens = strip_access_token(environ)
         req = Request(environ)
         try:
-            return self._handle(req, environ, with_cors)
+            return self._handle(req, environ, with_cors, access_tokens)
         except HTTPError as err:
             return error_response(err)(environ, with_cors)
         except ZsupError as exc:
@@ -151,12 +161,13 @@ class GatewayApp:
             return error_response(HTTPError(500, "internal error in the gateway (logged)",
                                             "internal"))(environ, with_cors)
 
-    def _handle(self, req: Request, environ: dict, start_response: Callable):
+    def _handle(self, req: Request, environ: dict, start_response: Callable,
+                access_tokens: list[str]):
         if req.method == "OPTIONS":
             resp = Response(status=204)
             resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]
             return resp(environ, start_response)
-        if self.authenticator.enabled and not self.authenticator.check(req.headers.get("Authorization")):
+        if not self.authenticator.check_request(req.headers.get("Authorization"), access_tokens):
             challenge = ", ".join(f'{scheme} realm="zsup"' for scheme in self.authenticator.schemes)
             raise HTTPError(401, "authentication required", "forbidden",
                             {"WWW-Authenticate": challenge})

@@ -7,7 +7,10 @@ blank lines are skipped. Schemes: ``scrypt`` (n=2**14, r=8, p=1, 32 bytes) and
 ``hash_password()`` below.
 
 Tokens file (``tokens_file``): one token per line (``#`` comments allowed), sent as
-``Authorization: Bearer TOKEN``; compared in constant time.
+``Authorization: Bearer TOKEN``; compared in constant time. Because browsers cannot set
+headers on ``EventSource`` or ``WebSocket``, a token may also come as the query parameter
+``access_token=TOKEN`` (tokens only, never a password; see ``split_access_token()``, which
+also takes it out of the query string so nothing downstream sees or logs it).
 
 Both files are re-read when they change (mtime or size), so users and tokens can be added
 without a restart. A configured file that cannot be read lets nobody in (and is logged).
@@ -26,10 +29,15 @@ import os
 import secrets
 import threading
 from typing import Mapping
+from urllib.parse import unquote_plus
 
-__all__ = ["Authenticator", "hash_password", "verify_password"]
+__all__ = ["ACCESS_TOKEN_PARAM", "Authenticator", "hash_password", "split_access_token",
+           "strip_access_token", "verify_password"]
 
 log = logging.getLogger("zsup.http.auth")
+
+#: The query parameter that may carry an API token (RFC 6750, section 2.3).
+ACCESS_TOKEN_PARAM = "access_token"
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
 PBKDF2_ROUNDS = 200_000
@@ -52,6 +60,36 @@ def hash_password(password: str, scheme: str = "scrypt") -> str:
     """The ``scheme$salt$hash`` part of a password file line."""
     salt = secrets.token_bytes(16)
     return f"{scheme}${_b64(salt)}${_b64(_derive(scheme, password, salt))}"
+
+
+def split_access_token(query: str | None) -> tuple[list[str], str]:
+    """``(tokens, rest)``: the decoded ``access_token`` values of a raw query string, and the
+    query string without them (the other parameters exactly as they were sent)."""
+    if not query or ACCESS_TOKEN_PARAM not in unquote_plus(query):
+        return [], query or ""
+    tokens, kept = [], []
+    for piece in query.split("&"):
+        name, _, value = piece.partition("=")
+        if unquote_plus(name) == ACCESS_TOKEN_PARAM:
+            tokens.append(unquote_plus(value))
+        elif piece:
+            kept.append(piece)
+    return tokens, "&".join(kept)
+
+
+def strip_access_token(environ: dict) -> list[str]:
+    """Take ``access_token`` out of a WSGI environ's query string (and waitress's
+    ``REQUEST_URI``) so that no handler, mounted app or log line sees it; returns its values."""
+    tokens, rest = split_access_token(environ.get("QUERY_STRING"))
+    if tokens:
+        environ["QUERY_STRING"] = rest
+        for key in ("REQUEST_URI", "RAW_URI"):
+            uri = environ.get(key)
+            if isinstance(uri, str) and "?" in uri:
+                path, _, query = uri.partition("?")
+                kept = split_access_token(query)[1]
+                environ[key] = f"{path}?{kept}" if kept else path
+    return tokens
 
 
 def verify_password(password: str, stored: str) -> bool:
@@ -134,6 +172,21 @@ class Authenticator:
     def check_headers(self, headers: Mapping[str, str]) -> bool:
         """For HTTPServer's websocket ``authorize`` hook."""
         return self.check(headers.get("Authorization") or headers.get("authorization"))
+
+    def check_request(self, authorization: str | None, access_tokens: list[str] = ()) -> bool:
+        """An ``Authorization`` header or ONE ``access_token`` query value (a bearer token,
+        never a password) lets the request in. Two ``access_token`` values are refused."""
+        if not self.enabled:
+            return True
+        if authorization and self.check(authorization):
+            return True
+        return len(access_tokens) == 1 and self.check_token(access_tokens[0])
+
+    def check_token(self, token: str) -> bool:
+        """A bearer token alone (as from ``?access_token=``): only the tokens file counts."""
+        if self._tokens is None:
+            return False
+        return self._check_token(token)
 
     def check(self, authorization: str | None) -> bool:
         if not self.enabled:
