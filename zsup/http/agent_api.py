@@ -30,7 +30,7 @@ from ws4py.websocket import WebSocket
 
 from zsup.errors import BadRequest, NotFound, ZsupError
 
-from .tasks_api import check_method, json_response, mount_base, params, run
+from .subapp import SubApp, check_method, json_response, mount_base, params
 
 ATTACH_RE = re.compile(r"(?:^|/)attach-console/([^/]+)/?$")
 
@@ -43,14 +43,7 @@ def links(doc: dict, base: str) -> dict:
             "delete": f"{base}/delete-process/{slug}"}
 
 
-class AgentApp:
-    def __init__(self, gate, public_base: Callable[[Request], str]):
-        self.gate = gate
-        self.public_base = public_base
-
-    def __call__(self, environ, start_response):
-        return run(self.route, environ, start_response)
-
+class AgentApp(SubApp):
     def route(self, req: Request) -> Response:
         parts = [p for p in req.path_info.split("/") if p]
         base = mount_base(req, self.public_base)

@@ -19,110 +19,21 @@ the client says which version it has seen, and a task already past it answers at
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from webob import Request, Response
 
-from zsup.errors import BadRequest, NotFound, ZsupError
+from zsup.errors import BadRequest, NotFound
 
-HTTP_STATUS = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbidden": 403,
-               "unavailable": 503, "internal": 500, "method_not_allowed": 405}
+from .subapp import SubApp, check_method, json_response, mount_base, number, params
+
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 120.0
 POLL_EVERY = 0.5
 
 
-def json_response(body: Any, status: int = 200, headers: dict | None = None) -> Response:
-    resp = Response(status=status, content_type="application/json", charset="utf-8")
-    resp.body = (json.dumps(body, indent=None) + "\n").encode()
-    resp.cache_control = "no-store"
-    for key, value in (headers or {}).items():
-        resp.headers[key] = value
-    return resp
-
-
-def error_response(code: str, message: str, status: int | None = None, headers: dict | None = None) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status or HTTP_STATUS.get(code, 500),
-                         headers)
-
-
-class MethodNotAllowed(ZsupError):
-    code = "method_not_allowed"
-
-    def __init__(self, allowed: list[str]):
-        super().__init__(f"method not allowed here (allowed: {', '.join(allowed)})")
-        self.allowed = allowed
-
-
-def params(req: Request) -> dict:
-    """A request's parameters: a JSON object body, or form fields, with the query string."""
-    out = dict(req.GET.items())
-    if req.method in ("POST", "PUT"):
-        ctype = (req.content_type or "").lower()
-        body = req.body
-        if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")) or \
-                (ctype == "text/plain" and body.lstrip().startswith(b"{")):
-            try:
-                data = json.loads(body.decode("utf-8")) if body.strip() else {}
-            except (UnicodeDecodeError, ValueError) as exc:
-                raise BadRequest(f"body: not valid JSON ({exc})") from None
-            if not isinstance(data, dict):
-                raise BadRequest("body: expected a JSON object")
-            out.update(data)
-        else:
-            out.update(req.POST.items())
-    return out
-
-
-def mount_base(req: Request, public_base: Callable[[Request], str]) -> str:
-    """The absolute URL of the mount point. `public_base(req)` may give it whole, or only
-    the gateway's `scheme://host[:port]`: then the mount's path (SCRIPT_NAME) is added."""
-    base = public_base(req).rstrip("/")
-    script = req.script_name.rstrip("/")
-    if script and not base.endswith(script):
-        base += script
-    return base
-
-
-def check_method(req: Request, *allowed: str) -> None:
-    if req.method not in allowed and not (req.method == "HEAD" and "GET" in allowed):
-        raise MethodNotAllowed(list(allowed))
-
-
-def run(handler: Callable[[Request], Response], environ, start_response):
-    """Answer a request, turning any ZsupError (ours or zsupd's) into a JSON error."""
-    req = Request(environ)
-    try:
-        resp = handler(req)
-    except MethodNotAllowed as exc:
-        resp = error_response(exc.code, exc.message, 405, {"Allow": ", ".join(exc.allowed)})
-    except ZsupError as exc:
-        resp = error_response(exc.code, exc.message)
-    return resp(environ, start_response)
-
-
-def number(value, name: str, default: float, low: float, high: float) -> float:
-    if value in (None, ""):
-        return default
-    try:
-        result = float(value)
-    except (TypeError, ValueError):
-        raise BadRequest(f"{name}: expected a number, got {value!r}") from None
-    if result != result or result < low:
-        raise BadRequest(f"{name}: must be >= {low:g}")
-    return min(result, high)
-
-
-class TasksApp:
-    def __init__(self, gate, public_base: Callable[[Request], str]):
-        self.gate = gate
-        self.public_base = public_base
-
-    def __call__(self, environ, start_response):
-        return run(self.route, environ, start_response)
-
+class TasksApp(SubApp):
     def route(self, req: Request) -> Response:
         parts = [p for p in req.path_info.split("/") if p]
         if not parts:
