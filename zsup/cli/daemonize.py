@@ -7,7 +7,9 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+import threading
 from typing import Iterator
 
 
@@ -49,3 +51,15 @@ def setup_logging(verbose: int, log_file: str | None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT: a server's main thread waits on it, then stops."""
+    stop = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

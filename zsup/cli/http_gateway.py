@@ -13,12 +13,11 @@ import argparse
 import getpass
 import logging
 import os
-import signal
 import sys
-import threading
 
 from .. import __version__
 from ..errors import ZsupError
+from .daemonize import stop_on_signals
 
 DEFAULT_BIND = "127.0.0.1:5000"
 
@@ -171,13 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ZsupError, ValueError) as exc:
         print(f"zsup-http: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     try:
         gateway.start()
     except OSError as exc:

@@ -15,14 +15,13 @@ import argparse
 import logging
 import os
 import re
-import signal
 import ssl
 import sys
 import threading
 
 from .. import __version__
 from ..lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
-from .daemonize import daemonize, setup_logging
+from .daemonize import daemonize, setup_logging, stop_on_signals
 from .daemonize import pidfile as write_pidfile
 
 DEFAULT_BIND = "127.0.0.1:5010"
@@ -111,13 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.daemon:
         daemonize()
     setup_logging(args.verbose, None)
-    stop = threading.Event()
-
-    def on_signal(signum, frame):
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     try:
         server.start()
     except (OSError, ValueError) as exc:
