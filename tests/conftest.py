@@ -1,7 +1,9 @@
 """Shared test helpers: waiting on conditions with a deadline, and cleaning up processes."""
 
+import http.client
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,6 +40,50 @@ def readline_within(stream, timeout=15.0, message="a line"):
     if reader.is_alive():
         raise AssertionError(f"timed out after {timeout}s waiting for {message}")
     return result[0]
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client's connection over a unix socket (for `bind = unix:/path` endpoints)."""
+
+    def __init__(self, path, timeout=10):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.unix_path)
+
+
+def mount(prefix, app):
+    """A WSGI app serving `app` under `prefix`, as the gateway mounts /tasks and /agent."""
+
+    def dispatch(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == prefix or path.startswith(prefix + "/"):
+            environ = dict(environ, SCRIPT_NAME=environ.get("SCRIPT_NAME", "") + prefix,
+                           PATH_INFO=path[len(prefix):])
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not here"]
+
+    return dispatch
+
+
+def close_ws_clients(clients):
+    """Close ws4py clients a test made and wait for their threads, however the test ended."""
+    for ws in clients:
+        try:
+            ws.close()
+        except Exception:
+            pass
+    for ws in clients:
+        try:
+            wait_for(lambda: ws.terminated, timeout=5, message="websocket client closed")
+        except AssertionError:
+            ws.close_connection()
+        if ws._th.is_alive():
+            ws._th.join(5)
 
 
 def alive(os_pid):

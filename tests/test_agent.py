@@ -18,7 +18,7 @@ import zipfile
 import pytest
 from ws4py.client.threadedclient import WebSocketClient
 
-from conftest import alive, wait_for
+from conftest import alive, mount, wait_for
 from zsup.http import agent_api
 from zsup.http.busgate import BusGate
 from zsup.http.server import Endpoint, HTTPServer
@@ -34,19 +34,6 @@ while True:
     time.sleep(0.05)
 '''
 CONFIG = "[zsup]\nagent_max_unpacked = 1M\n"
-
-
-def mount(prefix, app):
-    def dispatch(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if path == prefix or path.startswith(prefix + "/"):
-            environ = dict(environ, SCRIPT_NAME=environ.get("SCRIPT_NAME", "") + prefix,
-                           PATH_INFO=path[len(prefix):])
-            return app(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not here"]
-
-    return dispatch
 
 
 class Gateway:

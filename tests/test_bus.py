@@ -17,22 +17,12 @@ import zmq
 
 from zsup.bus import protocol
 from zsup.bus.client import Client, Subscriber, default_endpoints
+from conftest import wait_for
 from zsup.bus.curve import client_curve, generate_keypair, server_curve
 from zsup.bus.server import BusServer
 from zsup.errors import BadRequest, Conflict, NotFound, Unavailable, ZsupError
 
 T = 10.0  # generous deadline for anything that should take milliseconds
-
-
-def wait_for(condition, timeout=T, interval=0.005, message="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 class Handler:

@@ -4,8 +4,6 @@ naming file, section and key."""
 import os
 import signal
 import subprocess
-import sys
-import time
 
 import pytest
 

@@ -1,12 +1,9 @@
 """The gateway's REST routes, stream feeds and errors: real zsupd, real HTTP clients."""
 
 import json
-import os
 import subprocess
 import threading
-import time
 
-import pytest
 
 from conftest import wait_for
 from test_http_support import (GW, LineReader, echo_job, gw, read_until, sse_blocks, start_gateway,  # noqa: F401

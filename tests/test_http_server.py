@@ -20,7 +20,7 @@ from ws4py.client.threadedclient import WebSocketClient
 from ws4py.exc import HandshakeError
 from ws4py.websocket import WebSocket
 
-from conftest import wait_for
+from conftest import UnixHTTPConnection, close_ws_clients, wait_for
 from zsup.http.server import BindAddress, Endpoint, HTTPServer, parse_bind
 
 # --------------------------------------------------------------------------------------------
@@ -103,29 +103,7 @@ def clients():
     try:
         yield _client
     finally:
-        for ws in made:
-            try:
-                ws.close()
-            except Exception:
-                pass
-        for ws in made:
-            try:
-                wait_for(lambda: ws.terminated, timeout=5, message="client closed")
-            except AssertionError:
-                ws.close_connection()
-            if ws._th.is_alive():
-                ws._th.join(5)
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
+        close_ws_clients(made)
 
 
 def get(conn, path="/", headers=None):

@@ -3,7 +3,6 @@
 import http.client
 import json
 import os
-import socket
 import sys
 
 import pytest
@@ -36,17 +35,6 @@ class Answer:
 
     def __repr__(self):
         return f"<{self.status} {self.body[:300]!r}>"
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=10):
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.unix_path)
 
 
 class GW:

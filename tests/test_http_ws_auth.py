@@ -9,15 +9,14 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 from urllib.parse import quote
 
 import pytest
 from ws4py.client.threadedclient import WebSocketClient
 from ws4py.exc import HandshakeError
 
-from conftest import PYTHON, ROOT, readline_within, wait_for
-from test_http_support import (GW, Answer, UnixHTTPConnection, echo_job, gw, read_until,  # noqa: F401
+from conftest import PYTHON, ROOT, UnixHTTPConnection, close_ws_clients, readline_within, wait_for
+from test_http_support import (GW, Answer, echo_job, gw, read_until,  # noqa: F401
                                sse_blocks, start_gateway, ticker_job)
 from zsup.http.auth import Authenticator, hash_password, verify_password
 
@@ -55,18 +54,7 @@ def ws_clients():
     try:
         yield make
     finally:
-        for ws in made:
-            try:
-                ws.close()
-            except Exception:
-                pass
-        for ws in made:
-            try:
-                wait_for(lambda: ws.terminated, timeout=5, message="websocket client closed")
-            except AssertionError:
-                ws.close_connection()
-            if ws._th.is_alive():
-                ws._th.join(5)
+        close_ws_clients(made)
 
 
 def test_wstreams_echo_and_errors(gw, ws_clients):

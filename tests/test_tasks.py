@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from conftest import wait_for
+from conftest import mount, wait_for
 from zsup.config import parse_config
 from zsup.http import tasks_api
 from zsup.http.busgate import BusGate
@@ -58,19 +58,6 @@ task_output_limit = {limit}
 [env:demo.staging]
 greeting = from-config
 """
-
-
-def mount(prefix, app):
-    def dispatch(environ, start_response):
-        path = environ.get("PATH_INFO", "")
-        if path == prefix or path.startswith(prefix + "/"):
-            environ = dict(environ, SCRIPT_NAME=environ.get("SCRIPT_NAME", "") + prefix,
-                           PATH_INFO=path[len(prefix):])
-            return app(environ, start_response)
-        start_response("404 Not Found", [("Content-Type", "text/plain")])
-        return [b"not here"]
-
-    return dispatch
 
 
 class Gateway:

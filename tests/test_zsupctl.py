@@ -6,7 +6,6 @@ import queue
 import signal
 import re
 import subprocess
-import sys
 import threading
 import time
 
