@@ -116,23 +116,11 @@ class Process:
             stdout = stderr = None
             labels = spec.redirect_output
             if labels:
-                r, w = os.pipe2(os.O_CLOEXEC)
-                stream = OutputStream(labels[0], spec.ring_size, spec.max_line)
-                self.streams[labels[0]] = stream
-                self.out_fds.append((r, stream))
-                stdout = w
-                child_fds.append(w)
-                parent_fds.append(r)
+                stdout = self._output_pipe(labels[0], child_fds, parent_fds)
                 if len(labels) == 2 and labels[1] == labels[0]:
                     stderr = subprocess.STDOUT
                 elif len(labels) == 2:
-                    r2, w2 = os.pipe2(os.O_CLOEXEC)
-                    stream2 = OutputStream(labels[1], spec.ring_size, spec.max_line)
-                    self.streams[labels[1]] = stream2
-                    self.out_fds.append((r2, stream2))
-                    stderr = w2
-                    child_fds.append(w2)
-                    parent_fds.append(r2)
+                    stderr = self._output_pipe(labels[1], child_fds, parent_fds)
             self.popen = subprocess.Popen(
                 argv,
                 stdin=stdin,
@@ -162,6 +150,17 @@ class Process:
             os.set_blocking(fd, False)
         if self.stdin_fd >= 0:
             os.set_blocking(self.stdin_fd, False)
+
+    def _output_pipe(self, label: str, child_fds: list[int], parent_fds: list[int]) -> int:
+        """A pipe for one labelled stream: its read end goes to the IO loop, the write end
+        (returned) to the child."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        stream = OutputStream(label, self.spec.ring_size, self.spec.max_line)
+        self.streams[label] = stream
+        self.out_fds.append((r, stream))
+        child_fds.append(w)
+        parent_fds.append(r)
+        return w
 
     def signal_group(self, sig: int) -> bool:
         """Signal the child's whole process group (its own pid is the group id)."""

@@ -869,7 +869,10 @@ class HTTPServer:
     manager to make sure of the latter.
 
     ``authorize(headers)`` guards websocket upgrades only (401 when it says no): the WSGI app
-    checks its own requests. ``headers`` is a case-insensitive mapping of the request headers.
+    checks its own requests. ``headers`` is webob's ``EnvironHeaders`` of the upgrade request:
+    a case-insensitive mapping whose ``environ`` is that request's WSGI environ. The hook runs
+    before the query string is read for ``websocket_routes``, so it may take credentials out of
+    ``environ["QUERY_STRING"]`` (the gateway's ``?access_token=`` does) and no route sees them.
     ``adjustments`` go to waitress (``ident``, ``channel_timeout``, ``connection_limit``, ...).
     """
 
