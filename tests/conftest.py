@@ -104,7 +104,7 @@ def kill_tree(os_pids):
 
 @pytest.fixture
 def manager():
-    from zsup.manager import Manager
+    from zsup.core.manager import Manager
 
     m = Manager(stats_interval=0.1)
     m.start()

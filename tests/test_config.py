@@ -1,4 +1,4 @@
-"""zsup.config: gaffer's config files load as written; every bad file is refused in one line
+"""zsup.daemon.config: gaffer's config files load as written; every bad file is refused in one line
 naming file, section and key."""
 
 import os
@@ -8,9 +8,9 @@ import subprocess
 import pytest
 
 from conftest import readline_within
-from zsup.config import ConfigError, DaemonConfig, load_config, parse_config
+from zsup.daemon.config import ConfigError, DaemonConfig, load_config, parse_config
 from zsup.errors import BadRequest
-from zsup.flapping import FlappingRule
+from zsup.core.flapping import FlappingRule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETC = os.path.join(ROOT, "etc")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from zsup.envfile import load_env_files, parse_env, substitute
+from zsup.core.envfile import load_env_files, parse_env, substitute
 from zsup.errors import BadRequest
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from zsup.logfiles import LogSettings, LogWriter, log_paths, read_log
+from zsup.core.logfiles import LogSettings, LogWriter, log_paths, read_log
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB = "default.web"
@@ -298,7 +298,7 @@ def test_deleted_folder_is_recreated(tmp_path, make_writer, errors):
 RLIMIT_SCRIPT = textwrap.dedent("""
     import json, os, resource, signal, sys, time
     sys.path.insert(0, sys.argv[1])
-    from zsup.logfiles import LogSettings, LogWriter, log_paths
+    from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)

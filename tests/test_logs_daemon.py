@@ -6,7 +6,7 @@ import shutil
 import signal
 
 from conftest import PYTHON, wait_for
-from zsup.logfiles import read_log
+from zsup.core.logfiles import read_log
 
 
 def log_lines(d, job, label="stdout"):

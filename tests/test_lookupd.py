@@ -12,7 +12,7 @@ import pytest
 
 from conftest import PYTHON, ROOT, wait_for
 from zsup.http.server import Endpoint, HTTPServer
-from zsup.lookupd import LookupApp, Registry, TokenFile
+from zsup.lookup.lookupd import LookupApp, Registry, TokenFile
 
 TOKEN = "s3cret-token"
 

@@ -337,7 +337,7 @@ def test_stats_only_while_monitored(manager, recorder):
 
 
 def test_detach_outlives_the_manager():
-    from zsup.manager import Manager
+    from zsup.core.manager import Manager
 
     m = Manager()
     m.start()
@@ -355,7 +355,7 @@ def test_no_orphans_when_supervisor_is_sigkilled(tmp_path):
     code = textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {ROOT!r})
-        from zsup.manager import Manager
+        from zsup.core.manager import Manager
         m = Manager(); m.start()
         m.load({{"name": "s", "cmd": "sleep", "args": ["300"], "numprocesses": 3}})
         m.load({{"name": "py", "cmd": {PYTHON!r}, "args": ["-c", "import time; time.sleep(300)"]}})

@@ -6,7 +6,7 @@ from conftest import wait_for
 
 PLUGIN = textwrap.dedent('''
     import threading
-    from zsup.plugins import Plugin
+    from zsup.daemon.plugins import Plugin
 
     __all__ = ["HelloPlugin"]
 

@@ -7,8 +7,8 @@ import pytest
 from configobj import ConfigObj
 
 from zsup.errors import BadRequest
-from zsup.jobspec import JobSpec
-from zsup.procfile import Procfile, app_name_for, ini_value, parse_concurrency
+from zsup.core.jobspec import JobSpec
+from zsup.services.procfile import Procfile, app_name_for, ini_value, parse_concurrency
 
 PROCFILE = """\
 # the web front

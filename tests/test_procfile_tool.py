@@ -23,7 +23,7 @@ from zsup import __version__
 from zsup.bus.client import Client
 from zsup.cli.procfile_tool import format_uptime, main, parse_scale_specs
 from zsup.errors import BadRequest
-from zsup.procfile import Procfile
+from zsup.services.procfile import Procfile
 
 # The manual's example says `python`; use this interpreter when `python` is not on PATH.
 PY_CMD = "python" if shutil.which("python") else PYTHON

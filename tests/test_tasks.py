@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 
 from conftest import mount, wait_for
-from zsup.config import parse_config
+from zsup.daemon.config import parse_config
 from zsup.http import tasks_api
 from zsup.http.busgate import BusGate
 from zsup.http.server import Endpoint, HTTPServer

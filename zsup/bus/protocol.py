@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from zsup.errors import BadRequest, ZsupError
-from zsup.events import topic_matches  # noqa: F401  (gaffer's rules, kept in one place)
+from zsup.core.events import topic_matches  # noqa: F401  (gaffer's rules, kept in one place)
 
 PROTOCOL_VERSION = 1
 

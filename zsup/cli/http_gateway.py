@@ -15,9 +15,9 @@ import logging
 import os
 import sys
 
-from .. import __version__
-from ..errors import ZsupError
-from .daemonize import stop_on_signals
+from zsup import __version__
+from zsup.errors import ZsupError
+from zsup.cli.daemonize import stop_on_signals
 
 DEFAULT_BIND = "127.0.0.1:5000"
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hash_password(user: str) -> int:
-    from ..http.auth import hash_password
+    from zsup.http.auth import hash_password
 
     if ":" in user or not user:
         print("zsup-http: error: a user name cannot be empty or hold ':'", file=sys.stderr)
@@ -68,11 +68,11 @@ def _hash_password(user: str) -> int:
 
 def resolve(args) -> tuple[str, str, list[dict], str | None]:
     """(bus, pub, endpoint dicts, plugin_dir) from the options; ZsupError/ValueError if bad."""
-    from ..bus.client import default_endpoints
+    from zsup.bus.client import default_endpoints
 
     config = None
     if args.config:
-        from ..config import load_config
+        from zsup.daemon.config import load_config
 
         overrides = {"state_dir": args.state_dir} if args.state_dir else None
         config = load_config(args.config, overrides)
@@ -110,10 +110,10 @@ class Gateway:
 
     def __init__(self, bus: str, pub: str, endpoints: list[dict], plugin_dir: str | None = None,
                  max_streams: int = 256, timeout: float = 5.0):
-        from ..http.app import GatewayApp
-        from ..http.auth import Authenticator
-        from ..http.busgate import BusGate
-        from ..http.server import Endpoint, HTTPServer
+        from zsup.http.app import GatewayApp
+        from zsup.http.auth import Authenticator
+        from zsup.http.busgate import BusGate
+        from zsup.http.server import Endpoint, HTTPServer
 
         self.gate = BusGate(bus, pub, timeout=timeout)
         self.servers: list[HTTPServer] = []

@@ -19,10 +19,10 @@ import ssl
 import sys
 import threading
 
-from .. import __version__
-from ..lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
-from .daemonize import daemonize, setup_logging, stop_on_signals
-from .daemonize import pidfile as write_pidfile
+from zsup import __version__
+from zsup.lookup.lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
+from zsup.cli.daemonize import daemonize, setup_logging, stop_on_signals
+from zsup.cli.daemonize import pidfile as write_pidfile
 
 DEFAULT_BIND = "127.0.0.1:5010"
 PROG = "zsup-lookupd"
@@ -59,7 +59,7 @@ class UsageError(Exception):
 
 def build_server(args):
     """The HTTPServer and its registry, checked but not started; UsageError says what is wrong."""
-    from ..http.server import Endpoint, HTTPServer
+    from zsup.http.server import Endpoint, HTTPServer
 
     if not (0 < args.ttl <= MAX_TTL):
         raise UsageError(f"--ttl must be > 0 and <= {MAX_TTL:g} seconds")

@@ -9,7 +9,7 @@ This is gaffer's `gaffer` tool (seeds/001, "Manage your Procfile applications"):
     zsup run [-c ...] COMMAND...               a one-off command with the app's environment
     zsup export [--format ini|json] [--out FILE] [APP]
 
-`start` embeds the supervisor core (zsup.manager.Manager) in this process: nothing else needs
+`start` embeds the supervisor core (zsup.core.manager.Manager) in this process: nothing else needs
 to run, and Ctrl-C stops everything. Every other command that touches zsupd speaks the bus
 (zsup.bus.client.Client), exactly as zsupctl and the HTTP gateway do; an `http://` endpoint
 sends the same commands through the HTTP gateway instead. Errors are one line on stderr,
@@ -32,10 +32,10 @@ import urllib.error
 import urllib.request
 from typing import Any, Callable, TextIO
 
-from .. import __version__
-from ..bus.client import Client, default_endpoints
-from ..errors import BadRequest, NotFound, Unavailable, ZsupError, error_from_dict
-from ..procfile import Procfile, app_name_for, parse_concurrency
+from zsup import __version__
+from zsup.bus.client import Client, default_endpoints
+from zsup.errors import BadRequest, NotFound, Unavailable, ZsupError, error_from_dict
+from zsup.services.procfile import Procfile, app_name_for, parse_concurrency
 
 PROG = "zsup"
 PING_TIMEOUT = 3.0  # how long "is zsupd there?" may take before we say it is not
@@ -239,7 +239,7 @@ def connect(args: argparse.Namespace) -> Client | HttpBus:
         if args.curve_key or args.server_key:
             if not (args.curve_key and args.server_key):
                 raise BadRequest("--curve-key and --server-key go together")
-            from ..bus.curve import client_curve
+            from zsup.bus.curve import client_curve
             curve = client_curve(args.curve_key, args.server_key)
         conn = Client(endpoint, timeout=COMMAND_TIMEOUT, curve=curve)
     try:
@@ -374,7 +374,7 @@ def check_ini_reads_back(text: str, jobs: list[dict]) -> None:
     characters may not survive the trip. Reading the export back the way zsupd will, before
     anyone relies on it, turns a silently different job into a clear error.
     """
-    from ..config import parse_config
+    from zsup.daemon.config import parse_config
 
     try:
         config = parse_config(text, "<export>")
@@ -521,7 +521,7 @@ def cmd_start(args: argparse.Namespace, out: TextIO) -> int:
     exits 0 once all are gone; a second one kills what is left at once (exit code 1: the stop
     was not clean).
     """
-    from ..manager import Manager
+    from zsup.core.manager import Manager
 
     concurrency = parse_concurrency(args.concurrency)
     procfile = load_procfile(args)

@@ -32,11 +32,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from .. import __version__
-from ..bus.client import Client, Subscriber, default_endpoints
-from ..bus.protocol import Event
-from ..errors import NotFound, ZsupError
-from ..logfiles import LogRecord, read_log
+from zsup import __version__
+from zsup.bus.client import Client, Subscriber, default_endpoints
+from zsup.bus.protocol import Event
+from zsup.errors import NotFound, ZsupError
+from zsup.core.logfiles import LogRecord, read_log
 
 PROG = "zsupctl"
 DEFAULT_TIMEOUT = 5.0
@@ -159,7 +159,7 @@ class Ctl:
             return None
         if not (self.args.curve_key and self.args.server_key):
             raise ZsupError("--curve-key and --server-key go together")
-        from ..bus.curve import client_curve
+        from zsup.bus.curve import client_curve
 
         return client_curve(self.args.curve_key, self.args.server_key)
 

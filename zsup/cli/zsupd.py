@@ -6,11 +6,11 @@ import argparse
 import os
 import sys
 
-from .. import __version__
-from ..config import load_config, parse_config
-from ..errors import ZsupError
-from .daemonize import daemonize, setup_logging
-from .daemonize import pidfile as write_pidfile
+from zsup import __version__
+from zsup.daemon.config import load_config, parse_config
+from zsup.errors import ZsupError
+from zsup.cli.daemonize import daemonize, setup_logging
+from zsup.cli.daemonize import pidfile as write_pidfile
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except ZsupError as exc:
         print(f"zsupd: error: {exc.message}", file=sys.stderr)
         return 2
-    from ..daemon import Daemon
+    from zsup.daemon.daemon import Daemon
 
     if args.log_file:
         args.log_file = os.path.abspath(args.log_file)

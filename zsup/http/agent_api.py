@@ -30,7 +30,7 @@ from ws4py.websocket import WebSocket
 
 from zsup.errors import BadRequest, NotFound, ZsupError
 
-from .subapp import SubApp, check_method, json_response, mount_base, params
+from zsup.http.subapp import SubApp, check_method, json_response, mount_base, params
 
 ATTACH_RE = re.compile(r"(?:^|/)attach-console/([^/]+)/?$")
 

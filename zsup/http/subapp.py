@@ -15,7 +15,7 @@ from webob import Request, Response
 
 from zsup.errors import BadRequest, ZsupError
 
-from . import web
+from zsup.http import web
 
 __all__ = ["HTTP_STATUS", "MethodNotAllowed", "SubApp", "check_method", "error_response",
            "json_response", "mount_base", "number", "params", "run"]

@@ -26,7 +26,7 @@ from webob import Request, Response
 
 from zsup.errors import BadRequest, NotFound
 
-from .subapp import SubApp, check_method, json_response, mount_base, number, params
+from zsup.http.subapp import SubApp, check_method, json_response, mount_base, number, params
 
 DEFAULT_WAIT = 30.0
 MAX_WAIT = 120.0

@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from .errors import ZsupError
+from zsup.errors import ZsupError
 
 log = logging.getLogger("zsupd.plugins")
 
@@ -46,12 +46,12 @@ class PluginContext:
     settings: dict = field(default_factory=dict)
 
     def client(self, timeout: float = 5.0):
-        from .bus.client import Client
+        from zsup.bus.client import Client
 
         return Client(self.bus, timeout=timeout)
 
     def subscriber(self, patterns=("",)):
-        from .bus.client import Subscriber
+        from zsup.bus.client import Subscriber
 
         return Subscriber(self.pub, list(patterns))
 

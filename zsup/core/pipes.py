@@ -13,10 +13,10 @@ import logging
 import os
 from typing import Callable
 
-from .errors import Conflict
-from .loop import Loop
-from .output import OutputStream
-from .process import Process
+from zsup.errors import Conflict
+from zsup.core.loop import Loop
+from zsup.core.output import OutputStream
+from zsup.core.process import Process
 
 log = logging.getLogger(__name__)
 

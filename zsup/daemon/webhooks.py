@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 
-from .events import topic_matches
+from zsup.core.events import topic_matches
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from .errors import BadRequest
+from zsup.errors import BadRequest
 
 
 @dataclass(frozen=True)

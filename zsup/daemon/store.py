@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from .jobspec import JobSpec
+from zsup.core.jobspec import JobSpec
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -4,7 +4,7 @@ zsupd makes the service at start (`Daemon.tasks`), before it answers any command
 
 from __future__ import annotations
 
-from .commands import command
+from zsup.daemon.commands import command
 
 
 @command

@@ -26,9 +26,9 @@ import os
 import threading
 import time
 
-from .envfile import parse_env, read_text
-from .errors import BadRequest, NotFound, ZsupError
-from .jobspec import check_name
+from zsup.core.envfile import parse_env, read_text
+from zsup.errors import BadRequest, NotFound, ZsupError
+from zsup.core.jobspec import check_name
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .errors import BadRequest
+from zsup.errors import BadRequest
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXPORT_RE = re.compile(r"^export\s+")

@@ -27,7 +27,7 @@ from typing import Iterable
 
 from webob import Request, Response
 
-from . import __version__
+from zsup import __version__
 
 __all__ = ["DEFAULT_TTL", "MAX_TTL", "Registry", "LookupApp", "TokenFile", "RegistryError"]
 
@@ -41,7 +41,7 @@ MAX_JOBS = 100_000
 DEFAULT_SESSION = "default"
 
 _NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
-_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a session or job name, as zsup.jobspec allows: no dots
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")  # a session or job name, as zsup.core.jobspec allows: no dots
 
 
 class RegistryError(Exception):

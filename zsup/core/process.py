@@ -19,10 +19,10 @@ import shutil
 import subprocess
 import time
 
-from .envfile import substitute
-from .errors import ZsupError
-from .jobspec import JobSpec
-from .output import OutputStream
+from zsup.core.envfile import substitute
+from zsup.errors import ZsupError
+from zsup.core.jobspec import JobSpec
+from zsup.core.output import OutputStream
 
 SETPRIV = shutil.which("setpriv")
 _STATES = ("running", "stopping", "exited")

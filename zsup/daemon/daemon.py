@@ -1,7 +1,7 @@
 """zsupd's body: the Manager behind the bus, with config, store, logs and webhooks around it.
 
 Threads (DESIGN.md): the main thread waits for signals; the bus's control thread runs
-commands (`zsup.commands`); the supervisor and IO loops belong to the Manager; the bus's
+commands (`zsup.daemon.commands`); the supervisor and IO loops belong to the Manager; the bus's
 publisher thread owns the PUB socket; webhooks, the log writer and the stats sampler have one
 thread each. Events flow one way: Manager -> EventEmitter -> (bus publisher, webhooks, -vv
 console).
@@ -15,17 +15,17 @@ import signal
 import sys
 import threading
 
-from .bus import curve as curvekeys
-from .bus.server import BusServer
-from .commands import dispatch
-from .config import ConfigError, DaemonConfig, load_config
-from .errors import ZsupError
-from .events import EventEmitter
-from .jobspec import JobSpec
-from .logfiles import LogSettings, LogWriter, log_paths
-from .manager import Manager
-from .plugins import PluginContext, PluginHost
-from .store import Store, fingerprint
+from zsup.bus import curve as curvekeys
+from zsup.bus.server import BusServer
+from zsup.daemon.commands import dispatch
+from zsup.daemon.config import ConfigError, DaemonConfig, load_config
+from zsup.errors import ZsupError
+from zsup.core.events import EventEmitter
+from zsup.core.jobspec import JobSpec
+from zsup.core.logfiles import LogSettings, LogWriter, log_paths
+from zsup.core.manager import Manager
+from zsup.daemon.plugins import PluginContext, PluginHost
+from zsup.daemon.store import Store, fingerprint
 
 log = logging.getLogger("zsupd")
 
@@ -82,7 +82,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ start and stop
     def start(self) -> None:
-        from .webhooks import Webhooks
+        from zsup.daemon.webhooks import Webhooks
 
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
@@ -107,7 +107,7 @@ class Daemon:
         self.plugins = PluginHost(PluginContext(self.bus.endpoints["router"][0], self.bus.endpoints["pub"][0],
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
         self.plugins.load()
-        from .guard import OrphanGuard
+        from zsup.core.guard import OrphanGuard
 
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
@@ -120,7 +120,7 @@ class Daemon:
         self.plugins.start()
         self.registrar = None
         if self.settings.get("lookupd_addresses"):
-            from .lookup_client import LookupRegistrar  # urllib and ssl only when needed
+            from zsup.lookup.client import LookupRegistrar  # urllib and ssl only when needed
 
             self.registrar = LookupRegistrar(self)
             self.registrar.start()
@@ -322,8 +322,8 @@ class Daemon:
     def _start_services(self) -> None:
         """Tasks and agent processes: mark what a previous zsupd left unfinished, resume
         unfinished agent set-ups."""
-        from .agent import AgentService
-        from .tasks import TaskService
+        from zsup.services.agent import AgentService
+        from zsup.services.tasks import TaskService
 
         self.tasks = TaskService(self)
         self.agent = AgentService(self)

@@ -27,7 +27,7 @@ import urllib.request
 import uuid
 from urllib.parse import quote
 
-from . import __version__
+from zsup import __version__
 
 __all__ = ["LookupRegistrar", "node_id", "node_urls"]
 

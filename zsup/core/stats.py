@@ -12,7 +12,7 @@ import threading
 
 import psutil
 
-from .events import topic_matches
+from zsup.core.events import topic_matches
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ import json
 import os
 import re
 
-from .envfile import load_env_files, read_text
-from .errors import BadRequest
-from .jobspec import NAME_RE
+from zsup.core.envfile import load_env_files, read_text
+from zsup.errors import BadRequest
+from zsup.core.jobspec import NAME_RE
 
 LINE_RE = re.compile(r"^([^:\s]+)\s*:\s*(.*)$")
 APP_BAD_CHARS_RE = re.compile(r"[^A-Za-z0-9_\-]")

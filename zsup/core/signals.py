@@ -2,7 +2,7 @@
 
 import signal
 
-from .errors import BadRequest
+from zsup.errors import BadRequest
 
 
 def parse_signal(value) -> int:

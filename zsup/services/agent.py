@@ -30,8 +30,8 @@ import shutil
 import threading
 import time
 
-from .errors import BadRequest, Conflict, NotFound, ZsupError
-from .procfile import Procfile
+from zsup.errors import BadRequest, Conflict, NotFound, ZsupError
+from zsup.services.procfile import Procfile
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class AgentService:
         thread.start()
 
     def _setup(self, slug: str, cancelled: threading.Event) -> None:
-        from . import archive  # here, not at the top: it loads urllib, tarfile, zipfile
+        from zsup.services import archive  # here, not at the top: it loads urllib, tarfile, zipfile
 
         base, archive_path, target = self.paths(slug)
         try:

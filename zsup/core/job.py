@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 
-from .errors import BadRequest
-from .flapping import FlappingState
-from .jobspec import JobSpec
-from .process import Process
+from zsup.errors import BadRequest
+from zsup.core.flapping import FlappingState
+from zsup.core.jobspec import JobSpec
+from zsup.core.process import Process
 
 
 def parse_scale(current: int, n) -> int:

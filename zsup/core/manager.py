@@ -21,16 +21,16 @@ import time
 from collections import OrderedDict
 from typing import Iterable
 
-from .errors import BadRequest, Conflict, NotFound
-from .events import EventEmitter
-from .job import Job, parse_scale
-from .jobspec import JobSpec, split_job_name
-from .loop import Loop
-from .output import OutputStream
-from .pipes import PipeReader
-from .process import Process, SpawnError
-from .signals import parse_signal
-from .stats import StatsSampler, process_tree_stats
+from zsup.errors import BadRequest, Conflict, NotFound
+from zsup.core.events import EventEmitter
+from zsup.core.job import Job, parse_scale
+from zsup.core.jobspec import JobSpec, split_job_name
+from zsup.core.loop import Loop
+from zsup.core.output import OutputStream
+from zsup.core.pipes import PipeReader
+from zsup.core.process import Process, SpawnError
+from zsup.core.signals import parse_signal
+from zsup.core.stats import StatsSampler, process_tree_stats
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from . import __version__
-from .errors import BadRequest
-from .jobspec import split_job_name
+from zsup import __version__
+from zsup.errors import BadRequest
+from zsup.core.jobspec import split_job_name
 
 PROTOCOL_VERSION = 1
 COMMANDS: dict[str, Callable] = {}
@@ -117,7 +117,7 @@ def load_session(d, session: str, configs: list, start: bool = True, replace: bo
 def unload_session(d, session: str) -> list[str]:
     names = d.manager.jobs(session=session)
     if not names:
-        from .errors import NotFound
+        from zsup.errors import NotFound
         raise NotFound(f"no session {session}")
     for name in names:
         d.manager.unload(name)
@@ -284,4 +284,5 @@ def read_output(d, pid: int, label: str | None = None, since: int = 0, limit: in
 
 
 # Commands that live in their own modules register themselves with @command on import.
-from . import agent_commands, task_commands  # noqa: E402,F401
+from zsup.daemon import agent_commands  # noqa: E402,F401
+from zsup.daemon import task_commands  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""What runs on the supervisor and IO threads and must never block."""

@@ -1,0 +1,1 @@
+"""zsupd's body: config, commands, store, webhooks, plugins."""

@@ -1,0 +1,1 @@
+"""Services zsupd hosts on the bus: tasks (pulsar-rest-api), agent (smartmob), archives, Procfiles."""
