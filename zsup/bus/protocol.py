@@ -13,8 +13,10 @@ from typing import Any, Sequence
 
 from zsup.errors import BadRequest, ZsupError
 from zsup.core.events import topic_matches  # noqa: F401  (gaffer's rules, kept in one place)
-
-PROTOCOL_VERSION = 1
+from zsup.bus.topics import (  # noqa: F401  (the events' vocabulary, re-exported)
+    INTERNAL_SESSION, JOB_EVENTS, PROC_EVENTS, PROTOCOL_VERSION, SYS_EVENTS, agent_topic,
+    io_topic, job_io_prefix, job_topic, proc_topic, stats_topic, sys_topic, task_topic,
+)
 
 #: Default upper bound of a request's body, in bytes. A bigger request gets `bad_request`
 #: without being parsed, so a runaway client cannot make the control thread chew on it.
@@ -162,33 +164,7 @@ def decode_reply(data: bytes) -> dict:
 
 
 # -------------------------------------------------------------------------------- topics
-# Session and job names hold no dots (checked where jobs are created), so a topic's parts can
-# be split on "." and ZeroMQ's prefix filter lines up with them.
-
-
-def job_topic(session: str, name: str, event: str) -> str:
-    """`job.<session>.<name>.<event>`: create, start, stop, restart, update, delete."""
-    return f"job.{session}.{name}.{event}"
-
-
-def proc_topic(session: str, name: str, event: str) -> str:
-    """`proc.<session>.<name>.<event>`: spawn, exit, reap, stop_pid, flap."""
-    return f"proc.{session}.{name}.{event}"
-
-
-def io_topic(session: str, name: str, pid: int, label: str) -> str:
-    """`io.<session>.<name>.<pid>.<label>`: lines of one stream of one process (zsup's pid)."""
-    return f"io.{session}.{name}.{pid}.{label}"
-
-
-def stats_topic(session: str, name: str, pid: int) -> str:
-    """`stats.<session>.<name>.<pid>`: published only while someone subscribes."""
-    return f"stats.{session}.{name}.{pid}"
-
-
-def sys_topic(event: str) -> str:
-    """`sys.<event>`: daemon start, reload, stop."""
-    return f"sys.{event}"
+# The builders and event names live in zsup.bus.topics (pure, so the core can use them too).
 
 
 def zmq_prefix(pattern: str) -> str:

@@ -1,53 +1,93 @@
-"""Every bus command zsupd answers, one function each, found by name.
+"""The handlers of zsupd's own bus commands, one function each; zsupd's dispatcher.
 
-A command is a function `name(daemon, **args)`; its signature is its schema: a missing
-argument, an unknown one, or an unknown command is a `bad_request` answered before anything
-runs. Commands that change jobs also record the change in the store (see zsup/store.py), so
-run-time changes survive a restart of zsupd.
+What each command takes and answers is declared once in zsup/bus/schema.py; a handler is a
+function `name(daemon, **args)` whose parameters are exactly the declared ones (checked when the
+Dispatcher is made). The Dispatcher checks every request against the declaration (unknown
+command, unknown or missing argument, wrong type: `bad_request`, before anything runs). The
+daemon fills it explicitly with these handlers and those of task_commands and agent_commands.
+
+A command that changes persisted state makes its change and reads what to store in one call on
+the supervisor thread (`changing`), then records it in the store (zsup/daemon/store.py) on the
+control thread, so run-time changes survive a restart of zsupd.
 """
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from zsup import __version__
-from zsup.errors import BadRequest
+from zsup.bus.schema import COMMANDS as DECLARED, check_request
+from zsup.bus.topics import PROTOCOL_VERSION
+from zsup.errors import BadRequest, NotFound
 from zsup.core.jobspec import split_job_name
 
-PROTOCOL_VERSION = 1
-COMMANDS: dict[str, Callable] = {}
+#: zsupd's own handlers (this module), by command name.
+HANDLERS: dict[str, Callable] = {}
 
 
 def command(fn: Callable) -> Callable:
-    COMMANDS[fn.__name__] = fn
+    HANDLERS[fn.__name__] = fn
     return fn
 
 
-def dispatch(daemon, cmd: str, args: dict) -> Any:
-    fn = COMMANDS.get(cmd)
-    if fn is None:
-        raise BadRequest(f"unknown command {cmd!r}")
-    check_args(fn, cmd, args)
-    return fn(daemon, **args)
+class Dispatcher:
+    """Runs bus commands by name. Made once at start, read-only afterwards (control thread)."""
+
+    def __init__(self, *handler_maps: dict[str, Callable]):
+        self.handlers: dict[str, Callable] = {}
+        for handlers in handler_maps:
+            for name, fn in handlers.items():
+                check_handler(name, fn)
+                if name in self.handlers:
+                    raise ValueError(f"two handlers for bus command {name!r}")
+                self.handlers[name] = fn
+
+    def names(self) -> list[str]:
+        return sorted(self.handlers)
+
+    def __call__(self, daemon, cmd: str, args: dict) -> Any:
+        fn = self.handlers.get(cmd)
+        if fn is None:
+            raise BadRequest(f"unknown command {cmd!r}")
+        check_request(cmd, args)
+        return fn(daemon, **args)
 
 
-def check_args(fn: Callable, cmd: str, args: dict) -> None:
+def check_handler(name: str, fn: Callable) -> None:
+    """A handler must be declared, with the same parameters (names, required or not)."""
+    spec = DECLARED.get(name)
+    if spec is None:
+        raise ValueError(f"bus command {name!r} has a handler but no declaration in zsup/bus/schema.py")
     params = list(inspect.signature(fn).parameters.values())[1:]
-    names = {p.name for p in params}
-    for key in args:
-        if key not in names:
-            raise BadRequest(f"{cmd}: unknown argument {key!r}")
-    for p in params:
-        if p.default is inspect.Parameter.empty and p.name not in args:
-            raise BadRequest(f"{cmd}: missing argument {p.name!r}")
+    got = [(p.name, p.default is inspect.Parameter.empty) for p in params]
+    want = [(p.name, p.required) for p in spec.params]
+    if sorted(got) != sorted(want):
+        raise ValueError(f"bus command {name!r}: handler takes {got}, the declaration says {want}")
 
 
 def _name(name, session=None) -> str:
-    if not isinstance(name, str):
-        raise BadRequest("name: expected a job name")
     sess, short = split_job_name(name, session)
     return f"{sess}.{short}"
+
+
+def changing(d, change: Callable[[], Any], names: Callable[[Any], Iterable[str]],
+             removed: Iterable[str] = ()) -> Any:
+    """Run `change()` on the supervisor thread and, in the same call, read the state to persist
+    of the jobs `names(result)`; then record it (and the `removed` jobs) in the store."""
+
+    def run():
+        result = change()
+        return result, [(name, d.manager.info(name)) for name in names(result)]
+
+    try:
+        result, infos = d.supervise(run)
+    finally:
+        for name in removed:  # filled by change(): what it removed stays removed, even on error
+            d.remember(name, removed=True)
+    for name, info in infos:
+        d.remember(name, info=info)
+    return result
 
 
 # -- about the daemon ----------------------------------------------------------------------
@@ -70,7 +110,7 @@ def endpoints(d) -> dict:
 @command
 def commands(d) -> list[str]:
     """The commands this daemon answers."""
-    return sorted(COMMANDS)
+    return d.dispatch.names()
 
 
 @command
@@ -93,9 +133,8 @@ def log_paths(d, name: str, label: str | None = None, session: str | None = None
 # -- jobs -------------------------------------------------------------------------------------
 @command
 def load(d, config: dict, session: str | None = None, env: dict | None = None, start: bool = True) -> dict:
-    info = d.manager.load(config, session=session, env=env, start=bool(start))
-    d.remember(info["job"])
-    return info
+    return changing(d, lambda: d.manager.load(config, session=session, env=env, start=bool(start)),
+                    lambda info: [info["job"]])
 
 
 @command
@@ -103,24 +142,31 @@ def load_session(d, session: str, configs: list, start: bool = True, replace: bo
     """Load a group of jobs (a Procfile app) as one session: all or nothing."""
     if not isinstance(configs, list) or not configs:
         raise BadRequest("configs: expected a non-empty list of jobs")
-    if replace:
-        for name in d.manager.jobs(session=session):
-            d.manager.unload(name)
-            d.remember(name, removed=True)
-    names = d.manager.load_many(configs, session=session, start=bool(start))
-    for name in names:
-        d.remember(name)
-    return names
+    unloaded: list[str] = []
+
+    def change():
+        if replace:
+            for name in d.manager.jobs(session=session):
+                d.manager.unload(name)
+                unloaded.append(name)
+        return d.manager.load_many(configs, session=session, start=bool(start))
+
+    # A job unloaded then loaded again is remembered as loaded: removals are recorded first.
+    return changing(d, change, lambda names: names, removed=unloaded)
 
 
 @command
 def unload_session(d, session: str) -> list[str]:
-    names = d.manager.jobs(session=session)
-    if not names:
-        from zsup.errors import NotFound
-        raise NotFound(f"no session {session}")
+    def change():
+        names = d.manager.jobs(session=session)
+        if not names:
+            raise NotFound(f"no session {session}")
+        for name in names:
+            d.manager.unload(name)
+        return names
+
+    names = d.supervise(change)
     for name in names:
-        d.manager.unload(name)
         d.remember(name, removed=True)
     return names
 
@@ -128,16 +174,15 @@ def unload_session(d, session: str) -> list[str]:
 @command
 def unload(d, name: str, session: str | None = None) -> dict:
     full = _name(name, session)
-    result = d.manager.unload(full)
+    result = d.manager.unload(full)  # nothing to read back: the store forgets or marks it
     d.remember(full, removed=True)
     return result
 
 
 @command
 def update(d, config: dict, session: str | None = None, env: dict | None = None, start: bool | None = None) -> dict:
-    info = d.manager.update(config, session=session, env=env, start=start)
-    d.remember(info["job"])
-    return info
+    return changing(d, lambda: d.manager.update(config, session=session, env=env, start=start),
+                    lambda info: [info["job"]])
 
 
 @command
@@ -145,9 +190,8 @@ def reload(d, name: str | None = None, session: str | None = None) -> Any:
     """With a name: restart the job's processes (gaffer's reload). Without: reload_config."""
     if name is None:
         return d.reload_config()
-    info = d.manager.reload(_name(name, session))
-    d.remember(info["job"])
-    return info
+    full = _name(name, session)
+    return changing(d, lambda: d.manager.reload(full), lambda info: [info["job"]])
 
 
 @command
@@ -162,39 +206,30 @@ def restart(d) -> list[str]:
 
 @command
 def start_job(d, name: str, session: str | None = None) -> dict:
-    info = d.manager.start_job(_name(name, session))
-    d.remember(info["job"])
-    return info
+    full = _name(name, session)
+    return changing(d, lambda: d.manager.start_job(full), lambda info: [info["job"]])
 
 
 @command
 def stop_job(d, name: str, session: str | None = None) -> dict:
-    info = d.manager.stop_job(_name(name, session))
-    d.remember(info["job"])
-    return info
+    full = _name(name, session)
+    return changing(d, lambda: d.manager.stop_job(full), lambda info: [info["job"]])
 
 
 @command
 def start_all(d) -> list[str]:
-    names = d.manager.start_all()
-    for name in names:
-        d.remember(name)
-    return names
+    return changing(d, d.manager.start_all, lambda names: names)
 
 
 @command
 def stop_all(d) -> list[str]:
-    names = d.manager.stop_all()
-    for name in names:
-        d.remember(name)
-    return names
+    return changing(d, d.manager.stop_all, lambda names: names)
 
 
 @command
 def scale(d, name: str, n: Any, session: str | None = None) -> dict:
-    result = d.manager.scale(_name(name, session), n)
-    d.remember(result["job"])
-    return result
+    full = _name(name, session)
+    return changing(d, lambda: d.manager.scale(full, n), lambda result: [result["job"]])
 
 
 @command
@@ -268,8 +303,6 @@ def killall(d, name: str, sig: Any = "TERM", session: str | None = None) -> dict
 
 @command
 def send(d, pid: int, data: str, label: str | None = None) -> dict:
-    if not isinstance(data, str):
-        raise BadRequest("data: expected a string")
     return d.manager.send(pid, data)
 
 
@@ -281,8 +314,3 @@ def writelines(d, pid: int, lines: list) -> dict:
 @command
 def read_output(d, pid: int, label: str | None = None, since: int = 0, limit: int | None = None) -> dict:
     return d.manager.read_output(pid, label, since, limit)
-
-
-# Commands that live in their own modules register themselves with @command on import.
-from zsup.daemon import agent_commands  # noqa: E402,F401
-from zsup.daemon import task_commands  # noqa: E402,F401

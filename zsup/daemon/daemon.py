@@ -17,7 +17,8 @@ import threading
 
 from zsup.bus import curve as curvekeys
 from zsup.bus.server import BusServer
-from zsup.daemon.commands import dispatch
+from zsup.bus.topics import INTERNAL_SESSION, is_internal
+from zsup.daemon import agent_commands, commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.errors import ZsupError
 from zsup.core.events import EventEmitter
@@ -29,7 +30,6 @@ from zsup.daemon.store import Store, fingerprint
 
 log = logging.getLogger("zsupd")
 
-INTERNAL_SESSION = "zsupd"  # jobs zsupd runs for itself (the HTTP gateway): never persisted
 
 
 class JobLogs:
@@ -79,6 +79,8 @@ class Daemon:
         self.store: Store | None = None
         self.bus: BusServer | None = None
         self.webhooks = None
+        #: Every bus command's handler, filled explicitly (control thread, read-only after).
+        self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS)
 
     # ------------------------------------------------------------------ start and stop
     def start(self) -> None:
@@ -186,7 +188,7 @@ class Daemon:
         # child starts), but commands wait until the config's jobs are loaded: a client that
         # can ping also sees every job.
         self._ready.wait(120)
-        return dispatch(self, cmd, args)
+        return self.dispatch(self, cmd, args)
 
     def _bus_endpoints(self) -> dict:
         router = [self.settings["bus"]] + ([self.settings["bus_tcp"]] if self.settings.get("bus_tcp") else [])
@@ -249,9 +251,16 @@ class Daemon:
             if active:
                 self.manager.start_job(name)
 
-    def remember(self, name: str, removed: bool = False) -> None:
-        """Record a run-time change of one job so that a restart of zsupd keeps it."""
-        if name.startswith(INTERNAL_SESSION + "."):
+    def supervise(self, fn):
+        """Run `fn()` on the supervisor thread, as one call (manager methods inside run inline)."""
+        return self.manager._loop.call_and_wait(fn, timeout=60)
+
+    def remember(self, name: str, removed: bool = False, info: dict | None = None) -> None:
+        """Record a run-time change of one job so that a restart of zsupd keeps it.
+
+        `info` is the job's info read in the supervised call that changed it (see
+        commands.changing); without it the manager is asked (a second round trip)."""
+        if is_internal(name):
             return
         file_spec = next((s for s in self.config.jobs if s.fullname == name), None)
         fp = fingerprint(file_spec) if file_spec else None
@@ -261,7 +270,8 @@ class Daemon:
             else:
                 self.store.forget_job(name)
             return
-        info = self.manager.info(name)
+        if info is None:
+            info = self.manager.info(name)
         self.store.save_job(name, "file" if file_spec else "runtime", info["config"], info["numprocesses"],
                             info["active"], fp=fp)
 

@@ -4,7 +4,15 @@ zsupd makes the service at start (`Daemon.tasks`), before it answers any command
 
 from __future__ import annotations
 
-from zsup.daemon.commands import command
+from typing import Callable
+
+#: These commands' handlers, by name; zsupd adds them to its Dispatcher.
+HANDLERS: dict[str, Callable] = {}
+
+
+def command(fn: Callable) -> Callable:
+    HANDLERS[fn.__name__] = fn
+    return fn
 
 
 @command
