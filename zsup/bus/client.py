@@ -15,6 +15,7 @@ from typing import Any, Iterable, Iterator
 import zmq
 
 from zsup.bus import curve as curvekeys
+from zsup.bus.typed import BusCommands
 from zsup.bus.protocol import (
     Event,
     decode_event,
@@ -55,10 +56,11 @@ def _prepare(sock: zmq.Socket, endpoint: str, curve: dict | None) -> None:
         curvekeys.configure_client_socket(sock, curve)
 
 
-class Client:
+class Client(BusCommands):
     """Send commands to zsupd over a DEALER socket and wait for their replies.
 
-    `call("scale", name="web", n=3)` returns the result or raises the ZsupError the daemon
+    `call("scale", name="web", n=3)`, or the typed `scale("web", 3)` (one method per declared
+    command, zsup/bus/typed.py), returns the result or raises the ZsupError the daemon
     answered with (same code). When nothing answers within `timeout` seconds it raises
     Unavailable and starts over with a fresh socket, so a late reply can never be taken for
     the answer to the next call. Not thread-safe: one Client per thread.

@@ -34,6 +34,7 @@ from typing import Any, Callable, TextIO
 
 from zsup import __version__
 from zsup.bus.client import Client, default_endpoints
+from zsup.bus.typed import BusCommands
 from zsup.errors import BadRequest, NotFound, Unavailable, ZsupError, error_from_dict
 from zsup.services.procfile import Procfile, app_name_for, parse_concurrency
 
@@ -176,7 +177,7 @@ def load_procfile(args: argparse.Namespace, name: str | None = None) -> Procfile
 
 
 # ============================================================================ talking to zsupd
-class HttpBus:
+class HttpBus(BusCommands):
     """Bus commands through the HTTP gateway: POST `<endpoint>/bus/<cmd>` with the args as JSON.
 
     The gateway answers `{"result": ...}`, or `{"error": {"code", "message"}}` with an error
@@ -255,7 +256,7 @@ def connect(args: argparse.Namespace) -> Client | HttpBus:
 
 def session_jobs(conn, app: str) -> list[str]:
     """The session's jobs (`app.type`), or NotFound when the app is not loaded."""
-    names = conn.call("jobs", session=app)
+    names = conn.jobs(session=app)
     if not names:
         raise NotFound(f"no application {app!r} loaded in zsupd")
     return names
@@ -270,7 +271,7 @@ def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
     jobs = procfile.job_dicts(concurrency)
     conn = connect(args)
     try:
-        names = conn.call("load_session", session=procfile.app, configs=jobs)
+        names = conn.load_session(session=procfile.app, configs=jobs)
     finally:
         conn.close()
     counts = ", ".join(f"{job['name']} ({job['numprocesses']})" for job in jobs)
@@ -283,7 +284,7 @@ def cmd_unload(args: argparse.Namespace, out: TextIO) -> int:
     app = app_name(args, args.name)
     conn = connect(args)
     try:
-        names = conn.call("unload_session", session=app)
+        names = conn.unload_session(session=app)
     finally:
         conn.close()
     print(f"Unloaded {app}: {', '.join(n.partition('.')[2] for n in names)}", file=out)
@@ -322,7 +323,7 @@ def cmd_scale(args: argparse.Namespace, out: TextIO) -> int:
                 raise BadRequest(f"unknown process type {ptype!r} in {app} (known: {', '.join(known)})")
         for ptype, n in orders:
             print(f"Scaling {ptype} processes... ", end="", file=out, flush=True)
-            result = conn.call("scale", name=f"{app}.{ptype}", n=n)
+            result = conn.scale(name=f"{app}.{ptype}", n=n)
             print(f"done, now running {result['numprocesses']}", file=out, flush=True)
     finally:
         conn.close()
@@ -346,9 +347,9 @@ def cmd_ps(args: argparse.Namespace, out: TextIO) -> int:
     conn = connect(args)
     try:
         for job in session_jobs(conn, app):
-            info = conn.call("info", name=job)
+            info = conn.info(name=job)
             try:
-                stats = conn.call("stats", name=job)
+                stats = conn.stats(name=job)
             except NotFound:
                 continue  # unloaded between the two calls
             print(f"=== {info['name']}: `{info['config']['cmd']}`", file=out)

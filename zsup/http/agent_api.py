@@ -56,15 +56,15 @@ class AgentApp(SubApp):
             return self.create(req, base)
         if head == "list-processes" and not rest:
             check_method(req, "GET")
-            return json_response({"processes": [links(p, base) for p in self.gate.call("agent_list")]})
+            return json_response({"processes": [links(p, base) for p in self.gate.agent_list()]})
         if head == "process-status" and len(rest) == 1:
             check_method(req, "GET")
-            return json_response(links(self.gate.call("agent_status", slug=rest[0]), base))
+            return json_response(links(self.gate.agent_status(slug=rest[0]), base))
         if head == "delete-process" and len(rest) == 1:
             check_method(req, "POST", "DELETE")
-            return json_response(self.gate.call("agent_delete", slug=rest[0]))
+            return json_response(self.gate.agent_delete(slug=rest[0]))
         if head == "attach-console" and len(rest) == 1:
-            self.gate.call("agent_status", slug=rest[0])  # 404 for an unknown process
+            self.gate.agent_status(slug=rest[0])  # 404 for an unknown process
             resp = json_response({"error": {"code": "upgrade_required",
                                             "message": "attach-console is a websocket: connect with ws://"}}, 426)
             resp.headers["Upgrade"] = "websocket"
@@ -83,7 +83,7 @@ class AgentApp(SubApp):
         if not isinstance(env, dict):
             raise BadRequest("env: expected an object of names to strings")
         args["env"] = env
-        doc = links(self.gate.call("agent_create", **args), base)
+        doc = links(self.gate.agent_create(**args), base)
         return json_response(doc, 201, {"Location": doc["details"]})
 
 
@@ -147,7 +147,7 @@ def websocket_route(gate, path: str, query: str = "", headers=None):
 
     slug = unquote(match.group(1))
     try:
-        status = gate.call("agent_status", slug=slug)
+        status = gate.agent_status(slug=slug)
     except NotFound:
         return None
     except ZsupError:

@@ -13,6 +13,9 @@ Interface (stable; the task API and the agent API are built on it):
     which is answered at once). There is nothing to reconnect by hand: the next call after
     zsupd comes back simply works.
 
+``gate.ping()``, ``gate.scale(name, n, session=...)``, ... one typed method per bus command
+    (zsup/bus/typed.py, made from zsup/bus/schema.py): ``call`` with the arguments checked.
+
 ``gate.request(cmd, args: dict | None = None, timeout: float | None = None) -> Any``
     The same, with an args dict and a per-call timeout.
 
@@ -61,6 +64,7 @@ from typing import Any, Iterable
 import zmq
 
 from zsup.bus.client import Client
+from zsup.bus.typed import BusCommands
 from zsup.bus.protocol import Event, decode_event, topic_matches, zmq_prefix
 from zsup.errors import Unavailable, ZsupError
 
@@ -160,7 +164,7 @@ class Subscription:
             pass  # the consumer has plenty to read; it finds `closed` afterwards
 
 
-class BusGate:
+class BusGate(BusCommands):
     """Commands (thread-local clients) and events (one SUB socket, one fan-out thread) for zsupd."""
 
     def __init__(self, bus_endpoint: str, pub_endpoint: str, timeout: float = 5.0,

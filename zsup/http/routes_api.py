@@ -7,18 +7,15 @@ errors in app.py.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from zsup import __version__
+from zsup.bus.parse import scale_order
 from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, read_json
 
 api = RouteTable()
 route = api.route
-
-_SCALE = re.compile(r"^[+=-]?[0-9]+$")
-
 
 def _object(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
@@ -51,13 +48,13 @@ def index(ctx, req):
 
 @route("GET", "/ping", "Is zsupd answering? {\"ok\": true}, or 503", tag="about")
 def ping(ctx, req):
-    ctx.gate.call("ping")
+    ctx.gate.ping()
     return {"ok": True}
 
 
 @route("GET", "/version", "Versions of the gateway and of zsupd", tag="about")
 def version(ctx, req):
-    return {"name": "zsup-http", "version": __version__, "zsupd": ctx.gate.call("version")}
+    return {"name": "zsup-http", "version": __version__, "zsupd": ctx.gate.version()}
 
 
 @route("GET", "/openapi.json", "This API, as an OpenAPI 3 document", tag="about")
@@ -69,7 +66,7 @@ def openapi(ctx, req):
 
 @route("GET", "/bus", "The bus commands zsupd answers", tag="bus")
 def bus_commands(ctx, req):
-    return {"commands": ctx.gate.call("commands")}
+    return {"commands": ctx.gate.commands()}
 
 
 @route("POST", "/bus/{cmd}", "Run any bus command; the body is its args object",
@@ -83,18 +80,18 @@ def bus_command(ctx, req, cmd):
 
 @route("GET", "/sessions", "Session names", tag="jobs")
 def sessions(ctx, req):
-    return {"sessions": ctx.gate.call("sessions")}
+    return {"sessions": ctx.gate.sessions()}
 
 
 @route("GET", "/jobs", "Every job (session.name)", tag="jobs")
 def jobs(ctx, req):
-    return {"jobs": ctx.gate.call("jobs")}
+    return {"jobs": ctx.gate.jobs()}
 
 
 @route("GET", "/jobs/{session}", "The jobs of one session", tag="jobs")
 def session_jobs(ctx, req, session):
-    names = ctx.gate.call("jobs", session=session)
-    if not names and session not in ctx.gate.call("sessions"):
+    names = ctx.gate.jobs(session=session)
+    if not names and session not in ctx.gate.sessions():
         raise HTTPError(404, f"no session {session}")
     return {"session": session, "jobs": names}
 
@@ -104,18 +101,18 @@ def session_jobs(ctx, req, session):
        query={"start": "false: load without starting"}, status=201)
 def load_job(ctx, req, session):
     config = _object(read_json(req), "body (the job)")
-    return ctx.gate.call("load", config=config, session=session,
+    return ctx.gate.load(config=config, session=session,
                          start=_flag(req, "start", True))
 
 
 @route("DELETE", "/jobs/{session}", "Unload every job of a session", tag="jobs")
 def unload_session(ctx, req, session):
-    return {"unloaded": ctx.gate.call("unload_session", session=session)}
+    return {"unloaded": ctx.gate.unload_session(session=session)}
 
 
 @route("GET", "/jobs/{session}/{name}", "A job: state, processes, config", tag="jobs")
 def job_info(ctx, req, session, name):
-    return ctx.gate.call("info", name=name, session=session)
+    return ctx.gate.info(name=name, session=session)
 
 
 @route("PUT", "/jobs/{session}/{name}", "Update a job's config (body: the job)", tag="jobs",
@@ -125,23 +122,23 @@ def update_job(ctx, req, session, name):
     config = _object(read_json(req), "body (the job)")
     if config.setdefault("name", name) != name:
         raise HTTPError(400, f"the body names job {config['name']!r}, the URL {name!r}")
-    return ctx.gate.call("update", config=config, session=session,
+    return ctx.gate.update(config=config, session=session,
                          start=_flag(req, "start", None))
 
 
 @route("DELETE", "/jobs/{session}/{name}", "Unload a job (its processes stop)", tag="jobs")
 def unload_job(ctx, req, session, name):
-    return ctx.gate.call("unload", name=name, session=session)
+    return ctx.gate.unload(name=name, session=session)
 
 
 @route("GET", "/jobs/{session}/{name}/config", "A job's config, as `load` takes it", tag="jobs")
 def job_config(ctx, req, session, name):
-    return ctx.gate.call("get", name=name, session=session)
+    return ctx.gate.get(name=name, session=session)
 
 
 @route("GET", "/jobs/{session}/{name}/state", "Is the job active?", tag="jobs")
 def job_state(ctx, req, session, name):
-    info = ctx.gate.call("info", name=name, session=session)
+    info = ctx.gate.info(name=name, session=session)
     return {"job": info["job"], "active": info["active"], "state": info["state"]}
 
 
@@ -166,7 +163,7 @@ def set_job_state(ctx, req, session, name):
 
 @route("GET", "/jobs/{session}/{name}/numprocesses", "How many processes the job keeps", tag="jobs")
 def job_numprocesses(ctx, req, session, name):
-    info = ctx.gate.call("info", name=name, session=session)
+    info = ctx.gate.info(name=name, session=session)
     return {"job": info["job"], "numprocesses": info["numprocesses"]}
 
 
@@ -177,14 +174,11 @@ def scale_job(ctx, req, session, name):
     value = read_json(req, None, lenient=True)
     if isinstance(value, dict):
         value = value.get("scale", value.get("n", value.get("numprocesses")))
-    if isinstance(value, bool) or not (
-            isinstance(value, int) or (isinstance(value, str) and _SCALE.match(value.strip()))):
+    order = scale_order(value) if isinstance(value, str) else None
+    if isinstance(value, bool) or not (isinstance(value, int) or order):
         raise HTTPError(400, f"scale: expected an integer or \"+N\", \"-N\", \"=N\", got {value!r}")
-    if isinstance(value, str):
-        value = value.strip()
-        if value[0] not in "+-=":
-            value = "=" + value  # a bare number in text sets the count, as `zsup scale web=3`
-    return ctx.gate.call("scale", name=name, session=session, n=value)
+    # a bare number in text sets the count, as `zsup scale web=3`
+    return ctx.gate.scale(name, order if order else value, session=session)
 
 
 def _signal_from(req) -> Any:
@@ -199,7 +193,7 @@ def _signal_from(req) -> Any:
 @route("POST", "/jobs/{session}/{name}/signal", "Send a signal to every process of a job",
        tag="jobs", body="{\"signal\": \"HUP\"} or a bare name/number")
 def signal_job(ctx, req, session, name):
-    return ctx.gate.call("killall", name=name, session=session, sig=_signal_from(req))
+    return ctx.gate.killall(name=name, session=session, sig=_signal_from(req))
 
 
 @route("POST", "/jobs/{session}/{name}/commit", "Start a one-shot process of the job", tag="jobs",
@@ -209,61 +203,61 @@ def commit_job(ctx, req, session, name):
     unknown = set(body) - {"graceful_timeout", "env"}
     if unknown:
         raise HTTPError(400, f"body: unknown field(s) {', '.join(sorted(unknown))}")
-    return ctx.gate.call("commit", name=name, session=session, **body)
+    return ctx.gate.commit(name=name, session=session, **body)
 
 
 @route("GET", "/jobs/{session}/{name}/stats", "CPU and memory of a job's processes", tag="jobs")
 def job_stats(ctx, req, session, name):
-    return ctx.gate.call("stats", name=name, session=session)
+    return ctx.gate.stats(name=name, session=session)
 
 
 @route("GET", "/jobs/{session}/{name}/pids", "zsup pids of a job's processes", tag="jobs")
 def job_pids(ctx, req, session, name):
-    return {"pids": ctx.gate.call("pids", name=name, session=session)}
+    return {"pids": ctx.gate.pids(name=name, session=session)}
 
 
 # -- processes --------------------------------------------------------------------------------
 
 @route("GET", "/pids", "Every running process's zsup pid", tag="processes")
 def all_pids(ctx, req):
-    return {"pids": ctx.gate.call("pids")}
+    return {"pids": ctx.gate.pids()}
 
 
 @route("GET", "/processes", "A summary per job (what `zsupctl status` shows)", tag="processes")
 def processes(ctx, req):
-    return {"processes": ctx.gate.call("status")}
+    return {"processes": ctx.gate.status()}
 
 
 @route("GET", "/processes/{name}/_pids", "zsup pids of a job (name or session.name)",
        tag="processes")
 def name_pids(ctx, req, name):
-    return {"pids": ctx.gate.call("pids", name=name)}
+    return {"pids": ctx.gate.pids(name=name)}
 
 
 @route("GET", "/processes/{pid:int}", "One process (running or recently exited)", tag="processes")
 def process_info(ctx, req, pid):
-    return ctx.gate.call("get_process", pid=pid)
+    return ctx.gate.get_process(pid=pid)
 
 
 @route("GET", "/{pid:int}", "One process (gaffer's short form of /processes/{pid})",
        tag="processes")
 def process_info_short(ctx, req, pid):
-    return ctx.gate.call("get_process", pid=pid)
+    return ctx.gate.get_process(pid=pid)
 
 
 @route("DELETE", "/processes/{pid:int}", "Stop one process (a kept-alive job replaces it)",
        tag="processes")
 def stop_process(ctx, req, pid):
-    return ctx.gate.call("stop_process", pid=pid)
+    return ctx.gate.stop_process(pid=pid)
 
 
 @route("POST", "/processes/{pid:int}/signal", "Send a signal to one process", tag="processes",
        body="{\"signal\": \"HUP\"} or a bare name/number")
 def signal_process(ctx, req, pid):
-    return ctx.gate.call("kill", pid=pid, sig=_signal_from(req))
+    return ctx.gate.kill(pid=pid, sig=_signal_from(req))
 
 
 @route("GET", "/processes/{pid:int}/stats", "CPU and memory of one process (and children)",
        tag="processes")
 def process_stats(ctx, req, pid):
-    return ctx.gate.call("process_stats", pid=pid)
+    return ctx.gate.process_stats(pid=pid)

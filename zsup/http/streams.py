@@ -224,7 +224,7 @@ class LineFeed:
 
     def catch_up(self) -> list[tuple[int, bytes]]:
         try:
-            result = self.gate.call("read_output", pid=self.pid, label=self.label,
+            result = self.gate.read_output(pid=self.pid, label=self.label,
                                     since=self.next - 1)
         except (Unavailable, NotFound):
             self.ended = True
@@ -347,7 +347,7 @@ class Cursors:
 
 
 def _process(ctx, pid: int, label: str) -> dict:
-    proc = ctx.gate.call("get_process", pid=pid)
+    proc = ctx.gate.get_process(pid=pid)
     labels = proc.get("labels") or []
     if not labels:
         raise HTTPError(404, f"process {pid} has no captured output")
@@ -413,7 +413,7 @@ def stream(ctx, req, pid, label):
     since = parse_seq(req.GET.get("since"), "since")
     proc = _process(ctx, pid, label)
     if feed_name is None:
-        result = ctx.gate.call("read_output", pid=pid, label=label, since=since or 0)
+        result = ctx.gate.read_output(pid=pid, label=label, since=since or 0)
         body = "".join(line["data"] for line in result["lines"]).encode("utf-8")
         from webob import Response
         return Response(body=body, content_type="text/plain", charset="utf-8")
@@ -475,10 +475,10 @@ def _write_stdin(ctx, req, pid):
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise HTTPError(400, "stdin data must be UTF-8 text") from None
-    proc = ctx.gate.call("get_process", pid=pid)
+    proc = ctx.gate.get_process(pid=pid)
     for label, seq in (proc.get("last_seq") or {}).items():
         ctx.cursors.set((pid, label), seq)
-    ctx.gate.call("send", pid=pid, data=text)
+    ctx.gate.send(pid=pid, data=text)
     return {"ok": True}
 
 
@@ -501,7 +501,7 @@ def _watch(ctx, req, pattern: str):
     if feed_name not in ("continuous", "eventsource"):
         raise HTTPError(400, f"feed: expected continuous or eventsource, got {feed_name!r}")
     heartbeat = parse_heartbeat(req.GET.get("heartbeat"))
-    ctx.gate.call("ping")  # a clear 503 now rather than a silent stream
+    ctx.gate.ping()  # a clear 503 now rather than a silent stream
     release = ctx.acquire_stream()
     try:
         sub = ctx.gate.subscribe([pattern])

@@ -1,0 +1,7 @@
+"""`python -m zsup.cli.zsupctl`."""
+
+import sys
+
+from zsup.cli.zsupctl.parser import main
+
+sys.exit(main())

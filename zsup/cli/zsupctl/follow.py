@@ -1,0 +1,261 @@
+"""zsupctl watch, tail and logs: live events and output joined with stored output (see the
+package's doc for how gaps and duplicates are avoided)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+import time
+from typing import Iterable
+
+from zsup.bus.client import Subscriber
+from zsup.bus.parse import signal_name
+from zsup.bus.protocol import Event
+from zsup.bus.topics import job_io_prefix
+from zsup.errors import NotFound, ZsupError
+from zsup.core.logfiles import LogRecord, read_log
+from zsup.cli.zsupctl.context import EVENT_KINDS, LIVE_WAIT, Ctl, _full_name, _name_args
+from zsup.cli.zsupctl.format import human_bytes
+
+# ------------------------------------------------------------------------------ watch
+
+
+def cmd_watch(ctl: Ctl) -> int:
+    """Print events as they come: `HH:MM:SS <job> | <topic> <summary>`; Ctrl-C ends it.
+
+    Without a pattern: job, process and daemon events. Output (`io.`) and stats are shown
+    only when a pattern asks for them: they are a flood, and subscribing to stats makes zsupd
+    sample them.
+    """
+    patterns = [p for p in ctl.args.patterns if p not in ("", ".")] or ["job.", "proc.", "sys."]
+    sessions = set(ctl.call("sessions")) | {"default"}
+    patterns = [gaffer_pattern(p, sessions) for p in patterns]
+    want_io = any(p.startswith("io") for p in patterns)
+    with ctl.subscribe(patterns) as sub:
+        for event in sub:
+            if event.topic.startswith("io.") and not want_io:
+                continue
+            for line in describe_event(event):
+                if ctl.json:
+                    print(json.dumps(_event_json(event)), flush=True)
+                    break
+                print(line, flush=True)
+    return 0
+
+
+def gaffer_pattern(pattern: str, sessions: set[str]) -> str:
+    """Read gaffer's session-less patterns: `proc.dummy` and `proc.dummy.spawn` mean job dummy
+    of session default, unless `dummy` is the name of a session."""
+    parts = pattern.split(".")
+    if parts[0] in EVENT_KINDS and len(parts) in (2, 3) and parts[1] and parts[1] not in sessions:
+        return ".".join([parts[0], "default"] + parts[1:])
+    return pattern
+
+
+def describe_event(event: Event) -> list[str]:
+    """The watch lines of one event (one per output line for io events)."""
+    stamp = time.strftime("%H:%M:%S")
+    msg = event.msg
+    who = msg.get("job") or ("zsupd" if event.topic.startswith("sys.") else "-")
+    if event.data is not None:
+        return [f"{stamp} {who} | {event.topic} {line.decode('utf-8', 'replace').rstrip(chr(10))}"
+                for line in event.lines()]
+    return [f"{stamp} {who} | {event.topic} {summarize(event.topic, msg)}".rstrip()]
+
+
+def summarize(topic: str, msg: dict) -> str:
+    """A few words about an event, the ones an operator looks for first."""
+    kind, event = topic.split(".", 1)[0], msg.get("event", "")
+    if kind == "proc":
+        if event == "flap":
+            if msg.get("gave_up") or msg.get("retry_in") is None:
+                return f"flapping: gave up after {msg.get('attempt')} attempts"
+            return f"flapping: attempt {msg.get('attempt')}, retry in {msg.get('retry_in')}s"
+        text = f"pid {msg.get('pid')} (os pid {msg.get('os_pid')})"
+        if event == "exit":
+            if msg.get("term_signal"):
+                text += f" killed by {signal_name(msg['term_signal'])}"
+            else:
+                text += f" exit code {msg.get('exit_code')}"
+        if msg.get("reason"):
+            text += f" ({msg['reason']})"
+        return text
+    if kind == "job":
+        return f"{msg.get('job', '')}" + (f" ({msg['reason']})" if msg.get("reason") else "")
+    if kind == "stats":
+        return f"cpu {msg.get('cpu', 0):.1f}% mem {msg.get('mem', 0):.1f}% rss {human_bytes(msg.get('rss'))}"
+    if kind == "sys":
+        details = [f"{k}: {', '.join(map(str, v))}" for k, v in msg.items() if isinstance(v, list) and v]
+        if msg.get("message"):
+            details.append(str(msg["message"]))
+        return "; ".join(details)
+    return ""
+
+
+def _event_json(event: Event) -> dict:
+    out = {"topic": event.topic, "msg": event.msg}
+    if event.data is not None:
+        out["lines"] = [line.decode("utf-8", "replace") for line in event.lines()]
+    return out
+
+
+# ------------------------------------------------------------------------------ output: tail, logs
+
+
+class LinePrinter:
+    """Print output lines: `label stderr` to our stderr, the rest to stdout.
+
+    Lines get a `<pid> | ` prefix once more than one process is involved (decided at the
+    start, switched on when a new process shows up). With --json, one JSON object per line.
+    """
+
+    def __init__(self, json_mode: bool, pids: Iterable[int], timestamps: bool = False):
+        self.json = json_mode
+        self.pids = set(pids)
+        self.timestamps = timestamps
+
+    def print(self, pid: int, label: str, seq: int, text: str, when: float | None = None) -> None:
+        self.pids.add(pid)
+        if self.json:
+            record = {"pid": pid, "label": label, "seq": seq, "line": text.rstrip("\n")}
+            if when is not None:
+                record["time"] = when
+            print(json.dumps(record), flush=True)
+            return
+        prefix = f"{pid} | " if len(self.pids) > 1 else ""
+        if self.timestamps and when is not None:
+            prefix = dt.datetime.fromtimestamp(when).isoformat(timespec="milliseconds") + " " + prefix
+        stream = sys.stderr if label == "stderr" else sys.stdout
+        stream.write(prefix + text.rstrip("\n") + "\n")
+        stream.flush()
+
+
+class LiveFollower:
+    """Joins stored output with live `io.*` events, without gap or duplicate.
+
+    `last[(pid, label)]` is the seq of the last line printed. A live line at or below it is
+    dropped; one beyond `last + 1` first fetches the missing lines from the ring
+    (`read_output`), which covers lines published before the subscription was live.
+    """
+
+    def __init__(self, ctl: Ctl, printer: LinePrinter, labels: set[str] | None):
+        self.ctl = ctl
+        self.printer = printer
+        self.labels = labels
+        self.last: dict[tuple[int, str], int] = {}
+
+    def seen(self, pid: int, label: str, seq: int) -> None:
+        key = (pid, label)
+        self.last[key] = max(seq, self.last.get(key, 0))
+
+    def handle(self, event: Event) -> None:
+        if event.data is None:
+            return
+        pid, label, seq = event.msg["pid"], event.msg["label"], event.msg["seq"]
+        if self.labels is not None and label not in self.labels:
+            return
+        last = self.last.get((pid, label), 0)
+        if seq > last + 1:
+            self._fill(pid, label, last, seq)
+            last = self.last.get((pid, label), 0)
+        for i, line in enumerate(event.lines()):
+            if seq + i > last:
+                self.printer.print(pid, label, seq + i, line.decode("utf-8", "replace"), time.time())
+                self.seen(pid, label, seq + i)
+
+    def _fill(self, pid: int, label: str, last: int, upto: int) -> None:
+        try:
+            ring = self.ctl.call("read_output", pid=pid, label=label, since=last)
+        except NotFound:
+            return  # the process is gone: what the ring held is lost to us
+        for line in ring["lines"]:
+            if line["seq"] < upto:
+                self.printer.print(pid, label, line["seq"], line["data"])
+                self.seen(pid, label, line["seq"])
+
+    def run(self, sub: Subscriber, first: Event | None) -> int:
+        if first is not None:
+            self.handle(first)
+        for event in sub:
+            self.handle(event)
+        return 0
+
+
+def _wait_live(sub: Subscriber) -> Event | None:
+    """Give the new subscription a moment to reach zsupd (ZeroMQ's slow joiner); keep what
+    arrives meanwhile, it belongs to the live stream."""
+    return sub.recv(timeout=LIVE_WAIT)
+
+
+def cmd_tail(ctl: Ctl) -> int:
+    """The last lines of each running process of a job from the ring buffer, then live output."""
+    info = ctl.call("info", **_name_args(ctl))
+    sub = ctl.subscribe([job_io_prefix(info["job"])])  # first: nothing published from now on is missed
+    with sub:
+        first = _wait_live(sub)
+        info = ctl.call("info", **_name_args(ctl))  # the processes may have changed meanwhile
+        procs = [p for p in info["processes"] if p["state"] != "exited"]
+        labels = {ctl.args.label} if ctl.args.label else None
+        printer = LinePrinter(ctl.json, (p["pid"] for p in procs))
+        follower = LiveFollower(ctl, printer, labels)
+        for proc in procs:
+            for label in proc["labels"]:
+                if labels is not None and label not in labels:
+                    continue
+                ring = _read_ring(ctl, proc["pid"], label, ctl.args.lines)
+                for line in ring:
+                    printer.print(proc["pid"], label, line["seq"], line["data"])
+                # Even with -n 0, or an empty ring: nothing up to last_seq is shown live again.
+                follower.seen(proc["pid"], label, proc["last_seq"].get(label, 0))
+                if ring:
+                    follower.seen(proc["pid"], label, ring[-1]["seq"])
+        if ctl.args.no_follow:
+            return 0
+        return follower.run(sub, first)
+
+
+def _read_ring(ctl: Ctl, pid: int, label: str, limit: int) -> list[dict]:
+    if limit <= 0:
+        return []
+    try:
+        return ctl.call("read_output", pid=pid, label=label, since=0, limit=limit)["lines"]
+    except NotFound:
+        return []
+
+
+def cmd_logs(ctl: Ctl) -> int:
+    """Read a job's output back from its log files; with -f, go on with live output."""
+    args = ctl.args
+    sub = ctl.subscribe([job_io_prefix(_full_name(args.name, args.session))]) if args.follow else None
+    try:
+        first = _wait_live(sub) if sub is not None else None
+        found = ctl.call("log_paths", name=args.name, label=args.label, session=args.session)
+        if not found.get("log", True) and not args.follow:
+            raise ZsupError(f"logging is off for {found.get('job', args.name)}")
+        records = read_job_logs(found["paths"], args.since, args.lines)
+        running: set[int] = set()
+        if sub is not None:
+            running = set(ctl.call("pids", name=args.name, session=args.session))
+        printer = LinePrinter(ctl.json, {r.pid for r, _ in records} | running, args.timestamps)
+        labels = {args.label} if args.label else None
+        follower = LiveFollower(ctl, printer, labels)
+        for record, label in records:
+            printer.print(record.pid, label, record.seq, record.line, record.time)
+            if record.seq is not None:  # unknown only in the oldest lines (docs/logs.md)
+                follower.seen(record.pid, label, record.seq)
+        if sub is None:
+            return 0
+        return follower.run(sub, first)
+    finally:
+        if sub is not None:
+            sub.close()
+
+
+def read_job_logs(paths: dict[str, list[str]], since: float | None, limit: int | None) -> list[tuple[LogRecord, str]]:
+    """Records of every label, merged by time (labels have their own files), the last `limit`."""
+    merged: list[tuple[LogRecord, str]] = []
+    for label, files in paths.items():
+        merged += [(r, label) for r in read_log(files, since, limit)]
+    merged.sort(key=lambda item: item[0].time)
+    return merged[-limit:] if limit is not None and limit > 0 else ([] if limit == 0 else merged)
