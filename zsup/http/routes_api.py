@@ -7,9 +7,11 @@ errors in app.py.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from zsup import __version__
+from zsup.bus.docgen import add_bus_openapi
 from zsup.bus.parse import scale_order
 from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, read_json
@@ -59,7 +61,9 @@ def version(ctx, req):
 
 @route("GET", "/openapi.json", "This API, as an OpenAPI 3 document", tag="about")
 def openapi(ctx, req):
-    return ctx.openapi()
+    # The bus part comes from the declaration (zsup/bus/schema.py); added to a copy, so the
+    # cached document is never changed while another thread serializes it.
+    return add_bus_openapi(copy.deepcopy(ctx.openapi()))
 
 
 # -- the bus as is ---------------------------------------------------------------------------
