@@ -13,6 +13,7 @@ import threading
 import psutil
 
 from zsup.core.events import topic_matches
+from zsup.bus.topics import stats_topic
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class StatsSampler:
         alive = set()
         for proc in procs:
             s, n = proc.spec.session, proc.spec.name
-            topic = f"stats.{s}.{n}.{proc.pid}"
+            topic = stats_topic(s, n, proc.pid)
             alive.add((proc.os_pid, proc.started))
             # bus patterns are raw ZeroMQ prefixes: a plain prefix match samples all they get
             if not any(topic.startswith(p) or topic_matches(p, topic) for p in patterns):

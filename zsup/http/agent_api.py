@@ -31,6 +31,7 @@ from ws4py.websocket import WebSocket
 from zsup.errors import BadRequest, NotFound, ZsupError
 
 from zsup.http.subapp import SubApp, check_method, json_response, mount_base, params
+from zsup.bus.topics import job_io_prefix
 
 ATTACH_RE = re.compile(r"(?:^|/)attach-console/([^/]+)/?$")
 
@@ -104,7 +105,7 @@ class ConsoleSocket(WebSocket):
         self._thread = None
 
     def opened(self):
-        self._sub = self.gate.subscribe([f"io.{self.job}."], maxsize=10000)
+        self._sub = self.gate.subscribe([job_io_prefix(self.job)], maxsize=10000)
         self._thread = threading.Thread(target=self._pump, name=f"zsup-attach-{self.slug}", daemon=True)
         self._thread.start()
 

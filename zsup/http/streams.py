@@ -37,6 +37,7 @@ from zsup.errors import NotFound, Unavailable
 from zsup.http.busgate import memo
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
+from zsup.bus.topics import io_topic, proc_topic
 
 route = api.route
 
@@ -205,7 +206,7 @@ class LineFeed:
         self.pid = proc["pid"]
         self.label = label
         s, n = proc["session"], proc["name"]
-        self.sub = gate.subscribe([f"io.{s}.{n}.{self.pid}.{label}", f"proc.{s}.{n}.exit"],
+        self.sub = gate.subscribe([io_topic(s, n, self.pid, label), proc_topic(s, n, "exit")],
                                   maxsize=2000)
         self.next = after + 1
         self.ended = False

@@ -32,6 +32,7 @@ import time
 
 from zsup.errors import BadRequest, Conflict, NotFound, ZsupError
 from zsup.services.procfile import Procfile
+from zsup.bus.topics import agent_topic
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class AgentService:
                                  (state, reason, time.time(), slug))
             record = self._record(slug)
         if record:
-            self.d.events.publish(f"agent.{slug}.update", {"event": "update", **self.document(record)})
+            self.d.events.publish(agent_topic(slug), {"event": "update", **self.document(record)})
 
     def _recover(self) -> None:
         """A setup a previous zsupd did not finish starts over; a running process's job was
@@ -159,7 +160,7 @@ class AgentService:
                 (slug, app, node, process_type, source_url.strip(), json.dumps(env), "pending", None,
                  job_name(slug), now, now))
             record = self._record(slug)
-        self.d.events.publish(f"agent.{slug}.update", {"event": "update", **self.document(record)})
+        self.d.events.publish(agent_topic(slug), {"event": "update", **self.document(record)})
         self._start_worker(slug)
         return self.status(slug)
 
@@ -204,7 +205,7 @@ class AgentService:
             pass
         self.d.remember(job, removed=True)
         shutil.rmtree(self.paths(slug)[0], ignore_errors=True)
-        self.d.events.publish(f"agent.{slug}.update", {"event": "delete", **self.document({**record, "state": "deleted"})})
+        self.d.events.publish(agent_topic(slug), {"event": "delete", **self.document({**record, "state": "deleted"})})
         return {"slug": slug, "state": "deleted"}
 
     # ------------------------------------------------------------------ the worker

@@ -29,6 +29,7 @@ import time
 from zsup.core.envfile import parse_env, read_text
 from zsup.errors import BadRequest, NotFound, ZsupError
 from zsup.core.jobspec import check_name
+from zsup.bus.topics import IO, PROC, task_topic
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ class TaskService:
         self.starting: dict[str, int] = {}  # job -> commits in flight
         self.early: dict[int, list] = {}  # pid -> events that came before commit returned
         self._recover()
-        daemon.events.subscribe("io.", self._on_io)
-        daemon.events.subscribe("proc.", self._on_proc)
+        daemon.events.subscribe(IO, self._on_io)
+        daemon.events.subscribe(PROC, self._on_proc)
 
     @property
     def limit(self) -> int:
@@ -109,7 +110,7 @@ class TaskService:
 
     def _publish(self, row: dict | None) -> None:
         if row:
-            self.d.events.publish(f"task.{row['id']}.update", {
+            self.d.events.publish(task_topic(row["id"]), {
                 "event": "update", "id": row["id"], "version": row["version"], "status": row["status"],
                 "output_bytes": row["output_bytes"], "truncated": bool(row["truncated"])})
 
