@@ -27,6 +27,10 @@ def _annotation(type_: str) -> Any:
     return kinds[0] if len(kinds) == 1 else " | ".join(getattr(k, "__name__", "Any") for k in kinds)
 
 
+def _name(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "Any")
+
+
 def _method(spec: Command) -> Callable:
     names = [p.name for p in spec.params]
 
@@ -41,7 +45,7 @@ def _method(spec: Command) -> Callable:
                for p in spec.params if p.required]
     # Optional ones default to "not sent"; the daemon's default applies.
     params += [inspect.Parameter(p.name, inspect.Parameter.KEYWORD_ONLY, default=None,
-                                 annotation=_annotation(p.type))
+                                 annotation=f"{_name(_annotation(p.type))} | None")
                for p in spec.params if not p.required]
     method.__signature__ = inspect.Signature(params)
     method.__name__ = method.__qualname__ = spec.name
