@@ -26,6 +26,7 @@ from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
 from zsup.core.process import Process
+from zsup.core.states import ProcessState
 from zsup.core.signals import parse_signal
 from zsup.core.stats import StatsSampler, process_tree_stats
 from zsup.core.supervision import Supervision
@@ -244,7 +245,7 @@ class Manager(Supervision):
             running = job.running()
             out.append({
                 "job": job.name,
-                "state": job.state,
+                "state": job.state.value,
                 "active": job.active,
                 "numprocesses": job.numprocesses,
                 "running": len(running),
@@ -262,7 +263,7 @@ class Manager(Supervision):
                 return sorted(self._procs)
             return sorted(p.pid for p in self._procs.values() if p.spec.session == session)
         job = self._job(name, session)
-        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
 
     @supervised
     def get_process(self, pid) -> dict:
@@ -280,7 +281,7 @@ class Manager(Supervision):
 
     def _job_procs(self, name, session):
         job = self._job(name, session)
-        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
 
     # ------------------------------------------------------------------ processes
     @supervised
@@ -314,7 +315,7 @@ class Manager(Supervision):
     def send(self, pid, data, label: str | None = None) -> dict:
         """Write data, as given, to the process's stdin."""
         proc = self._process(pid, alive=False)
-        if proc.state == "exited":
+        if proc.state == ProcessState.EXITED:
             raise Conflict(f"process {proc.pid} has exited: its stdin is closed")
         if not proc.spec.redirect_input:
             raise Conflict(f"process {proc.pid} ({proc.job}) has no stdin to write to (redirect_input is off)")
@@ -347,7 +348,7 @@ class Manager(Supervision):
             "pid": proc.pid,
             "label": stream.label,
             "last_seq": stream.last_seq,
-            "state": proc.state,
+            "state": proc.state.value,
             "lines": [{"seq": s, "data": d.decode("utf-8", "replace")} for s, d in lines],
         }
 

@@ -17,6 +17,7 @@ import time
 from zsup.core.job import Job
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
+from zsup.core.states import JobState, ProcessState
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Supervision:
     `log_writer`, `stopping`."""
 
     def _stop_everything(self) -> float:
+        self._loop.assert_in_loop()
         longest = 0.0
         for job in self._jobs.values():
             job.active = False
@@ -58,9 +60,10 @@ class Supervision:
 
 
     def _start_job(self, job: Job) -> None:
+        self._loop.assert_in_loop()
         self._cancel_restart(job)
         job.active = True
-        job.state = "running"
+        job.set_state(JobState.RUNNING)
         job.stop_reason = None
         job.fast_deaths = 0
         if job.flapping:
@@ -70,8 +73,9 @@ class Supervision:
         self._manage(job)
 
     def _stop_job(self, job: Job, reason: str, publish: bool = True) -> None:
+        self._loop.assert_in_loop()
         job.active = False
-        job.state = "stopped"
+        job.set_state(JobState.STOPPED)
         self._cancel_restart(job)
         for proc in list(job.processes.values()):
             self._stop_proc(proc, reason)
@@ -79,6 +83,7 @@ class Supervision:
             self._publish_job(job, "stop", reason=reason)
 
     def _restart_job(self, job: Job) -> None:
+        self._loop.assert_in_loop()
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "restart")
         self._publish_job(job, "restart")
@@ -96,6 +101,7 @@ class Supervision:
 
     def _manage(self, job: Job) -> None:
         """Bring the job's running processes to its count."""
+        self._loop.assert_in_loop()
         if not job.active or job.restart_timer is not None or self.stopping:
             return
         running = job.running()
@@ -107,6 +113,7 @@ class Supervision:
 
     def _spawn(self, job: Job, committed: bool = False, env: dict | None = None,
                graceful_timeout: float | None = None) -> Process | None:
+        self._loop.assert_in_loop()
         proc = Process(next(self._pid_counter), job.spec, committed, graceful_timeout)
         try:
             proc.spawn(env)
@@ -126,9 +133,10 @@ class Supervision:
         return proc
 
     def _stop_proc(self, proc: Process, reason: str) -> None:
-        if proc.state != "running":
+        self._loop.assert_in_loop()
+        if proc.state != ProcessState.RUNNING:
             return
-        proc.state = "stopping"
+        proc.set_state(ProcessState.STOPPING)
         proc.stop_reason = reason
         sig = proc.spec.stop_signal
         if proc.spec.detach:
@@ -138,7 +146,8 @@ class Supervision:
         proc.stop_timer = self._loop.call_later(proc.graceful_timeout, self._kill_now, proc)
 
     def _kill_now(self, proc: Process) -> None:
-        if proc.state == "stopping":
+        self._loop.assert_in_loop()
+        if proc.state == ProcessState.STOPPING:
             log.info("process %s (%s) ignored its stop signal for %ss: SIGKILL", proc.pid, proc.job,
                      proc.graceful_timeout)
             if proc.spec.detach:
@@ -147,6 +156,7 @@ class Supervision:
                 proc.signal_group(signal.SIGKILL)
 
     def _on_pidfd(self, proc: Process) -> None:
+        self._loop.assert_in_loop()
         self._loop.remove_reader(proc.pidfd)
         try:
             _, status = os.waitpid(proc.os_pid, os.WNOHANG)
@@ -160,6 +170,7 @@ class Supervision:
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
 
     def _finish_exit(self, proc: Process) -> None:
+        self._loop.assert_in_loop()
         self._pipes.close_stdin(proc)
         self._procs.pop(proc.pid, None)
         self._exited[proc.pid] = proc
@@ -179,6 +190,7 @@ class Supervision:
 
     def _on_death(self, job: Job, proc: Process) -> None:
         """A kept-alive process died on its own (or could not spawn): restart it."""
+        self._loop.assert_in_loop()
         if not job.active or self.stopping or self._jobs.get(job.name) is not job:
             return
         if job.flapping:
@@ -197,12 +209,14 @@ class Supervision:
             job.restart_timer = self._loop.call_later(delay, self._restart_due, job)
 
     def _restart_due(self, job: Job) -> None:
+        self._loop.assert_in_loop()
         job.restart_timer = None
-        if job.active and job.state == "flapping":
-            job.state = "running"
+        if job.active and job.state == JobState.FLAPPING:
+            job.set_state(JobState.RUNNING)
         self._manage(job)
 
     def _flap(self, job: Job) -> None:
+        self._loop.assert_in_loop()
         rule = job.flapping.rule
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "flapping")
@@ -210,14 +224,14 @@ class Supervision:
         topic = f"proc.{s}.{n}.flap"
         base = {"event": "flap", "name": n, "session": s, "job": job.name, "max_retry": rule.max_retry}
         if job.flapping.next_retry():
-            job.state = "flapping"
+            job.set_state(JobState.FLAPPING)
             job.restart_timer = self._loop.call_later(rule.retry_in, self._restart_due, job)
             self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": rule.retry_in,
                                         "gave_up": False})
         else:
             self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": None, "gave_up": True})
             job.active = False
-            job.state = "failed"
+            job.set_state(JobState.FAILED)
             job.stop_reason = "flapping"
             self._publish_job(job, "stop", reason="flapping")
 
@@ -241,6 +255,7 @@ class Supervision:
         return self._children_os_pids() - ours
 
     def _reap_orphans(self) -> None:
+        self._loop.assert_in_loop()
         for os_pid in self._orphans():
             try:
                 os.waitpid(os_pid, os.WNOHANG)
@@ -253,6 +268,7 @@ class Supervision:
 
     def _kill_adopted(self) -> None:
         """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
+        self._loop.assert_in_loop()
         orphans = self._orphans()
         for os_pid in orphans:
             try:
@@ -273,6 +289,7 @@ class Supervision:
 
     # ------------------------------------------------------------------ IO thread
     def _on_lines(self, proc: Process, stream: OutputStream, first: int, count: int, payload: bytes) -> None:
+        self._io.assert_in_loop()
         s, n = proc.spec.session, proc.spec.name
         msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
                "seq": first, "lines": count}
