@@ -6,6 +6,14 @@ spawn happens in one long-lived thread (the death signal of a child follows the 
 forked it). The loop wakes on a child's pidfd the moment it exits, and on timers (graceful
 stop, back-off, flapping retries); nothing polls. Output is read by a second loop thread
 (PipeReader) and published from there.
+
+This module holds the manager's life (start, stop) and its commands and queries; what they
+set in motion (spawning, stopping, reaping, restarting, flapping) is in supervision.py, and
+the states a job or process goes through, with their allowed changes, in states.py.
+
+Thread rule: every method here may be called from any thread (the `@supervised` ones hop to
+the supervisor thread and wait), except the `_`-prefixed ones, which run in the supervisor
+thread only; those that change state check it with `Loop.assert_in_loop()`.
 """
 
 from __future__ import annotations
@@ -47,6 +55,8 @@ def supervised(method):
 
 
 class Manager(Supervision):
+    """Jobs and their processes, behind gaffer's manager API. Public methods: any thread."""
+
     def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
                  stats_interval: float = 1.0):
         self.events = events or EventEmitter()
