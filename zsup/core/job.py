@@ -8,6 +8,7 @@ from zsup.errors import BadRequest
 from zsup.core.flapping import FlappingState
 from zsup.core.jobspec import JobSpec
 from zsup.core.process import Process
+from zsup.core.states import JobState, ProcessState, check_job
 
 
 def parse_scale(current: int, n) -> int:
@@ -29,13 +30,14 @@ def parse_scale(current: int, n) -> int:
 
 
 class Job:
-    """State of one job. Changed only in the supervisor loop's thread."""
+    """State of one job. Changed only in the supervisor loop's thread; `state` only through
+    `set_state` (zsup/core/states.py)."""
 
     def __init__(self, spec: JobSpec):
         self.spec = spec
         self.numprocesses = spec.numprocesses
         self.active = False
-        self.state = "stopped"  # stopped | running | flapping | failed
+        self.state = JobState.STOPPED
         self.stop_reason: str | None = None
         self.processes: dict[int, Process] = {}  # kept alive by the job, oldest first
         self.committed: dict[int, Process] = {}  # one-shot processes, never restarted
@@ -48,8 +50,13 @@ class Job:
     def name(self) -> str:
         return self.spec.fullname
 
+    def set_state(self, new: JobState) -> None:
+        """Move to `new`; IllegalTransition if the state machine does not allow it."""
+        check_job(self.state, new, self.name)
+        self.state = new
+
     def running(self) -> list[Process]:
-        return [p for p in self.processes.values() if p.state == "running"]
+        return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())
@@ -58,11 +65,11 @@ class Job:
             "session": self.spec.session,
             "job": self.name,
             "active": self.active,
-            "state": self.state,
+            "state": self.state.value,
             "stop_reason": self.stop_reason,
             "numprocesses": self.numprocesses,
             "running": len(self.running()),
-            "pids": [p.pid for p in procs if p.state != "exited"],
+            "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
             "processes": [p.info() for p in procs],
             "flapping_retries": self.flapping.retries if self.flapping else 0,
             "config": self.spec.to_dict(),

@@ -4,6 +4,11 @@ zsupd runs two of these: the supervisor loop (pidfds and timers) and the IO loop
 pipes). asyncio would do, but its loop and futures cost more per event than this, and the
 rest of zsup is plain threads talking through these two entry points:
 `call_soon` (from any thread) and `call_and_wait` (from any thread but the loop's own).
+
+Thread rule: what a loop owns (its selector, its timers, and the state its callbacks keep,
+such as the Manager's jobs or the PipeReader's fds) is touched only in the loop's thread.
+`assert_in_loop()` checks that at the entry of such code; before `start` and after `stop`
+there is no loop thread, and the one thread driving the object owns it.
 """
 
 from __future__ import annotations
@@ -20,6 +25,14 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
+_loop_idents: set[int] = set()  # threads that are running a Loop now
+
+
+def in_a_loop_thread() -> bool:
+    """True in the thread of any running Loop (supervisor or IO): code that may block (SQLite,
+    the network) checks this and refuses, since it would stall supervision or output."""
+    return threading.get_ident() in _loop_idents
+
 
 class TimerHandle:
     __slots__ = ("when", "fn", "args", "cancelled")
@@ -29,6 +42,10 @@ class TimerHandle:
 
     def cancel(self) -> None:
         self.cancelled = True
+
+
+class WrongThread(RuntimeError):
+    """Code that only a loop's thread may run was called from another thread: a bug."""
 
 
 class Loop:
@@ -41,6 +58,7 @@ class Loop:
         self._timers: list = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._ident: int | None = None  # the loop thread's ident while it runs
         self._running = False
         self._woken = False
 
@@ -49,6 +67,7 @@ class Loop:
         self._running = True
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
+        self._ident = self._thread.ident
 
     def stop(self, timeout: float = 5.0) -> None:
         if not self._running:
@@ -57,12 +76,22 @@ class Loop:
         self._wake()
         if self._thread and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        self._ident = None  # no loop thread any more: whoever drives the object owns it
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
 
     def in_loop(self) -> bool:
         return self._thread is threading.current_thread()
+
+    def assert_in_loop(self) -> None:
+        """Raise WrongThread unless called in this loop's thread (or the loop is not running,
+        when the caller's thread is the only one). One ident compare: cheap enough for the
+        entry of every state-changing method."""
+        ident = self._ident
+        if ident is not None and threading.get_ident() != ident:
+            raise WrongThread(f"{self.name}: called from thread {threading.current_thread().name!r},"
+                              f" not the loop's")
 
     # -- scheduling ---------------------------------------------------------------------
     def call_soon(self, fn: Callable, *args: Any) -> None:
@@ -145,6 +174,13 @@ class Loop:
             pass  # the pipe is full or closed: the loop is awake or gone anyway
 
     def _run(self) -> None:
+        _loop_idents.add(threading.get_ident())
+        try:
+            self._serve()
+        finally:
+            _loop_idents.discard(threading.get_ident())
+
+    def _serve(self) -> None:
         while self._running:
             timeout = None
             if self._calls:

@@ -6,6 +6,14 @@ spawn happens in one long-lived thread (the death signal of a child follows the 
 forked it). The loop wakes on a child's pidfd the moment it exits, and on timers (graceful
 stop, back-off, flapping retries); nothing polls. Output is read by a second loop thread
 (PipeReader) and published from there.
+
+This module holds the manager's life (start, stop) and its commands and queries; what they
+set in motion (spawning, stopping, reaping, restarting, flapping) is in supervision.py, and
+the states a job or process goes through, with their allowed changes, in states.py.
+
+Thread rule: every method here may be called from any thread (the `@supervised` ones hop to
+the supervisor thread and wait), except the `_`-prefixed ones, which run in the supervisor
+thread only; those that change state check it with `Loop.assert_in_loop()`.
 """
 
 from __future__ import annotations
@@ -14,10 +22,7 @@ import ctypes
 import functools
 import itertools
 import logging
-import os
-import signal
 import threading
-import time
 from collections import OrderedDict
 from typing import Iterable
 
@@ -28,16 +33,14 @@ from zsup.core.jobspec import JobSpec, split_job_name
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
-from zsup.core.process import Process, SpawnError
+from zsup.core.process import Process
+from zsup.core.states import ProcessState
 from zsup.core.signals import parse_signal
 from zsup.core.stats import StatsSampler, process_tree_stats
+from zsup.core.supervision import Supervision
 
 log = logging.getLogger(__name__)
 
-EXITED_KEPT = 1000  # recently exited processes still answered by get_process/read_output
-BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
-BACKOFF_BASE = 0.01
-BACKOFF_MAX = 10.0
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -51,7 +54,9 @@ def supervised(method):
     return wrapper
 
 
-class Manager:
+class Manager(Supervision):
+    """Jobs and their processes, behind gaffer's manager API. Public methods: any thread."""
+
     def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
                  stats_interval: float = 1.0):
         self.events = events or EventEmitter()
@@ -97,20 +102,6 @@ class Manager:
         self._loop.stop()
         self._io.stop()
         self.started = False
-
-    def _stop_everything(self) -> float:
-        longest = 0.0
-        for job in self._jobs.values():
-            job.active = False
-            self._cancel_restart(job)
-        for proc in list(self._procs.values()):
-            if proc.spec.detach:
-                continue  # a detached process outlives the manager by design
-            longest = max(longest, proc.graceful_timeout)
-            self._stop_proc(proc, "shutdown")
-        if not any(not p.spec.detach for p in self._procs.values()):
-            self._all_gone.set()
-        return longest
 
     # ------------------------------------------------------------------ job management
     @supervised
@@ -264,7 +255,7 @@ class Manager:
             running = job.running()
             out.append({
                 "job": job.name,
-                "state": job.state,
+                "state": job.state.value,
                 "active": job.active,
                 "numprocesses": job.numprocesses,
                 "running": len(running),
@@ -282,7 +273,7 @@ class Manager:
                 return sorted(self._procs)
             return sorted(p.pid for p in self._procs.values() if p.spec.session == session)
         job = self._job(name, session)
-        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
 
     @supervised
     def get_process(self, pid) -> dict:
@@ -300,7 +291,7 @@ class Manager:
 
     def _job_procs(self, name, session):
         job = self._job(name, session)
-        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != "exited"]
+        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
 
     # ------------------------------------------------------------------ processes
     @supervised
@@ -334,7 +325,7 @@ class Manager:
     def send(self, pid, data, label: str | None = None) -> dict:
         """Write data, as given, to the process's stdin."""
         proc = self._process(pid, alive=False)
-        if proc.state == "exited":
+        if proc.state == ProcessState.EXITED:
             raise Conflict(f"process {proc.pid} has exited: its stdin is closed")
         if not proc.spec.redirect_input:
             raise Conflict(f"process {proc.pid} ({proc.job}) has no stdin to write to (redirect_input is off)")
@@ -367,7 +358,7 @@ class Manager:
             "pid": proc.pid,
             "label": stream.label,
             "last_seq": stream.last_seq,
-            "state": proc.state,
+            "state": proc.state.value,
             "lines": [{"seq": s, "data": d.decode("utf-8", "replace")} for s, d in lines],
         }
 
@@ -395,7 +386,7 @@ class Manager:
         """A child of this process that zsup did not spawn (never reaped as an orphan)."""
         self._ignored_os_pids.add(os_pid)
 
-    # ================================================================== supervisor thread only
+    # ------------------------------------------------------------------ lookups (supervisor thread)
     def _make_spec(self, config, session, env) -> JobSpec:
         if isinstance(config, JobSpec):
             spec = config
@@ -434,235 +425,3 @@ class Manager:
         if proc is None:
             raise NotFound(f"no process {pid}")
         return proc
-
-    def _publish_job(self, job: Job, event: str, **extra) -> None:
-        s, n = job.spec.session, job.spec.name
-        self.events.publish(f"job.{s}.{n}.{event}", {"event": event, "name": n, "session": s, "job": job.name, **extra})
-
-    def _publish_proc(self, proc: Process, event: str, **extra) -> None:
-        s, n = proc.spec.session, proc.spec.name
-        msg = {"event": event, "name": n, "session": s, "job": proc.job, "pid": proc.pid, "os_pid": proc.os_pid}
-        msg.update(extra)
-        self.events.publish(f"proc.{s}.{n}.{event}", msg)
-
-    def _start_job(self, job: Job) -> None:
-        self._cancel_restart(job)
-        job.active = True
-        job.state = "running"
-        job.stop_reason = None
-        job.fast_deaths = 0
-        if job.flapping:
-            job.flapping.retries = 0
-            job.flapping.restarts.clear()
-        self._publish_job(job, "start")
-        self._manage(job)
-
-    def _stop_job(self, job: Job, reason: str, publish: bool = True) -> None:
-        job.active = False
-        job.state = "stopped"
-        self._cancel_restart(job)
-        for proc in list(job.processes.values()):
-            self._stop_proc(proc, reason)
-        if publish:
-            self._publish_job(job, "stop", reason=reason)
-
-    def _restart_job(self, job: Job) -> None:
-        for proc in list(job.processes.values()):
-            self._stop_proc(proc, "restart")
-        self._publish_job(job, "restart")
-        if job.active:
-            self._cancel_restart(job)
-            job.fast_deaths = 0
-            self._manage(job)
-        else:
-            self._start_job(job)
-
-    def _cancel_restart(self, job: Job) -> None:
-        if job.restart_timer is not None:
-            job.restart_timer.cancel()
-            job.restart_timer = None
-
-    def _manage(self, job: Job) -> None:
-        """Bring the job's running processes to its count."""
-        if not job.active or job.restart_timer is not None or self.stopping:
-            return
-        running = job.running()
-        for proc in running[: max(0, len(running) - job.numprocesses)]:
-            self._stop_proc(proc, "scale")  # the oldest go first
-        for _ in range(job.numprocesses - len(running)):
-            if self._spawn(job) is None:
-                break
-
-    def _spawn(self, job: Job, committed: bool = False, env: dict | None = None,
-               graceful_timeout: float | None = None) -> Process | None:
-        proc = Process(next(self._pid_counter), job.spec, committed, graceful_timeout)
-        try:
-            proc.spawn(env)
-        except SpawnError as exc:
-            self._publish_proc(proc, "spawn_error", error=exc.message)
-            if committed:
-                raise
-            # Counted as a death, later: the back-off or flapping rule decides when to retry.
-            self._loop.call_soon(self._on_death, job, proc)
-            return None
-        self._procs[proc.pid] = proc
-        (job.committed if committed else job.processes)[proc.pid] = proc
-        self._all_gone.clear()
-        self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
-        self._pipes.add(proc)
-        self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed)
-        return proc
-
-    def _stop_proc(self, proc: Process, reason: str) -> None:
-        if proc.state != "running":
-            return
-        proc.state = "stopping"
-        proc.stop_reason = reason
-        sig = proc.spec.stop_signal
-        if proc.spec.detach:
-            proc.signal(sig)
-        else:
-            proc.signal_group(sig)
-        proc.stop_timer = self._loop.call_later(proc.graceful_timeout, self._kill_now, proc)
-
-    def _kill_now(self, proc: Process) -> None:
-        if proc.state == "stopping":
-            log.info("process %s (%s) ignored its stop signal for %ss: SIGKILL", proc.pid, proc.job,
-                     proc.graceful_timeout)
-            if proc.spec.detach:
-                proc.signal(signal.SIGKILL)
-            else:
-                proc.signal_group(signal.SIGKILL)
-
-    def _on_pidfd(self, proc: Process) -> None:
-        self._loop.remove_reader(proc.pidfd)
-        try:
-            _, status = os.waitpid(proc.os_pid, os.WNOHANG)
-        except ChildProcessError:
-            status = 0
-        if proc.stop_timer is not None:
-            proc.stop_timer.cancel()
-        proc.reaped(status)
-        if proc.stop_reason and not proc.spec.detach:
-            proc.signal_group(signal.SIGKILL)  # whatever of its group ignored the stop signal
-        self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
-
-    def _finish_exit(self, proc: Process) -> None:
-        self._pipes.close_stdin(proc)
-        self._procs.pop(proc.pid, None)
-        self._exited[proc.pid] = proc
-        while len(self._exited) > EXITED_KEPT:
-            self._exited.popitem(last=False)
-        self._publish_proc(proc, "exit", exit_code=proc.exit_code, term_signal=proc.term_signal,
-                           reason=proc.stop_reason, uptime=round(proc.uptime(), 3))
-        if proc.stop_reason:
-            self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
-        job = self._jobs.get(proc.job)
-        kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
-        self._publish_proc(proc, "reap")
-        if not any(not p.spec.detach for p in self._procs.values()):
-            self._all_gone.set()
-        if kept and not proc.committed and not proc.stop_reason:
-            self._on_death(job, proc)
-
-    def _on_death(self, job: Job, proc: Process) -> None:
-        """A kept-alive process died on its own (or could not spawn): restart it."""
-        if not job.active or self.stopping or self._jobs.get(job.name) is not job:
-            return
-        if job.flapping:
-            if job.flapping.record_restart():
-                self._flap(job)
-                return
-            self._manage(job)
-            return
-        if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
-            job.fast_deaths = 0
-        job.fast_deaths += 1
-        if job.fast_deaths <= 1:
-            self._manage(job)
-        elif job.restart_timer is None:
-            delay = min(BACKOFF_BASE * 2 ** (job.fast_deaths - 2), BACKOFF_MAX)
-            job.restart_timer = self._loop.call_later(delay, self._restart_due, job)
-
-    def _restart_due(self, job: Job) -> None:
-        job.restart_timer = None
-        if job.active and job.state == "flapping":
-            job.state = "running"
-        self._manage(job)
-
-    def _flap(self, job: Job) -> None:
-        rule = job.flapping.rule
-        for proc in list(job.processes.values()):
-            self._stop_proc(proc, "flapping")
-        s, n = job.spec.session, job.spec.name
-        topic = f"proc.{s}.{n}.flap"
-        base = {"event": "flap", "name": n, "session": s, "job": job.name, "max_retry": rule.max_retry}
-        if job.flapping.next_retry():
-            job.state = "flapping"
-            job.restart_timer = self._loop.call_later(rule.retry_in, self._restart_due, job)
-            self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": rule.retry_in,
-                                        "gave_up": False})
-        else:
-            self.events.publish(topic, {**base, "attempt": job.flapping.retries, "retry_in": None, "gave_up": True})
-            job.active = False
-            job.state = "failed"
-            job.stop_reason = "flapping"
-            self._publish_job(job, "stop", reason="flapping")
-
-    # ------------------------------------------------------------------ orphans (subreaper)
-    def _children_os_pids(self) -> set[int]:
-        pids: set[int] = set()
-        try:
-            tasks = os.listdir("/proc/self/task")
-        except OSError:
-            return pids
-        for tid in tasks:
-            try:
-                with open(f"/proc/self/task/{tid}/children") as f:
-                    pids.update(int(p) for p in f.read().split())
-            except OSError:
-                continue
-        return pids
-
-    def _orphans(self) -> set[int]:
-        ours = {p.os_pid for p in self._procs.values()} | self._ignored_os_pids
-        return self._children_os_pids() - ours
-
-    def _reap_orphans(self) -> None:
-        for os_pid in self._orphans():
-            try:
-                os.waitpid(os_pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-    def _reap_orphans_every(self, interval: float) -> None:
-        self._reap_orphans()
-        self._loop.call_later(interval, self._reap_orphans_every, interval)
-
-    def _kill_adopted(self) -> None:
-        """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
-        orphans = self._orphans()
-        for os_pid in orphans:
-            try:
-                os.kill(os_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 2
-        while orphans and time.monotonic() < deadline:
-            for os_pid in list(orphans):
-                try:
-                    if os.waitpid(os_pid, os.WNOHANG)[0]:
-                        orphans.discard(os_pid)
-                except ChildProcessError:
-                    orphans.discard(os_pid)
-            if orphans:
-                time.sleep(0.01)
-
-    # ------------------------------------------------------------------ IO thread
-    def _on_lines(self, proc: Process, stream: OutputStream, first: int, count: int, payload: bytes) -> None:
-        s, n = proc.spec.session, proc.spec.name
-        msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
-               "seq": first, "lines": count}
-        self.events.publish(f"io.{s}.{n}.{proc.pid}.{stream.label}", msg, payload)
-        if self.log_writer is not None:
-            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)

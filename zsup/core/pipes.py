@@ -55,8 +55,9 @@ class PipeReader:
     def close_stdin(self, proc: Process) -> None:
         self.loop.call_soon(self._close_stdin, proc)
 
-    # -- loop thread ------------------------------------------------------------------------
+    # -- loop thread only (checked by assert_in_loop) -------------------------------------
     def _add(self, proc: Process) -> None:
+        self.loop.assert_in_loop()
         for fd, stream in proc.out_fds:
             self._owner[fd] = (proc, stream)
             self.loop.add_reader(fd, self._on_readable)
@@ -65,6 +66,7 @@ class PipeReader:
         self._read(fd, once=True)
 
     def _read(self, fd: int, once: bool) -> None:
+        self.loop.assert_in_loop()
         proc, stream = self._owner[fd]
         while True:
             try:
@@ -104,6 +106,7 @@ class PipeReader:
             self.on_lines(proc, stream, first, count, payload)
 
     def _drain(self, proc: Process, then: Callable[[], None]) -> None:
+        self.loop.assert_in_loop()
         try:
             for fd, _ in list(proc.out_fds):
                 if fd in self._owner:
@@ -112,6 +115,7 @@ class PipeReader:
             then()
 
     def _write(self, proc: Process, data: bytes) -> None:
+        self.loop.assert_in_loop()
         fd = proc.stdin_fd
         if fd < 0:
             return
@@ -137,6 +141,7 @@ class PipeReader:
         self._stdin.pop(fd, None)
 
     def _drop_stdin(self, proc: Process) -> None:
+        self.loop.assert_in_loop()
         fd = proc.stdin_fd
         if fd < 0:
             return

@@ -23,9 +23,9 @@ from zsup.core.envfile import substitute
 from zsup.errors import ZsupError
 from zsup.core.jobspec import JobSpec
 from zsup.core.output import OutputStream
+from zsup.core.states import ProcessState, check_process
 
 SETPRIV = shutil.which("setpriv")
-_STATES = ("running", "stopping", "exited")
 
 
 class SpawnError(ZsupError):
@@ -71,7 +71,8 @@ def find_executable(program: str, env: dict, cwd: str | None) -> str:
 
 class Process:
     """A spawned child. Its pipes are read by the IO loop; its pidfd is watched by the
-    supervisor loop. All fields are changed only in the supervisor loop's thread."""
+    supervisor loop. All fields are changed only in the supervisor loop's thread; `state`
+    only through `set_state` (zsup/core/states.py: spawning -> running -> stopping -> exited)."""
 
     def __init__(self, pid: int, spec: JobSpec, committed: bool = False, graceful_timeout: float | None = None):
         self.pid = pid
@@ -84,7 +85,7 @@ class Process:
         self.started = 0.0
         self.started_mono = 0.0
         self.ended = 0.0
-        self.state = "running"
+        self.state = ProcessState.SPAWNING
         self.exit_code: int | None = None
         self.term_signal: int | None = None
         self.stop_reason: str | None = None
@@ -96,6 +97,11 @@ class Process:
     @property
     def job(self) -> str:
         return self.spec.fullname
+
+    def set_state(self, new: ProcessState) -> None:
+        """Move to `new`; IllegalTransition if the state machine does not allow it."""
+        check_process(self.state, new, self.pid)
+        self.state = new
 
     def spawn(self, extra_env: dict | None = None) -> None:
         spec = self.spec
@@ -150,6 +156,7 @@ class Process:
             os.set_blocking(fd, False)
         if self.stdin_fd >= 0:
             os.set_blocking(self.stdin_fd, False)
+        self.set_state(ProcessState.RUNNING)
 
     def _output_pipe(self, label: str, child_fds: list[int], parent_fds: list[int]) -> int:
         """A pipe for one labelled stream: its read end goes to the IO loop, the write end
@@ -173,7 +180,7 @@ class Process:
             return False
 
     def signal(self, sig: int) -> bool:
-        if self.state == "exited":
+        if self.state == ProcessState.EXITED:
             return False
         try:
             os.kill(self.os_pid, sig)
@@ -188,7 +195,7 @@ class Process:
             self.exit_code = -self.term_signal
         else:
             self.exit_code = os.waitstatus_to_exitcode(status)
-        self.state = "exited"
+        self.set_state(ProcessState.EXITED)
         self.ended = time.time()
         if self.popen is not None:
             self.popen.returncode = self.exit_code
@@ -197,7 +204,7 @@ class Process:
             self.pidfd = -1
 
     def uptime(self) -> float:
-        end = self.ended if self.state == "exited" else time.time()
+        end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
 
     def info(self) -> dict:
@@ -209,7 +216,7 @@ class Process:
             "job": self.job,
             "cmd": self.spec.cmd,
             "args": self.spec.args,
-            "state": self.state,
+            "state": self.state.value,
             "committed": self.committed,
             "detach": self.spec.detach,
             "started": self.started,

@@ -6,21 +6,31 @@ or unloaded (origin "file"). A "file" row carries the fingerprint of the config 
 overrides: when a reload or restart finds that section changed, the file wins and the row is
 dropped (DESIGN.md: run-time changes win until the job's own section changes).
 
-The store is used from one thread at a time (the bus's control thread) but opened with
-check_same_thread=False so zsupd may create it in its main thread.
+Thread rule: SQLite may block (a disk flush, a busy WAL), so it is never touched from the
+supervisor or IO loop threads; `execute` raises WrongThread there. Work that starts on those
+threads (task output and exits, from zsupd's own io./proc. events) is handed to the store's
+own thread with `defer`, which never blocks and keeps the order it was given in. Other
+threads (the bus's control thread, service workers) call `execute` directly; one lock keeps
+the shared connection to one statement at a time (check_same_thread=False for that reason).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import queue
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from zsup.core.jobspec import JobSpec
+from zsup.core.loop import WrongThread, in_a_loop_thread
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -62,13 +72,73 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="zsup-store", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
+        """Finish what was deferred, then close the file."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join(30)
         self._db.close()
 
     def execute(self, sql: str, params=()) -> sqlite3.Cursor:
+        """Run one statement; any thread but the supervisor and IO loops' (WrongThread)."""
+        if in_a_loop_thread():
+            raise WrongThread(f"SQLite from loop thread {threading.current_thread().name!r}: use Store.defer")
         with self._lock:
             return self._db.execute(sql, params)
+
+    # -- the store's own thread ------------------------------------------------------------
+    def defer(self, fn: Callable, *args: Any) -> None:
+        """Run fn(*args) in the store's thread, after everything deferred before it. Safe from
+        any thread and never blocks (the queue is unbounded: its producers are bounded by
+        what zsupd's children write and by the task output limit)."""
+        if self._closed:
+            log.warning("store closed: dropped %r", fn)
+            return
+        self._queue.put((fn, args, None))
+
+    def call(self, fn: Callable, *args: Any, timeout: float = 60) -> Any:
+        """Run fn(*args) in the store's thread after everything deferred before it; return
+        its result or raise its exception. Not from a loop thread (it waits)."""
+        if self.in_store_thread() or self._closed:
+            return fn(*args)
+        if in_a_loop_thread():
+            raise WrongThread("Store.call waits: not from a loop thread (use Store.defer)")
+        done = threading.Event()
+        box: list = [None, None, done]
+        self._queue.put((fn, args, box))
+        if not done.wait(timeout):
+            raise TimeoutError(f"the store did not answer in {timeout} s")
+        if box[1] is not None:
+            raise box[1]
+        return box[0]
+
+    def in_store_thread(self) -> bool:
+        return self._thread is threading.current_thread()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args, box = item
+            try:
+                result = fn(*args)
+                if box is not None:
+                    box[0] = result
+            except Exception as exc:  # one bad write must not stop the ones after it
+                if box is None:
+                    log.exception("store: %r failed", fn)
+                else:
+                    box[1] = exc
+            finally:
+                if box is not None:
+                    box[2].set()
 
     # -- jobs ----------------------------------------------------------------------------
     def jobs(self) -> dict[str, JobRow]:

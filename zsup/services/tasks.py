@@ -6,9 +6,13 @@ environment `<env>` added: the `[env:APP.ENV]` section of the config file, else 
 survive a restart of zsupd and of the gateway.
 
 Output is captured from the daemon's own events (`io.` for lines, `proc.` for the exit),
-matched by zsup pid. Events for a pid may arrive before `commit` has told us the pid (the
-IO and supervisor threads run ahead of the control thread): while a commit is in flight,
-events of unknown pids of the task's job are held and replayed once the pid is known.
+matched by zsup pid. Those events are published on the IO and supervisor loop threads,
+which must never block: their listeners only hand the event to the store's own thread
+(`Store.defer`), where it is written, in the order it came. Events for a pid may reach
+that thread before `commit` has told us the pid (the loops run ahead of the control
+thread): while a commit is in flight, events of unknown pids of the task's job are held,
+and the pid is registered in the store's thread too, so the held ones are replayed before
+any later one.
 
 Output kept per task is bounded (`task_output_limit`, default 1 MiB): the first bytes are
 kept, the rest counted in `dropped` and the record marked `truncated`. Every change bumps
@@ -83,8 +87,8 @@ class TaskService:
         self.starting: dict[str, int] = {}  # job -> commits in flight
         self.early: dict[int, list] = {}  # pid -> events that came before commit returned
         self._recover()
-        daemon.events.subscribe(IO, self._on_io)
-        daemon.events.subscribe(PROC, self._on_proc)
+        daemon.events.subscribe(IO, self._defer_io)
+        daemon.events.subscribe(PROC, self._defer_proc)
 
     @property
     def limit(self) -> int:
@@ -150,22 +154,31 @@ class TaskService:
         except ZsupError as exc:
             self._update(task_id, status="failed", reason=exc.message, ended=time.time())
         finally:
-            with self.lock:
-                self.starting[job] -= 1
-                if not self.starting[job]:
-                    del self.starting[job]
-                if pid is not None:
-                    self.by_pid[pid] = task_id
-                    self.d.store.execute("UPDATE tasks SET status = 'running', pid = ?, started = ?,"
-                                         " version = version + 1 WHERE id = ?", (pid, time.time(), task_id))
-                    early = self.early.pop(pid, [])
-                if not self.starting:
-                    self.early.clear()
+            # In the store's thread, after the events already handed to it: they were held
+            # (pid unknown) and are replayed here before any that come after.
+            self.d.store.call(self._committed, job, task_id, pid)
+        return self.get(task_id)
+
+    def _committed(self, job: str, task_id: int, pid: int | None) -> None:
+        """A commit returned (pid None: it failed): register the pid, replay held events."""
+        with self.lock:
+            early = []
+            if pid is not None:
+                # by_pid before starting drops: _mine, which reads both without the lock,
+                # must never see neither.
+                self.by_pid[pid] = task_id
+                self.d.store.execute("UPDATE tasks SET status = 'running', pid = ?, started = ?,"
+                                     " version = version + 1 WHERE id = ?", (pid, time.time(), task_id))
+                early = self.early.pop(pid, [])
+            self.starting[job] -= 1
+            if not self.starting[job]:
+                del self.starting[job]
+            if not self.starting:
+                self.early.clear()
         if pid is not None:
             self._publish(self._row(task_id))
             for kind, topic, msg, data in early:
                 (self._on_io if kind == "io" else self._on_proc)(topic, msg, data)
-        return self.get(task_id)
 
     def environment(self, app: str, env: str, cwd: str | None) -> dict:
         section = self.d.config.task_envs.get(f"{app}.{env}") if hasattr(self.d.config, "task_envs") else None
@@ -234,7 +247,24 @@ class TaskService:
                 pass  # it exited meanwhile; the exit event settles the status
         return self.get(task_id)
 
-    # ------------------------------------------------------------------ events (IO and supervisor threads)
+    # ------------------------------------------------------------------ events
+    def _mine(self, msg: dict) -> bool:
+        """Could this event be a task's? Read without the lock (single dict reads under the
+        GIL) so the loops never wait for it: a task's pid is in `by_pid`, or its commit is
+        still in flight (`starting`, raised before the spawn and dropped after by_pid is set)."""
+        return msg.get("pid") in self.by_pid or bool(self.starting)
+
+    def _defer_io(self, topic: str, msg: dict, data: bytes | None) -> None:
+        """Listener on the IO thread: no SQLite there, hand the event to the store's thread."""
+        if self._mine(msg):
+            self.d.store.defer(self._on_io, topic, msg, data)
+
+    def _defer_proc(self, topic: str, msg: dict, data) -> None:
+        """Listener on the supervisor thread: as _defer_io. Only the events used here go."""
+        if topic.endswith((".spawn", ".exit")) and self._mine(msg):
+            self.d.store.defer(self._on_proc, topic, msg, data)
+
+    # ------------------------------------------------------------------ the store's thread
     def _held(self, kind: str, topic: str, msg: dict, data) -> bool:
         """Hold an event of an unknown pid while a commit of its job is in flight."""
         if msg.get("job") in self.starting or (kind == "proc" and _job_of(topic) in self.starting):

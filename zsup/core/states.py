@@ -1,0 +1,82 @@
+"""The states of a process and of a job, and the only transitions between them.
+
+Written as data so the rules are read in one place and checked on every change: a Process
+or Job changes state only through `set_state`, which raises IllegalTransition for a move the
+tables below do not allow. Such a move is a bug in the supervisor (never bad input), so it
+fails loudly: in a test, at once; in zsupd, as a logged error of the supervisor loop's
+callback and an `internal` error reply.
+
+The state strings are what clients see (`info`, `status`, `get_process`, the HTTP API): the
+enums are `str` enums whose values are exactly those strings.
+
+Process (all changes in the supervisor thread):
+
+    spawning --spawn--> running --stop (no event yet)--> stopping
+                           |                               |
+                           +-----exit, reap-----> exited <-+-- exit, stop_pid, reap
+
+  `spawning` lives only inside `Manager._spawn` (a Process that fails to spawn publishes
+  `spawn_error` and is dropped without leaving it), so no client ever sees it. The exit
+  events are published once the pipes are drained (`_finish_exit`), after the state changed.
+
+Job (all changes in the supervisor thread):
+
+    stopped | failed --start--> running --flap--> flapping --(retry due)--> running
+    any state --stop--> stopped (`update` stops without an event and publishes `update`)
+    running | flapping --flap, stop(reason=flapping)--> failed (the rule gave up)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class IllegalTransition(RuntimeError):
+    """A state change the tables do not allow: a bug in the supervisor."""
+
+
+class ProcessState(StrEnum):
+    SPAWNING = "spawning"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+class JobState(StrEnum):
+    STOPPED = "stopped"
+    RUNNING = "running"
+    FLAPPING = "flapping"
+    FAILED = "failed"
+
+
+P, J = ProcessState, JobState
+
+# (from, to) -> the events (proc.<session>.<name>.<event>) that go with the change.
+PROCESS_TRANSITIONS: dict[tuple[ProcessState, ProcessState], tuple[str, ...]] = {
+    (P.SPAWNING, P.RUNNING): ("spawn",),
+    (P.RUNNING, P.STOPPING): (),  # stop signal sent; stop_pid comes with the exit
+    (P.RUNNING, P.EXITED): ("exit", "reap"),
+    (P.STOPPING, P.EXITED): ("exit", "stop_pid", "reap"),
+}
+
+# (from, to) -> the events (job.<session>.<name>.<event>, or proc.….flap) that may go with
+# the change; which one depends on the cause (start, retry, update...), as described above.
+JOB_TRANSITIONS: dict[tuple[JobState, JobState], tuple[str, ...]] = {
+    **{(s, J.RUNNING): ("start",) for s in (J.STOPPED, J.RUNNING, J.FAILED)},
+    (J.FLAPPING, J.RUNNING): ("start",),  # or none: the flapping retry came due
+    **{(s, J.STOPPED): ("stop", "update") for s in J},
+    (J.RUNNING, J.FLAPPING): ("flap",),
+    (J.FLAPPING, J.FLAPPING): ("flap",),  # a death already queued when the rule tripped
+    (J.RUNNING, J.FAILED): ("flap", "stop"),
+    (J.FLAPPING, J.FAILED): ("flap", "stop"),
+}
+
+
+def check_process(old: ProcessState, new: ProcessState, pid: int) -> None:
+    if (old, new) not in PROCESS_TRANSITIONS:
+        raise IllegalTransition(f"process {pid}: no transition {old.value} -> {new.value}")
+
+
+def check_job(old: JobState, new: JobState, name: str) -> None:
+    if (old, new) not in JOB_TRANSITIONS:
+        raise IllegalTransition(f"job {name}: no transition {old.value} -> {new.value}")
