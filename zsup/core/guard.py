@@ -17,6 +17,8 @@ import os
 import subprocess
 import threading
 
+from zsup.bus.topics import PROC
+
 GUARD_SCRIPT = r"""
 cat > /dev/null
 [ -e "$1.done" ] && exit 0
@@ -51,7 +53,7 @@ class OrphanGuard:
 
     def on_event(self, topic: str, msg: dict, data) -> None:
         """Event listener: record spawns and reaps of attached (not detached) processes."""
-        if not topic.startswith("proc.") or msg.get("detach"):
+        if not topic.startswith(PROC) or msg.get("detach"):
             return
         event = msg.get("event")
         if event == "spawn":

@@ -11,24 +11,6 @@ from zsup.core.process import Process
 from zsup.core.states import JobState, ProcessState, check_job
 
 
-def parse_scale(current: int, n) -> int:
-    """gaffer's scale argument: an int is relative; "+N"/"-N" relative, "=N" or "N" absolute."""
-    if isinstance(n, bool):
-        raise BadRequest(f"n: bad scale value {n!r}")
-    if isinstance(n, int):
-        target = current + n
-    elif isinstance(n, str) and n.strip():
-        text = n.strip()
-        op, digits = (text[0], text[1:]) if text[0] in "+-=" else ("=", text)
-        if not digits.isdigit():
-            raise BadRequest(f"n: bad scale value {n!r} (use 3, +2, -1 or =3)")
-        value = int(digits)
-        target = {"+": current + value, "-": current - value, "=": value}[op]
-    else:
-        raise BadRequest(f"n: bad scale value {n!r} (use 3, +2, -1 or =3)")
-    return max(0, target)
-
-
 class Job:
     """State of one job. Changed only in the supervisor loop's thread; `state` only through
     `set_state` (zsup/core/states.py)."""

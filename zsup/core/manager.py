@@ -24,18 +24,19 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from zsup.errors import BadRequest, Conflict, NotFound
 from zsup.core.events import EventEmitter
-from zsup.core.job import Job, parse_scale
+from zsup.bus.parse import parse_scale
+from zsup.core.job import Job
 from zsup.core.jobspec import JobSpec, split_job_name
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
 from zsup.core.process import Process
 from zsup.core.states import ProcessState
-from zsup.core.signals import parse_signal
+from zsup.bus.parse import parse_signal
 from zsup.core.stats import StatsSampler, process_tree_stats
 from zsup.core.supervision import Supervision
 
@@ -56,6 +57,13 @@ def supervised(method):
 
 class Manager(Supervision):
     """Jobs and their processes, behind gaffer's manager API. Public methods: any thread."""
+
+    def run_supervised(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn()` on the supervisor thread as one call and return its result (any thread).
+
+        Manager methods called inside `fn` run inline, so a command that changes state and
+        reads the result back costs one hand-over, not two."""
+        return self._loop.call_and_wait(fn, timeout=60)
 
     def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
                  stats_interval: float = 1.0):

@@ -14,6 +14,7 @@ import os
 import signal
 import time
 
+from zsup.bus.topics import io_topic, job_topic, proc_topic
 from zsup.core.job import Job
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
@@ -50,13 +51,13 @@ class Supervision:
 
     def _publish_job(self, job: Job, event: str, **extra) -> None:
         s, n = job.spec.session, job.spec.name
-        self.events.publish(f"job.{s}.{n}.{event}", {"event": event, "name": n, "session": s, "job": job.name, **extra})
+        self.events.publish(job_topic(s, n, event), {"event": event, "name": n, "session": s, "job": job.name, **extra})
 
     def _publish_proc(self, proc: Process, event: str, **extra) -> None:
         s, n = proc.spec.session, proc.spec.name
         msg = {"event": event, "name": n, "session": s, "job": proc.job, "pid": proc.pid, "os_pid": proc.os_pid}
         msg.update(extra)
-        self.events.publish(f"proc.{s}.{n}.{event}", msg)
+        self.events.publish(proc_topic(s, n, event), msg)
 
 
     def _start_job(self, job: Job) -> None:
@@ -221,7 +222,7 @@ class Supervision:
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "flapping")
         s, n = job.spec.session, job.spec.name
-        topic = f"proc.{s}.{n}.flap"
+        topic = proc_topic(s, n, "flap")
         base = {"event": "flap", "name": n, "session": s, "job": job.name, "max_retry": rule.max_retry}
         if job.flapping.next_retry():
             job.set_state(JobState.FLAPPING)
@@ -293,6 +294,6 @@ class Supervision:
         s, n = proc.spec.session, proc.spec.name
         msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
                "seq": first, "lines": count}
-        self.events.publish(f"io.{s}.{n}.{proc.pid}.{stream.label}", msg, payload)
+        self.events.publish(io_topic(s, n, proc.pid, stream.label), msg, payload)
         if self.log_writer is not None:
             self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)

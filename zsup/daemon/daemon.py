@@ -17,6 +17,7 @@ import threading
 
 from zsup.bus import curve as curvekeys
 from zsup.bus.server import BusServer
+from zsup.bus import topics
 from zsup.bus.topics import INTERNAL_SESSION, is_internal
 from zsup.daemon import agent_commands, commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
@@ -104,7 +105,7 @@ class Daemon:
         self.events.subscribe("", self.bus.publish)
         self.events.subscribe("", self.webhooks)
         if self.verbose >= 2:
-            self.events.subscribe("io.", self._print_output)
+            self.events.subscribe(topics.IO, self._print_output)
         self.webhooks.start()
         self.plugins = PluginHost(PluginContext(self.bus.endpoints["router"][0], self.bus.endpoints["pub"][0],
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
@@ -113,7 +114,7 @@ class Daemon:
 
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
-        self.events.subscribe("proc.", self.guard.on_event)
+        self.events.subscribe(topics.PROC, self.guard.on_event)
         self.manager.start()
         self._load_initial_jobs()
         self._start_services()
@@ -253,7 +254,7 @@ class Daemon:
 
     def supervise(self, fn):
         """Run `fn()` on the supervisor thread, as one call (manager methods inside run inline)."""
-        return self.manager._loop.call_and_wait(fn, timeout=60)
+        return self.manager.run_supervised(fn)
 
     def remember(self, name: str, removed: bool = False, info: dict | None = None) -> None:
         """Record a run-time change of one job so that a restart of zsupd keeps it.

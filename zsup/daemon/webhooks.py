@@ -12,12 +12,10 @@ import logging
 import queue
 import threading
 
+from zsup.bus.topics import JOB_EVENTS, PROC_EVENTS
 from zsup.core.events import topic_matches
 
 log = logging.getLogger(__name__)
-
-JOB_EVENTS = {"create", "start", "stop", "restart", "update", "delete"}
-PROC_EVENTS = {"spawn", "reap", "exit", "stop_pid", "flap", "spawn_error"}
 
 
 def webhook_pattern(key: str) -> str:

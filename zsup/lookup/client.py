@@ -28,6 +28,7 @@ import uuid
 from urllib.parse import quote
 
 from zsup import __version__
+from zsup.bus.topics import JOB, is_internal
 
 __all__ = ["LookupRegistrar", "node_id", "node_urls"]
 
@@ -37,7 +38,6 @@ DEBOUNCE = 0.2
 REQUEST_TIMEOUT = 5.0
 STOP_TIMEOUT = 3.0
 RETRY_MIN, RETRY_MAX = 0.5, 30.0
-INTERNAL_SESSION = "zsupd"  # zsupd's own jobs (its HTTP gateway) are not announced
 
 
 def node_id(state_dir: str) -> str:
@@ -203,7 +203,7 @@ class LookupRegistrar:
         self._subscribed = False
 
     def document(self) -> dict:
-        jobs = sorted(j for j in self.daemon.manager.jobs() if not j.startswith(INTERNAL_SESSION + "."))
+        jobs = sorted(j for j in self.daemon.manager.jobs() if not is_internal(j))
         return {"node_id": self.node_id, "name": self.name, "urls": self.urls, "version": __version__,
                 "jobs": jobs, "sessions": sorted({j.split(".", 1)[0] for j in jobs})}
 
@@ -230,7 +230,7 @@ class LookupRegistrar:
         self.node_id = node_id(daemon.state_dir)
         self.urls = node_urls(daemon.config.settings, daemon.config.endpoints, daemon.config.http_endpoints,
                               getattr(daemon, "http_bind", None))
-        daemon.events.subscribe("job.", self._on_job_event)
+        daemon.events.subscribe(JOB, self._on_job_event)
         self._subscribed = True
         for target in self.targets:
             target.thread.start()
@@ -238,7 +238,7 @@ class LookupRegistrar:
 
     def stop(self) -> None:
         if self._subscribed:
-            self.daemon.events.unsubscribe("job.", self._on_job_event)
+            self.daemon.events.unsubscribe(JOB, self._on_job_event)
             self._subscribed = False
         self.stopping.set()
         for target in self.targets:
