@@ -6,11 +6,11 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import readline_within
+
+from zsup.core.flapping import FlappingRule
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config, parse_config
 from zsup.errors import BadRequest
-from zsup.core.flapping import FlappingRule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETC = os.path.join(ROOT, "etc")

@@ -38,10 +38,10 @@ from urllib.parse import urlsplit
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError
 
-from zsup.errors import BadRequest
 from zsup.core.jobspec import DEFAULT_SESSION, LOG_FORMATS, JobSpec, check_name, to_bool, to_list, to_number
-from zsup.paths import default_state_dir
 from zsup.core.signals import parse_signal
+from zsup.errors import BadRequest
+from zsup.paths import default_state_dir
 
 DEFAULT_BIND = "127.0.0.1:5000"
 DEFAULT_BACKLOG = 1024
