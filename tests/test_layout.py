@@ -6,7 +6,8 @@ Imports are read with ast, so an import inside a function counts as much as one 
   - zsup.http talks to the daemon only over the bus: zsup.bus, zsup.errors, zsup.http, and
     the package's own __version__;
   - zsup.services and zsup.daemon never import the command line or the HTTP gateway;
-  - zsup.lookup never imports the daemon.
+  - zsup.lookup never imports the daemon;
+  - the bus modules core may import (protocol, parsers) never import zmq.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ RULES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "zsup.services": (None, ("zsup.cli", "zsup.http")),
     "zsup.daemon": (None, ("zsup.cli", "zsup.http")),
     "zsup.lookup": (None, ("zsup.daemon",)),
+    # what core may import from the bus must stay pure (no sockets)
+    "zsup.bus.protocol": (None, ("zmq",)),
+    "zsup.bus.parsers": (None, ("zmq",)),
 }
 
 
@@ -104,6 +108,8 @@ def test_checker_sees_a_bad_import():
     assert violations("zsup.http.app", [("zsup.daemon.store", 7)])
     assert violations("zsup.lookup.client", [("zsup.daemon.daemon", 1)])
     assert violations("zsup.services.tasks", [("zsup.http.app", 1)])
+    assert violations("zsup.bus.protocol", [("zmq", 1)])
+    assert violations("zsup.bus.client", [("zmq", 1)]) == []
 
 
 def test_every_module_keeps_the_import_rule():
