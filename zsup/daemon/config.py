@@ -27,6 +27,8 @@ key named ";key"):
     `args`, which are command lines whose quotes belong to shell-like splitting;
   - values are single lines; list values (`redirect_output`, `http_endpoints`, `flapping`)
     are comma separated and split by the checks, not by configobj.
+  - a value may hold three single quotes in a row, or three double quotes, not both (it
+    reaches configobj inside triple quotes of the other kind).
 Relative paths (cwd, log_dir, state_dir, key files, ...) are relative to the config file's
 folder, so a config works whatever the daemon's current directory is; a job whose `cmd`
 starts with `./` or `../` and has no `cwd` runs in that folder (gaffer's `cmd = ./dummy.py`).
