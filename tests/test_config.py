@@ -263,6 +263,19 @@ def test_bad_files_are_refused_with_file_section_key(tmp_path, text, expected):
     assert message.startswith(expected), message
 
 
+
+def test_values_reach_configobj_verbatim(tmp_path):
+    """Quotes and triple quotes inside values are kept as written but for one pair around the
+    whole value (configobj reads each value inside triple quotes); only a value with both
+    kinds of triple quotes is refused."""
+    cfg = parse_config("[process:web]\ncmd = echo it'\n[env:web]\n"
+                       "A = a\'\'\'b\nB = \"\"\"c\"\"\"\nC = x'\nD =\n")
+    job = cfg.jobs[0]
+    assert job.cmd == "echo it'"
+    assert job.env == {"A": "a\'\'\'b", "B": '""c""', "C": "x\'", "D": ""}
+    message = refused(tmp_path, "[process:web]\ncmd = a\'\'\' \"\"\"\n")
+    assert message == ":2: [process:web] cmd: a value cannot hold both \'\'\' and \"\"\"", message
+
 def test_config_error_is_a_bad_request(tmp_path):
     with pytest.raises(BadRequest) as info:
         parse_config("[process:web]\ncmd = x\nnumprocesses = -1\n", "zsup.ini")
