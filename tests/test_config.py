@@ -6,11 +6,11 @@ import signal
 import subprocess
 
 import pytest
-
 from conftest import readline_within
+
+from zsup.core.flapping import FlappingRule
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config, parse_config
 from zsup.errors import BadRequest
-from zsup.core.flapping import FlappingRule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ETC = os.path.join(ROOT, "etc")
@@ -262,6 +262,19 @@ def test_bad_files_are_refused_with_file_section_key(tmp_path, text, expected):
     message = refused(tmp_path, text)
     assert message.startswith(expected), message
 
+
+
+def test_values_reach_configobj_verbatim(tmp_path):
+    """Quotes and triple quotes inside values are kept as written but for one pair around the
+    whole value (configobj reads each value inside triple quotes); only a value with both
+    kinds of triple quotes is refused."""
+    cfg = parse_config("[process:web]\ncmd = echo it'\n[env:web]\n"
+                       "A = a\'\'\'b\nB = \"\"\"c\"\"\"\nC = x'\nD =\n")
+    job = cfg.jobs[0]
+    assert job.cmd == "echo it'"
+    assert job.env == {"A": "a\'\'\'b", "B": '""c""', "C": "x\'", "D": ""}
+    message = refused(tmp_path, "[process:web]\ncmd = a\'\'\' \"\"\"\n")
+    assert message == ":2: [process:web] cmd: a value cannot hold both \'\'\' and \"\"\"", message
 
 def test_config_error_is_a_bad_request(tmp_path):
     with pytest.raises(BadRequest) as info:

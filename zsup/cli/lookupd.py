@@ -20,9 +20,9 @@ import sys
 import threading
 
 from zsup import __version__
-from zsup.lookup.lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
 from zsup.cli.daemonize import daemonize, setup_logging, stop_on_signals
 from zsup.cli.daemonize import pidfile as write_pidfile
+from zsup.lookup.lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
 
 DEFAULT_BIND = "127.0.0.1:5010"
 PROG = "zsup-lookupd"

@@ -7,10 +7,10 @@ import os
 import sys
 
 from zsup import __version__
-from zsup.daemon.config import load_config, parse_config
-from zsup.errors import ZsupError
 from zsup.cli.daemonize import daemonize, setup_logging
 from zsup.cli.daemonize import pidfile as write_pidfile
+from zsup.daemon.config import load_config, parse_config
+from zsup.errors import ZsupError
 
 
 def build_parser() -> argparse.ArgumentParser:

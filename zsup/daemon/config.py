@@ -14,6 +14,9 @@ Sections:
   [env:APP.ENV]                    task environment ENV of app APP (docs/tasks.md)
   [plugin:NAME]                    left alone for plugins (they get `DaemonConfig.raw`)
 
+The types and defaults of [zsup] and [endpoint:NAME] are configobj configspecs checked with
+its Validator (zsup.daemon.config_spec); [process:...] keys are JobSpec's.
+
 Syntax rules on top of configobj (which only knows `#` comments and would read `;key=` as a
 key named ";key"):
   - a line whose first non-blank character is `;` or `#` is a comment, and so is what
@@ -23,7 +26,9 @@ key named ";key"):
   - a value wholly inside matching quotes loses them (`name = "a # b"`), except `cmd` and
     `args`, which are command lines whose quotes belong to shell-like splitting;
   - values are single lines; list values (`redirect_output`, `http_endpoints`, `flapping`)
-    are comma separated and split here, not by configobj.
+    are comma separated and split by the checks, not by configobj.
+  - a value may hold three single quotes in a row, or three double quotes, not both (it
+    reaches configobj inside triple quotes of the other kind).
 Relative paths (cwd, log_dir, state_dir, key files, ...) are relative to the config file's
 folder, so a config works whatever the daemon's current directory is; a job whose `cmd`
 starts with `./` or `../` and has no `cwd` runs in that folder (gaffer's `cmd = ./dummy.py`).
@@ -37,57 +42,21 @@ from dataclasses import dataclass, field, fields
 from urllib.parse import urlsplit
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError
+from configobj.validate import ValidateError
 
-from zsup.errors import BadRequest
-from zsup.core.jobspec import DEFAULT_SESSION, LOG_FORMATS, JobSpec, check_name, to_bool, to_list, to_number
-from zsup.paths import default_state_dir
+from zsup.core.jobspec import DEFAULT_SESSION, JobSpec, check_name
 from zsup.core.signals import parse_signal
+from zsup.daemon.config_spec import ENDPOINT_SPEC, SETTINGS_SPEC, validator
+from zsup.errors import BadRequest
+from zsup.paths import default_state_dir
 
-DEFAULT_BIND = "127.0.0.1:5000"
-DEFAULT_BACKLOG = 1024
-ENDPOINT_KEYS = ("bind", "certfile", "keyfile", "backlog", "auth_file", "tokens_file")
 # Keys a [process:...] section may hold: every JobSpec option but those the section's name
 # and its [env:...] section give.
 JOB_KEYS = tuple(f.name for f in fields(JobSpec) if f.name not in ("name", "session", "env"))
 # cmd and args are split like a shell line later: their quotes are meaningful.
 LITERAL_KEYS = ("cmd", "args")
 
-# name -> (kind, default). Defaults that depend on state_dir are filled in afterwards (None).
-SETTINGS: dict[str, tuple[str, object]] = {
-    "http_endpoints": ("list", []),
-    "plugin_dir": ("path", None),  # <state_dir>/plugins
-    "state_dir": ("path", None),  # zsup.paths.default_state_dir(): $ZSUP_STATE_DIR or ~/.zsup
-    "bus": ("zmq", None),  # ipc://<state_dir>/zsupd.sock
-    "pub": ("zmq", None),  # ipc://<state_dir>/zsupd-pub.sock
-    "bus_tcp": ("tcp", None),
-    "pub_tcp": ("tcp", None),
-    "curve_secret_key_file": ("file", None),
-    "curve_public_key_file": ("file", None),
-    "curve_authorized_keys": ("dir", None),
-    "insecure_tcp": ("bool", False),
-    "log": ("bool", True),
-    "log_dir": ("path", None),  # <state_dir>/logs
-    "log_max_bytes": ("size", 10 * 1024 * 1024),
-    "log_backups": ("count", 10),
-    "log_format": ("log_format", "text"),
-    "log_rotate": ("log_rotate", None),  # "none"
-    "ring_size": ("positive", 1000),
-    "pidfile": ("path", None),
-    "webhook_timeout": ("seconds", 5.0),
-    "webhook_queue": ("positive", 1000),
-    "task_output_limit": ("size", 1024 * 1024),  # output bytes kept per task (docs/tasks.md)
-    "agent_max_download": ("size", 100 * 1024 * 1024),  # agent archives (docs/agent.md)
-    "agent_max_unpacked": ("size", 500 * 1024 * 1024),
-    "lookupd_addresses": ("urls", []),  # zsup-lookupd servers to register with (docs/lookupd.md)
-    "lookupd_token_file": ("file", None),  # bearer token sent to them (first non-comment line)
-    "node_name": ("str", None),  # the name announced to them (default: the host name)
-    "public_url": ("url", None),  # this node's gateway as others reach it (default: derived)
-}
-
-_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use marks around a value's index
-_TOKEN = re.compile(f"^{_OPEN}(\\d+){_CLOSE}$")
 _SECTION_LINE = re.compile(r"^\[+\s*([^\]]*?)\s*\]+")
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
 
 class ConfigError(BadRequest):
@@ -181,6 +150,7 @@ class _Reader:
     def __init__(self, path: str, base_dir: str):
         self.path = path
         self.base_dir = base_dir
+        self.validator = validator(base_dir)
 
     def fail(self, reason: str, section: str | None = None, key: str | None = None,
              line: int | None = None) -> ConfigError:
@@ -189,10 +159,10 @@ class _Reader:
     # -- syntax -------------------------------------------------------------------------
 
     def parse(self, text: str) -> ConfigObj:
-        """Let configobj parse the structure (sections, keys, duplicates, bad lines) while the
-        values are taken out and replaced by tokens, so configobj's value syntax (lists, its
-        own comment and quote rules) never applies; then put the values back."""
-        lines, values, sections = [], [], []
+        """Let configobj parse the structure (sections, keys, duplicates, bad lines), with each
+        value cut at its comment, unquoted, and given to configobj in triple quotes, which it
+        keeps verbatim: its own value syntax (lists, `#` anywhere, quotes) never applies."""
+        lines, sections = [], []
         section = None
         for line in text.lstrip("\ufeff").splitlines():
             stripped = line.strip()
@@ -206,8 +176,14 @@ class _Reader:
                         line = stripped[: m.end()] + " #" + stripped[m.end():].lstrip()[1:]
             elif stripped and not stripped.startswith("#") and "=" in stripped:
                 key, _, value = line.partition("=")
-                values.append(_strip_comment(value))
-                line = f"{key}= {_OPEN}{len(values) - 1}{_CLOSE}"
+                value = _strip_comment(value)
+                if key.strip() not in LITERAL_KEYS:
+                    value = _unquote(value)
+                quotes = "\'\'\'" if "\'\'\'" not in value else '"""'
+                if quotes in value:
+                    raise self.fail("a value cannot hold both \'\'\' and \"\"\"", section,
+                                    key.strip(), len(lines) + 1)
+                line = f"{key}= {quotes}{value}{quotes}"
             lines.append(line)
             sections.append(section)
         try:
@@ -222,17 +198,7 @@ class _Reader:
             if isinstance(exc, DuplicateError):
                 raise self.fail("duplicate key", sec, bad.partition("=")[0].strip(), number) from None
             raise self.fail(f"cannot parse {bad!r}", sec, line=number) from None
-        self._restore(raw, values)
         return raw
-
-    def _restore(self, section, values: list[str]) -> None:
-        for key in section.scalars:
-            m = _TOKEN.match(str(section[key]))
-            if m:
-                value = values[int(m.group(1))]
-                section[key] = value if key in LITERAL_KEYS else _unquote(value)
-        for name in section.sections:
-            self._restore(section[name], values)
 
     # -- meaning ------------------------------------------------------------------------
 
@@ -303,33 +269,32 @@ class _Reader:
         except BadRequest as exc:
             raise self.fail(exc.message, sname) from None
 
-    def resolve(self, value: str, base_dir: str | None = None) -> str:
-        value = os.path.expanduser(value)
-        return os.path.normpath(os.path.join(base_dir or self.base_dir, value))
+    def resolve(self, value: str) -> str:
+        return os.path.normpath(os.path.join(self.base_dir, os.path.expanduser(value)))
 
     def settings(self, sname: str | None, sec, overrides: dict) -> dict:
-        """[zsup] keys converted, then command-line overrides, then derived defaults."""
+        """[zsup] keys checked against SETTINGS_SPEC, then command-line overrides, then the
+        spec's defaults and those derived from state_dir."""
         label = sname or "zsup"
         out = {}
         for key in sec:
-            if key not in SETTINGS:
+            if key not in SETTINGS_SPEC:
                 raise self.fail("unknown key", label, key)
-        for source, base_dir in ((sec, self.base_dir), (overrides, os.getcwd())):
-            for key, value in source.items():
-                if source is overrides and value is None:
-                    continue
-                if key not in SETTINGS:
-                    raise self.fail("unknown setting given on the command line", key=key)
-                try:
-                    out[key] = self.setting(key, value, base_dir)
-                except BadRequest as exc:
-                    reason = exc.message.partition(": ")[2] or exc.message
-                    if source is overrides:
-                        raise self.fail(f"{reason} (given on the command line)", key=key) from None
-                    raise self.fail(reason, label, key) from None
-        for key, (_, default) in SETTINGS.items():
+        for key, value in sec.items():
+            out[key] = self.check(SETTINGS_SPEC[key], value, label, key)
+        command_line = validator(os.getcwd())  # relative paths given there are the cwd's
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            if key not in SETTINGS_SPEC:
+                raise self.fail("unknown setting given on the command line", key=key)
+            try:
+                out[key] = command_line.check(SETTINGS_SPEC[key], value)
+            except ValidateError as exc:
+                raise self.fail(f"{exc} (given on the command line)", key=key) from None
+        for key, check in SETTINGS_SPEC.items():
             if out.get(key) is None:
-                out[key] = default
+                out[key] = self.validator.get_default_value(check)
         # The same rule as every other tool, so zsupctl finds the bus without a config file.
         state = out["state_dir"] = out["state_dir"] or default_state_dir()
         out["plugin_dir"] = out["plugin_dir"] or os.path.join(state, "plugins")
@@ -343,98 +308,24 @@ class _Reader:
                                     "(or insecure_tcp = true)", label, key)
         return out
 
-    def setting(self, key: str, value, base_dir: str):
-        """Convert one [zsup] value; raises BadRequest("key: reason")."""
-        kind = SETTINGS[key][0]
-        if isinstance(value, str):
-            value = value.strip()
-        if kind == "list":
-            return to_list(key, value)
-        if kind == "urls":
-            return [self.setting_url(key, url) for url in to_list(key, value)]
-        if kind == "bool":
-            return to_bool(key, value)
-        if value is None or value == "":
-            return None  # "not set": the default applies
-        if kind in ("path", "file", "dir"):
-            path = self.resolve(str(value), base_dir)
-            if kind == "file" and not os.path.isfile(path):
-                raise BadRequest(f"{key}: no such file {path!r}")
-            if kind == "dir" and not os.path.isdir(path):
-                raise BadRequest(f"{key}: no such directory {path!r}")
-            return path
-        if kind == "str":
-            return str(value)
-        if kind == "url":
-            return self.setting_url(key, str(value))
-        if kind in ("zmq", "tcp"):
-            schemes = ("tcp://",) if kind == "tcp" else ("ipc://", "tcp://")
-            if not str(value).startswith(schemes) or len(str(value)) <= 6:
-                raise BadRequest(f"{key}: expected a {' or '.join(schemes)} endpoint, got {value!r}")
-            return str(value)
-        if kind == "size":
-            return parse_size(key, value)
-        if kind == "count":
-            return to_number(key, value, int, 0)
-        if kind == "positive":
-            return to_number(key, value, int, 1)
-        if kind == "seconds":
-            number = to_number(key, value, float, 0)
-            if number <= 0:
-                raise BadRequest(f"{key}: must be > 0, got {value!r}")
-            return number
-        if kind == "log_format":
-            if value not in LOG_FORMATS:
-                raise BadRequest(f"{key}: expected text or json, got {value!r}")
-            return value
-        if kind == "log_rotate":
-            if value not in ("daily", "hourly", "none"):
-                raise BadRequest(f"{key}: expected daily, hourly or none, got {value!r}")
-            return None if value == "none" else value
-        raise AssertionError(kind)
-
-    @staticmethod
-    def setting_url(key: str, url: str) -> str:
+    def check(self, spec: str, value, sname: str, key: str):
+        """One value through its configspec check; a refusal names the section and key."""
         try:
-            parts = urlsplit(url)
-            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise BadRequest(f"{key}: expected an http(s)://HOST[:PORT] URL, got {url!r}")
-        return url.rstrip("/")
+            return self.validator.check(spec, value)
+        except ValidateError as exc:
+            raise self.fail(str(exc), sname, key) from None
 
     def endpoint(self, sname: str, sec) -> dict:
-        out = {"bind": DEFAULT_BIND, "certfile": None, "keyfile": None, "backlog": DEFAULT_BACKLOG,
-               "auth_file": None, "tokens_file": None}
-        for key, value in sec.items():
-            value = value.strip()
-            if key not in ENDPOINT_KEYS:
+        for key in sec:
+            if key not in ENDPOINT_SPEC:
                 raise self.fail("unknown key", sname, key)
-            if key == "bind":
-                out[key] = self.bind(sname, value)
-            elif key == "backlog":
-                try:
-                    out[key] = to_number(key, value, int, 1)
-                except BadRequest as exc:
-                    raise self.fail(exc.message.partition(": ")[2], sname, key) from None
-            elif value:
-                path = self.resolve(value)
-                if not os.path.isfile(path):
-                    raise self.fail(f"no such file {path!r}", sname, key)
-                out[key] = path
+        out = {key: self.check(ENDPOINT_SPEC[key], value, sname, key) for key, value in sec.items()}
+        for key, check in ENDPOINT_SPEC.items():
+            if out.get(key) is None:
+                out[key] = self.validator.get_default_value(check)
         if out["keyfile"] and not out["certfile"]:
             raise self.fail("a keyfile needs a certfile", sname, "keyfile")
         return out
-
-    def bind(self, sname: str, value: str) -> str:
-        """HOST:PORT (an IPv6 host in brackets) or unix:PATH."""
-        if value.startswith("unix:") and len(value) > 5:
-            return "unix:" + self.resolve(value[5:])
-        host, _, port = value.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            raise self.fail(f"expected HOST:PORT or unix:PATH, got {value!r}", sname, "bind")
-        return value
 
     def webhooks(self, sname: str, sec) -> list[tuple[str, str]]:
         hooks = []
@@ -494,15 +385,3 @@ class _Reader:
                 raise self.fail(reason, sname, key) from None
             raise self.fail(exc.message, sname) from None
 
-
-def parse_size(key: str, value) -> int:
-    """A byte count: 1048576, 512k, 10M, 1GB (binary multiples)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise BadRequest(f"{key}: must be >= 0, got {value!r}")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise BadRequest(f"{key}: expected a size such as 10485760 or 10M, got {value!r}")
-    unit = (m.group(2) or "b")[0].lower()
-    return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]

@@ -1,0 +1,46 @@
+"""The Procfile application the `zsup` tool works on: its root, its Procfile, its name.
+
+Shared by the tool's local commands (zsup.cli.procfile_local) and those that talk to zsupd
+(zsup.cli.procfile_bus); the options are those of zsup.cli.procfile_tool's parser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from zsup.services.procfile import Procfile, app_name_for
+
+
+def app_root(args: argparse.Namespace) -> str:
+    """-d, else the folder of -f, else the current folder."""
+    if args.directory:
+        return os.path.abspath(args.directory)
+    if args.procfile:
+        return os.path.dirname(os.path.abspath(args.procfile))
+    return os.getcwd()
+
+
+def procfile_path(args: argparse.Namespace) -> str:
+    """-f as given (relative to the current folder), else `Procfile` in the application root."""
+    return os.path.abspath(args.procfile) if args.procfile else os.path.join(app_root(args), "Procfile")
+
+
+def app_name(args: argparse.Namespace, name: str | None) -> str:
+    """The session name: NAME, '.' meaning the current folder's name, else the root's name.
+
+    Commands that only talk to zsupd (scale, ps, unload) need no Procfile for this, so an app
+    can be managed from anywhere by name.
+    """
+    if name == ".":
+        return app_name_for(os.path.basename(os.getcwd().rstrip(os.sep)))
+    if name:
+        return app_name_for(name)
+    return app_name_for(os.path.basename(app_root(args).rstrip(os.sep)))
+
+
+def load_procfile(args: argparse.Namespace, name: str | None = None) -> Procfile:
+    root = args.directory and os.path.abspath(args.directory)
+    return Procfile.load(procfile_path(args), root=root, env_files=args.env,
+                         app_name=app_name(args, name) if name else None)
+

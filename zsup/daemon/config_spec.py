@@ -1,0 +1,204 @@
+"""The types and defaults of the config file's [zsup] and [endpoint:NAME] sections.
+
+They are declared as configobj configspecs (SETTINGS_SPEC, ENDPOINT_SPEC), and checked with
+configobj's validate.Validator, given the checks below (`validator(base_dir)`). A check takes
+the value as written (or as given on the command line) and returns it converted, or raises
+`Invalid(reason)`, where the reason is what follows `[section] key:` in a ConfigError. An
+empty value means "not set" (None: the spec's default applies), except where a check says
+otherwise: a bool reads "" as false, a list as empty, and `bind` and a required integer
+refuse it.
+
+Defaults that depend on state_dir (the sockets, plugin_dir, log_dir) are None here and filled
+in by zsup.daemon.config once state_dir is known. [process:...] sections are not declared
+here: their keys and checks are JobSpec's (zsup.core.jobspec), shared with the `load` command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Callable
+from urllib.parse import urlsplit
+
+from configobj import ConfigObj
+from configobj.validate import ValidateError, Validator
+
+from zsup.core.jobspec import to_bool, to_list, to_number
+from zsup.errors import BadRequest
+
+SETTINGS_SPEC = ConfigObj("""
+http_endpoints = names(default=list())
+plugin_dir = path(default=None)             # <state_dir>/plugins
+state_dir = path(default=None)              # zsup.paths.default_state_dir(): $ZSUP_STATE_DIR or ~/.zsup
+bus = zmq(default=None)                     # ipc://<state_dir>/zsupd.sock
+pub = zmq(default=None)                     # ipc://<state_dir>/zsupd-pub.sock
+bus_tcp = tcp(default=None)
+pub_tcp = tcp(default=None)
+curve_secret_key_file = file(default=None)
+curve_public_key_file = file(default=None)
+curve_authorized_keys = dir(default=None)
+insecure_tcp = bool(default=False)
+log = bool(default=True)
+log_dir = path(default=None)                # <state_dir>/logs
+log_max_bytes = size(default=10M)
+log_backups = integer(min=0, default=10)
+log_format = choice(text, json, default=text)
+log_rotate = rotation(default=none)
+ring_size = integer(min=1, default=1000)
+pidfile = path(default=None)
+webhook_timeout = seconds(default=5.0)
+webhook_queue = integer(min=1, default=1000)
+task_output_limit = size(default=1M)        # output bytes kept per task (docs/tasks.md)
+agent_max_download = size(default=100M)     # agent archives (docs/agent.md)
+agent_max_unpacked = size(default=500M)
+lookupd_addresses = urls(default=list())    # zsup-lookupd servers to register with (docs/lookupd.md)
+lookupd_token_file = file(default=None)     # bearer token sent to them (first non-comment line)
+node_name = string(default=None)            # the name announced to them (default: the host name)
+public_url = url(default=None)              # this node's gateway as others reach it (default: derived)
+""".splitlines(), list_values=False, interpolation=False)
+
+ENDPOINT_SPEC = ConfigObj("""
+bind = bind(default=127.0.0.1:5000)
+certfile = file(default=None)
+keyfile = file(default=None)
+backlog = integer(min=1, required=True, default=1024)
+auth_file = file(default=None)
+tokens_file = file(default=None)
+""".splitlines(), list_values=False, interpolation=False)
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+
+
+class Invalid(ValidateError):
+    """A value a check refuses; str() is the reason, without the key."""
+
+
+def _reason(exc: BadRequest) -> Invalid:
+    """The shared converters say "key: reason"; the config names the key itself."""
+    return Invalid(exc.message.partition(": ")[2] or exc.message)
+
+
+def _converter(convert: Callable) -> Callable:
+    def check(value, *args, **kwargs):
+        try:
+            return convert(value, *args, **kwargs)
+        except BadRequest as exc:
+            raise _reason(exc) from None
+    return check
+
+
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def parse_size(key: str, value) -> int:
+    """A byte count: 1048576, 512k, 10M, 1GB (binary multiples)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise BadRequest(f"{key}: must be >= 0, got {value!r}")
+        return value
+    m = _SIZE.match(str(value))
+    if not m:
+        raise BadRequest(f"{key}: expected a size such as 10485760 or 10M, got {value!r}")
+    unit = (m.group(2) or "b")[0].lower()
+    return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
+
+
+def check_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise Invalid(f"expected an http(s)://HOST[:PORT] URL, got {value!r}")
+    return value.rstrip("/")
+
+
+def _integer(value, min=None, required=False):
+    if _blank(value) and not required:
+        return None
+    return to_number("value", value.strip() if isinstance(value, str) else value, int,
+                     None if min is None else int(min))
+
+
+def _seconds(value):
+    if _blank(value):
+        return None
+    number = to_number("value", value.strip() if isinstance(value, str) else value, float, 0)
+    if number <= 0:
+        raise Invalid(f"must be > 0, got {value!r}")
+    return number
+
+
+def _choice(value, *options):
+    if _blank(value):
+        return None
+    value = value.strip()
+    if value not in options:
+        raise Invalid(f"expected {', '.join(options[:-1])} or {options[-1]}, got {value!r}")
+    return value
+
+
+def _rotation(value):
+    rotate = _choice(value, "daily", "hourly", "none")
+    return None if rotate == "none" else rotate
+
+
+def _endpoint(value, schemes):
+    if _blank(value):
+        return None
+    value = str(value).strip()
+    if not value.startswith(schemes) or len(value) <= 6:
+        raise Invalid(f"expected a {' or '.join(schemes)} endpoint, got {value!r}")
+    return value
+
+
+def _optional(check: Callable) -> Callable:
+    return lambda value: None if _blank(value) else check(str(value).strip())
+
+
+def validator(base_dir: str) -> Validator:
+    """A Validator that knows zsup's checks; relative paths are resolved against base_dir."""
+
+    def resolve(value: str) -> str:
+        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(value)))
+
+    def path(value, kind="path"):
+        if _blank(value):
+            return None
+        resolved = resolve(str(value).strip())
+        if kind == "file" and not os.path.isfile(resolved):
+            raise Invalid(f"no such file {resolved!r}")
+        if kind == "dir" and not os.path.isdir(resolved):
+            raise Invalid(f"no such directory {resolved!r}")
+        return resolved
+
+    def bind(value):
+        """HOST:PORT (an IPv6 host in brackets) or unix:PATH."""
+        value = value.strip()
+        if value.startswith("unix:") and len(value) > 5:
+            return "unix:" + resolve(value[5:])
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise Invalid(f"expected HOST:PORT or unix:PATH, got {value!r}")
+        return value
+
+    return Validator({
+        "names": _converter(lambda value: to_list("value", value)),
+        "urls": _converter(lambda value: [check_url(url) for url in to_list("value", value)]),
+        "bool": _converter(lambda value: to_bool("value", value)),
+        "path": path,
+        "file": lambda value: path(value, "file"),
+        "dir": lambda value: path(value, "dir"),
+        "string": _optional(str),
+        "url": _optional(check_url),
+        "zmq": lambda value: _endpoint(value, ("ipc://", "tcp://")),
+        "tcp": lambda value: _endpoint(value, ("tcp://",)),
+        "size": _optional(_converter(lambda value: parse_size("value", value))),
+        "integer": _converter(_integer),
+        "seconds": _converter(_seconds),
+        "choice": _choice,
+        "rotation": _rotation,
+        "bind": bind,
+    })
