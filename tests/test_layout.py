@@ -2,12 +2,12 @@
 
 Imports are read with ast, so an import inside a function counts as much as one at the top:
   - zsup.core imports nothing above it: only zsup.core, zsup.errors, zsup.paths and the bus's
-    pure protocol module; and never zmq (the core does not talk to sockets);
+    pure vocabulary (topics, parse); and never zmq (the core does not talk to sockets);
   - zsup.http talks to the daemon only over the bus: zsup.bus, zsup.errors, zsup.http, and
     the package's own __version__;
   - zsup.services and zsup.daemon never import the command line or the HTTP gateway;
   - zsup.lookup never imports the daemon;
-  - the bus modules core may import (protocol, parsers) never import zmq.
+  - the protocol's pure modules (topics, parse, protocol, schema) import neither zmq nor core.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ PACKAGE = os.path.join(ROOT, "zsup")
 MAX_LINES = 500
 
 # layer -> (allowed zsup modules or None for "any but the forbidden", forbidden modules)
-CORE_ALLOWED = ("zsup.core", "zsup.errors", "zsup.paths", "zsup.bus.protocol", "zsup.bus.parsers")
+CORE_ALLOWED = ("zsup.core", "zsup.errors", "zsup.paths", "zsup.bus.topics", "zsup.bus.parse")
 HTTP_ALLOWED = ("zsup.bus", "zsup.errors", "zsup.http")
 RULES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "zsup.core": (CORE_ALLOWED, ("zmq",)),
@@ -30,9 +30,11 @@ RULES: dict[str, tuple[tuple[str, ...] | None, tuple[str, ...]]] = {
     "zsup.services": (None, ("zsup.cli", "zsup.http")),
     "zsup.daemon": (None, ("zsup.cli", "zsup.http")),
     "zsup.lookup": (None, ("zsup.daemon",)),
-    # what core may import from the bus must stay pure (no sockets)
-    "zsup.bus.protocol": (None, ("zmq",)),
-    "zsup.bus.parsers": (None, ("zmq",)),
+    # the protocol's pure modules (what core may import) touch no socket and sit below core
+    "zsup.bus.topics": (None, ("zmq", "zsup.core")),
+    "zsup.bus.parse": (None, ("zmq", "zsup.core")),
+    "zsup.bus.protocol": (None, ("zmq", "zsup.core")),
+    "zsup.bus.schema": (None, ("zmq", "zsup.core")),
 }
 
 

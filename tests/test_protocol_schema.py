@@ -5,8 +5,8 @@ import inspect
 import os
 
 import pytest
-
 from conftest import ROOT, wait_for
+
 from zsup.bus import docgen, schema
 from zsup.bus.client import Client
 from zsup.bus.parse import parse_scale, scale_order

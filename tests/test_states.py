@@ -5,14 +5,13 @@ import threading
 import types
 
 import pytest
-
 from conftest import PYTHON, Recorder, wait_for
+
 from zsup.core.job import Job
 from zsup.core.jobspec import JobSpec
 from zsup.core.loop import Loop, WrongThread
 from zsup.core.process import Process
-from zsup.core.states import (JOB_TRANSITIONS, PROCESS_TRANSITIONS, IllegalTransition, JobState,
-                              ProcessState)
+from zsup.core.states import JOB_TRANSITIONS, PROCESS_TRANSITIONS, IllegalTransition, JobState, ProcessState
 from zsup.daemon.store import Store
 
 

@@ -15,7 +15,6 @@ from typing import Any, Iterable, Iterator
 import zmq
 
 from zsup.bus import curve as curvekeys
-from zsup.bus.typed import BusCommands
 from zsup.bus.protocol import (
     Event,
     decode_event,
@@ -24,6 +23,7 @@ from zsup.bus.protocol import (
     topic_matches,
     zmq_prefix,
 )
+from zsup.bus.typed import BusCommands
 from zsup.errors import Unavailable, ZsupError, error_from_dict
 from zsup.paths import default_state_dir
 

@@ -66,3 +66,15 @@ def job_io_prefix(job: str) -> str:
 def is_internal(job: str) -> bool:
     """True for a job of zsupd's own session (`zsupd.<name>`)."""
     return job.startswith(INTERNAL_SESSION + ".")
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """Gaffer's matching rules, the ones of the emitter, webhooks, `watch` and bus Subscribers:
+    `""` or `"."` match everything; a pattern ending with `.` is a plain prefix; any other
+    matches itself and what lies below it (`proc.default.web` gets `proc.default.web.spawn`,
+    not `proc.default.webapp.spawn`)."""
+    if pattern in ("", "."):
+        return True
+    if pattern.endswith("."):
+        return topic.startswith(pattern)
+    return topic == pattern or topic.startswith(pattern + ".")

@@ -11,21 +11,13 @@ import logging
 import threading
 from typing import Callable
 
+from zsup.bus.topics import topic_matches
+
 log = logging.getLogger(__name__)
 
+__all__ = ["EventEmitter", "Listener", "topic_matches"]
+
 Listener = Callable[[str, dict, "bytes | None"], None]
-
-
-def topic_matches(pattern: str, topic: str) -> bool:
-    """Gaffer's matching rules, the ones of the emitter, webhooks, `watch` and bus Subscribers:
-    `""` or `"."` match everything; a pattern ending with `.` is a plain prefix; any other
-    matches itself and what lies below it (`proc.default.web` gets `proc.default.web.spawn`,
-    not `proc.default.webapp.spawn`)."""
-    if pattern in ("", "."):
-        return True
-    if pattern.endswith("."):
-        return topic.startswith(pattern)
-    return topic == pattern or topic.startswith(pattern + ".")
 
 
 class EventEmitter:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from zsup.errors import BadRequest
 from zsup.core.flapping import FlappingState
 from zsup.core.jobspec import JobSpec
 from zsup.core.process import Process

@@ -281,7 +281,7 @@ class Manager(Supervision):
                 return sorted(self._procs)
             return sorted(p.pid for p in self._procs.values() if p.spec.session == session)
         job = self._job(name, session)
-        return [p.pid for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
+        return [p.pid for p in self._live_procs(job)]
 
     @supervised
     def get_process(self, pid) -> dict:
@@ -299,7 +299,11 @@ class Manager(Supervision):
 
     def _job_procs(self, name, session):
         job = self._job(name, session)
-        return job.name, [p for p in list(job.processes.values()) + list(job.committed.values()) if p.state != ProcessState.EXITED]
+        return job.name, self._live_procs(job)
+
+    @staticmethod
+    def _live_procs(job) -> list:
+        return [p for p in (*job.processes.values(), *job.committed.values()) if p.state != ProcessState.EXITED]
 
     # ------------------------------------------------------------------ processes
     @supervised

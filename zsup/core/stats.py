@@ -12,8 +12,7 @@ import threading
 
 import psutil
 
-from zsup.core.events import topic_matches
-from zsup.bus.topics import stats_topic
+from zsup.bus.topics import stats_topic, topic_matches
 
 log = logging.getLogger(__name__)
 

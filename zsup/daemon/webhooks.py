@@ -12,8 +12,7 @@ import logging
 import queue
 import threading
 
-from zsup.bus.topics import JOB_EVENTS, PROC_EVENTS
-from zsup.core.events import topic_matches
+from zsup.bus.topics import JOB_EVENTS, PROC_EVENTS, topic_matches
 
 log = logging.getLogger(__name__)
 

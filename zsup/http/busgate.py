@@ -64,8 +64,8 @@ from typing import Any, Iterable
 import zmq
 
 from zsup.bus.client import Client
-from zsup.bus.typed import BusCommands
 from zsup.bus.protocol import Event, decode_event, topic_matches, zmq_prefix
+from zsup.bus.typed import BusCommands
 from zsup.errors import Unavailable, ZsupError
 
 __all__ = ["BusGate", "Subscription", "memo"]

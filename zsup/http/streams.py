@@ -33,11 +33,11 @@ import time
 from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
+from zsup.bus.topics import io_topic, proc_topic
 from zsup.errors import NotFound, Unavailable
 from zsup.http.busgate import memo
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
-from zsup.bus.topics import io_topic, proc_topic
 
 route = api.route
 

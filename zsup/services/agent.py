@@ -30,9 +30,9 @@ import shutil
 import threading
 import time
 
+from zsup.bus.topics import agent_topic
 from zsup.errors import BadRequest, Conflict, NotFound, ZsupError
 from zsup.services.procfile import Procfile
-from zsup.bus.topics import agent_topic
 
 log = logging.getLogger(__name__)
 

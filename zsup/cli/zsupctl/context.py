@@ -11,7 +11,6 @@ from typing import Any, Callable, Iterable
 from zsup.bus.client import Client, Subscriber, default_endpoints
 from zsup.errors import ZsupError
 
-
 PROG = "zsupctl"
 DEFAULT_TIMEOUT = 5.0
 # How long tail/logs -f wait for a first live message before reading stored output. The

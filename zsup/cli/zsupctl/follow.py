@@ -13,10 +13,10 @@ from zsup.bus.client import Subscriber
 from zsup.bus.parse import signal_name
 from zsup.bus.protocol import Event
 from zsup.bus.topics import job_io_prefix
-from zsup.errors import NotFound, ZsupError
-from zsup.core.logfiles import LogRecord, read_log
 from zsup.cli.zsupctl.context import EVENT_KINDS, LIVE_WAIT, Ctl, _full_name, _name_args
 from zsup.cli.zsupctl.format import human_bytes
+from zsup.core.logfiles import LogRecord, read_log
+from zsup.errors import NotFound, ZsupError
 
 # ------------------------------------------------------------------------------ watch
 

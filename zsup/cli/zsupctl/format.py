@@ -8,8 +8,6 @@ import re
 import time
 from typing import Any, Iterable, Sequence
 
-
-
 # ------------------------------------------------------------------------------ formatting
 
 

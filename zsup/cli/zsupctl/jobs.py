@@ -8,9 +8,9 @@ import time
 
 from zsup import __version__
 from zsup.bus.parse import scale_order, signal_name
-from zsup.errors import NotFound, ZsupError
 from zsup.cli.zsupctl.context import Ctl, UsageError, _full_name, _name_args
 from zsup.cli.zsupctl.format import _plural, format_table, human_bytes, human_duration, parse_env
+from zsup.errors import NotFound, ZsupError
 
 # ------------------------------------------------------------------------------ jobs
 

@@ -9,17 +9,33 @@ import sys
 from typing import Callable, Sequence
 
 from zsup import __version__
-from zsup.errors import ZsupError
 from zsup.cli.zsupctl.context import DEFAULT_TIMEOUT, PROG, Ctl, UsageError, resolve_endpoints
-from zsup.cli.zsupctl.format import parse_env, parse_since
 from zsup.cli.zsupctl.follow import cmd_logs, cmd_tail, cmd_watch
+from zsup.cli.zsupctl.format import parse_env, parse_since
 from zsup.cli.zsupctl.jobs import (
-    cmd_add, cmd_commit, cmd_get, cmd_info, cmd_kill,
-    cmd_load_process, cmd_pids, cmd_ping, cmd_processes, cmd_reload,
-    cmd_reopen_logs, cmd_scale, cmd_send, cmd_sessions, cmd_start,
-    cmd_stats, cmd_status, cmd_stop, cmd_sub, cmd_unload,
+    cmd_add,
+    cmd_commit,
+    cmd_get,
+    cmd_info,
+    cmd_kill,
+    cmd_load_process,
+    cmd_pids,
+    cmd_ping,
+    cmd_processes,
+    cmd_reload,
+    cmd_reopen_logs,
+    cmd_scale,
+    cmd_send,
+    cmd_sessions,
+    cmd_start,
+    cmd_stats,
+    cmd_status,
+    cmd_stop,
+    cmd_sub,
+    cmd_unload,
     cmd_version,
 )
+from zsup.errors import ZsupError
 
 # ------------------------------------------------------------------------------ parser
 
@@ -97,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", action="append", metavar="NAME=VALUE", type=_env_arg, help="extra environment")
     p = add("kill", cmd_kill, "send a signal to a process (PID, a number) or to every process of a job (NAME)")
     p.add_argument("target", metavar="PID|NAME")
-    p.add_argument("signal", metavar="SIG", nargs="?", default="TERM", help="a name (HUP, SIGHUP) or number (default TERM)")
+    p.add_argument("signal", metavar="SIG", nargs="?", default="TERM",
+                   help="a name (HUP, SIGHUP) or number (default TERM)")
     p.add_argument("--session", help="the job's session, if NAME has none")
     p = add("send", cmd_send, "write TEXT and a newline to a process's stdin (redirect_input jobs)")
     p.add_argument("pid", metavar="PID", type=int)
