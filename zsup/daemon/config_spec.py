@@ -16,13 +16,13 @@ here: their keys and checks are JobSpec's (zsup.core.jobspec), shared with the `
 from __future__ import annotations
 
 import os
-import re
 from typing import Callable
 from urllib.parse import urlsplit
 
 from configobj import ConfigObj
 from configobj.validate import ValidateError, Validator
 
+from zsup.bus.parse import parse_size
 from zsup.core.jobspec import to_bool, to_list, to_number
 from zsup.errors import BadRequest
 
@@ -66,7 +66,6 @@ auth_file = file(default=None)
 tokens_file = file(default=None)
 """.splitlines(), list_values=False, interpolation=False)
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 
 
 class Invalid(ValidateError):
@@ -89,19 +88,6 @@ def _converter(convert: Callable) -> Callable:
 
 def _blank(value) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def parse_size(key: str, value) -> int:
-    """A byte count: 1048576, 512k, 10M, 1GB (binary multiples)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise BadRequest(f"{key}: must be >= 0, got {value!r}")
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise BadRequest(f"{key}: expected a size such as 10485760 or 10M, got {value!r}")
-    unit = (m.group(2) or "b")[0].lower()
-    return int(m.group(1)) * {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[unit]
 
 
 def check_url(value: str) -> str:
