@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
 from zsup.errors import NotFound, Unavailable
+from zsup.http.adapter import waitress_channel
 from zsup.http.busgate import memo
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
@@ -155,9 +156,8 @@ def _sse_data(text: str) -> str:
 
 def _waitress_channel(req):
     """The channel serving `req` when it is zsup's waitress channel (None elsewhere), so a
-    long-lived stream can give back its drained output buffer (`_Channel.reset_drained_outbuf`)."""
-    channel = getattr(req.environ.get("waitress.client_disconnected"), "__self__", None)
-    return channel if hasattr(channel, "reset_drained_outbuf") else None
+    long-lived stream can give back its drained output buffer (`Channel.reset_drained_outbuf`)."""
+    return waitress_channel(req.environ)
 
 
 class StreamBody:
