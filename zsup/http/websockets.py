@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote
 from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
-from zsup.http.streams import LineFeed, event_json_text
+from zsup.http.feeds import LineFeed, event_json_text
 
 log = logging.getLogger("zsup.http.websockets")
 
