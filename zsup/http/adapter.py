@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import logging
 import os
-import selectors
 import socket
 import ssl
 import threading
@@ -144,7 +143,6 @@ def wants_websocket(request) -> bool:
     """Whether a parsed waitress request asks for ``Upgrade: websocket``."""
     upgrade = request.headers.get("UPGRADE", "")
     return any(token.strip().lower() == "websocket" for token in upgrade.split(","))
-
 
 
 class Channel(HTTPChannel):
@@ -398,43 +396,6 @@ def finish(ws: WebSocket) -> None:
         logger.exception("error while closing websocket")
 
 
-
-class _SelectorPoller:
-    """ws4py's poller interface over ``selectors``.
-
-    ws4py's EPollPoller yields lazily (so its poll runs outside the manager's lock) and breaks
-    when it is released under a running loop; this one returns lists, tolerates closed and
-    reused descriptors, and is released only by the manager thread itself.
-    """
-
-    def __init__(self) -> None:
-        self._selector = selectors.DefaultSelector()
-
-    def register(self, fd: int) -> None:
-        try:
-            self._selector.register(fd, selectors.EVENT_READ)
-        except KeyError:
-            # The number belonged to a socket that was closed without being unregistered.
-            self._selector.unregister(fd)
-            self._selector.register(fd, selectors.EVENT_READ)
-
-    def unregister(self, fd: int) -> None:
-        try:
-            self._selector.unregister(fd)
-        except (KeyError, ValueError, OSError):
-            pass
-
-    def poll(self, timeout: float) -> list[int]:
-        try:
-            return [key.fd for key, _ in self._selector.select(timeout)]
-        except (OSError, ValueError):
-            return []
-
-    def release(self) -> None:
-        self._selector.close()
-
-
-
 class WebSocketManager(_WS4PyManager):
     """ws4py's manager, with a run loop that does not lose bytes and stops cleanly.
 
@@ -450,8 +411,9 @@ class WebSocketManager(_WS4PyManager):
     #: once() calls in a row for one websocket before serving the others.
     burst = 64
 
-    def __init__(self, poll_timeout: float = 0.1) -> None:
-        super().__init__(poller=_SelectorPoller())
+    def __init__(self, poller, poll_timeout: float = 0.1) -> None:
+        """``poller`` has ws4py's poller interface and is released by this thread only."""
+        super().__init__(poller=poller)
         self.name = "zsup-websockets"
         self._poll_timeout = poll_timeout
         self._stopping = threading.Event()

@@ -276,7 +276,6 @@ def listen(endpoint: Endpoint) -> tuple[socket.socket, BindAddress, tuple[int, i
     return sock, actual, identity
 
 
-
 def close_quietly(sock: socket.socket) -> None:
     try:
         sock.close()

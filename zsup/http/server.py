@@ -7,7 +7,8 @@ about what the application does. The work is split by job:
 - zsup.http.adapter: waitress's channel and servers (non-blocking TLS handshake, the
   websocket hand-off out of waitress's loop) and ws4py's manager: the only module that
   touches either library's internals;
-- zsup.http.wshandoff: the websocket opening handshake, answered on a worker thread;
+- zsup.http.wshandoff: the websocket opening handshake, answered on a worker thread, and
+  the poller the websocket manager waits on;
 - this module: starting and stopping all of it.
 
 Every endpoint (TCP, IPv6, unix socket, with or without TLS) is a listening socket bound by
@@ -45,7 +46,7 @@ from zsup.http.adapter import (Channel, WebSocketManager, call_in_loop, is_chann
                                make_server)
 from zsup.http.listen import (DEFAULT_BIND, BindAddress, Endpoint, close_quietly, listen,
                               parse_bind, tls_context)
-from zsup.http.wshandoff import Authorize, WebSocketRoutes, WebSocketUpgrader
+from zsup.http.wshandoff import Authorize, SelectorPoller, WebSocketRoutes, WebSocketUpgrader
 
 __all__ = [
     "DEFAULT_BIND",
@@ -198,7 +199,7 @@ class HTTPServer:
         adj = Adjustments(threads=self.threads, **options)
         self._dispatcher = ThreadedTaskDispatcher()
         self._dispatcher.set_thread_count(self.threads)
-        self._manager = WebSocketManager()
+        self._manager = WebSocketManager(SelectorPoller())
         upgrader = WebSocketUpgrader(self.websocket_routes, self.authorize, self._manager,
                                       self.websocket_timeout)
         for index, (endpoint, sock) in enumerate(bound):

@@ -22,6 +22,7 @@ import hashlib
 import http
 import json
 import logging
+import selectors
 import socket
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -35,6 +36,7 @@ from zsup.http.listen import close_quietly
 
 __all__ = [
     "Authorize",
+    "SelectorPoller",
     "WebSocketFactory",
     "WebSocketRoutes",
     "WebSocketUpgrader",
@@ -50,6 +52,42 @@ Authorize = Callable[[Mapping[str, str]], bool]
 #: ``WebSocket`` (a ``WebSocket`` subclass is such a factory), or None when nothing lives there.
 WebSocketFactory = Callable[..., WebSocket]
 WebSocketRoutes = Callable[[str, str, Mapping[str, str]], "WebSocketFactory | None"]
+
+
+class SelectorPoller:
+    """ws4py's poller interface over ``selectors``.
+
+    ws4py's EPollPoller yields lazily (so its poll runs outside the manager's lock) and breaks
+    when it is released under a running loop; this one returns lists, tolerates closed and
+    reused descriptors, and is released only by the manager thread itself (the manager in
+    zsup.http.adapter sees to that).
+    """
+
+    def __init__(self) -> None:
+        self._selector = selectors.DefaultSelector()
+
+    def register(self, fd: int) -> None:
+        try:
+            self._selector.register(fd, selectors.EVENT_READ)
+        except KeyError:
+            # The number belonged to a socket that was closed without being unregistered.
+            self._selector.unregister(fd)
+            self._selector.register(fd, selectors.EVENT_READ)
+
+    def unregister(self, fd: int) -> None:
+        try:
+            self._selector.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def poll(self, timeout: float) -> list[int]:
+        try:
+            return [key.fd for key, _ in self._selector.select(timeout)]
+        except (OSError, ValueError):
+            return []
+
+    def release(self) -> None:
+        self._selector.close()
 
 
 def _tokens(value: str) -> set[str]:
@@ -93,7 +131,6 @@ def error_response(status: int, message: str, extra: Sequence[tuple[str, str]] =
              "Connection: close",
              *(f"{name}: {value}" for name, value in extra)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
 
 
 class WebSocketUpgrader:

@@ -62,7 +62,6 @@ class Rotation:
                 self._close(f)
 
 
-
     def _rotate(self, f: _File, why: str) -> None:
         """x.log -> x.log.1, x.log.N(.gz) -> x.log.N+1(.gz); keep `log_backups`; reopen x.log."""
         if time.monotonic() < f.rotate_retry_at:
