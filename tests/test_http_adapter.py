@@ -15,6 +15,7 @@ from waitress.buffers import OverflowableBuffer
 from waitress.channel import HTTPChannel
 from waitress.server import MultiSocketServer, TcpWSGIServer, UnixWSGIServer
 from waitress.task import WSGITask
+from waitress.trigger import trigger as WaitressTrigger
 from ws4py.manager import WebSocketManager as WS4PyManager
 from ws4py.websocket import WebSocket
 
@@ -66,6 +67,10 @@ def test_waitress_internals_zsup_relies_on():
     if params != ["map", "adj", "effective_listen", "dispatcher", "log_info"]:
         missing.append(f"MultiSocketServer(map, adj, effective_listen, dispatcher, log_info), "
                        f"not {params}")
+    trigger_source = "".join(inspect.getsource(cls) for cls in WaitressTrigger.__mro__[:2])
+    for name in ("self._closed", "self.thunks", "self.lock", "self._fds", "self.trigger"):
+        if name not in trigger_source:
+            missing.append(f"waitress.trigger.trigger sets {name}")
     if not hasattr(WSGITask, "get_environment"):
         missing.append("WSGITask.get_environment")
     buf = OverflowableBuffer(1 << 20)

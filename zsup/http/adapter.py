@@ -72,11 +72,11 @@ logger = logging.getLogger("zsup.http")
 class SafeTrigger(_WaitressTrigger):
     """waitress's trigger, safe to pull from any thread at any time.
 
-    waitress's own writes to its pipe after ``close()`` too: ``EBADF`` in the thread that pulls
-    (a worker finishing a request during shutdown, a shutdown step), or worse a byte written
-    into whatever file reused the number. Here a pull after close does nothing and says so
-    (``False``), the pipe never blocks a puller (a full pipe already means a wake-up is
-    pending), and closing twice is harmless.
+    waitress's own trigger writes to its pipe even after ``close()``: ``EBADF`` in the thread
+    that pulls (a worker finishing a request during shutdown, a shutdown step), or worse a
+    byte written into whatever file reused the number. Here a pull after close does nothing
+    and says so (``False``), the pipe never blocks a puller (a full pipe already means a
+    wake-up is pending), and closing twice is harmless.
     """
 
     def __init__(self, map: dict) -> None:
@@ -356,11 +356,11 @@ class ServerMixin:
 
     channel_class = Channel
 
-    def __init__(self, *args, upgrader, tls_handshake_timeout: float, **kw):
+    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float, **kw):
         self.upgrader = upgrader
         self.tls_handshake_timeout = tls_handshake_timeout
-        super().__init__(*args, **kw)
-        waitress_trigger, self.trigger = self.trigger, SafeTrigger(self._map)
+        super().__init__(*args, map=map, **kw)
+        waitress_trigger, self.trigger = self.trigger, SafeTrigger(map)
         waitress_trigger.close()
 
     def accept_connections(self):
