@@ -1,5 +1,9 @@
 """Output kept on disk: one log file per job and output label, written off the supervision path.
 
+The package, by job: `settings` (LogSettings, LogRecord, where a log's files are), `writer`
+(the queue and the writer thread), `rotate` (rotation, gzip in its own thread, housekeeping),
+`trouble` (disk trouble as an episode), `reader` (read_log). Import the names from here.
+
 Why it is built this way:
 
 - The IO thread that reads the children's pipes must never wait for a disk. `LogWriter.write`

@@ -14,9 +14,9 @@ from typing import Callable, Iterator
 from zsup.core.logfiles.reader import _open_all, read_log
 from zsup.core.logfiles.rotate import Rotation, _period_end
 from zsup.core.logfiles.settings import (CHECK_INTERVAL, FILE_MODE, FLUSH_BYTES, FLUSH_INTERVAL,
-                                         MAX_QUEUE_BATCHES, MAX_QUEUE_BYTES, RETRY_INTERVAL,
-                                         LogRecord, LogSettings, _base_path, _rotated, log,
-                                         log_paths)
+                                         MAX_QUEUE_BATCHES, MAX_QUEUE_BYTES, LogRecord,
+                                         LogSettings, _base_path, _rotated, log, log_paths)
+from zsup.core.logfiles.trouble import DiskTrouble
 
 
 class _File:
@@ -63,7 +63,7 @@ def _format_time(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".%06dZ" % us
 
 
-class LogWriter(Rotation):
+class LogWriter(Rotation, DiskTrouble):
     """Writes the output lines of every job to its log files, in one background thread.
 
     `write` may be called from any thread and never blocks; `reopen`, `flush`, `stop`,
@@ -482,39 +482,3 @@ class LogWriter(Rotation):
             self._close(f)
             f.retry_at = 0.0  # try at once, even a file that was failing
         log.info("log files reopened")
-
-
-    def _fail(self, f: _File, exc: OSError, what: str, lost: int = 0) -> None:
-        self._write_errors += 1
-        self._lines_dropped += lost
-        f.retry_at = time.monotonic() + RETRY_INTERVAL
-        f.failing = True
-        folder = os.path.dirname(f.path)
-        failing = self._failing_dirs.setdefault(folder, set())
-        first = not failing
-        failing.add(f.path)
-        if first:
-            reason = exc.strerror or str(exc)
-            self._notify(f"log file {f.path}: {what} failed: {reason}; its output is dropped (and "
-                         f"counted) until writing works again")
-
-    def _recovered(self, f: _File) -> None:
-        f.failing = False
-        folder = os.path.dirname(f.path)
-        failing = self._failing_dirs.get(folder)
-        if failing is not None:
-            failing.discard(f.path)
-            if not failing:
-                del self._failing_dirs[folder]
-                log.info("log files in %s are written again (%d lines dropped so far)",
-                         folder or ".", self._lines_dropped)
-
-    def _notify(self, message: str) -> None:
-        log.error("%s", message)
-        if self._on_error is not None:
-            try:
-                self._on_error(message)
-            except Exception:
-                log.exception("log writer: on_error callback failed")
-
-    # --- rotation -------------------------------------------------------------------------------
