@@ -41,13 +41,13 @@ class TasksApp(SubApp):
             return self.list(req)
         if parts[0].isdigit() and len(parts) == 1:
             check_method(req, "GET")
-            return json_response(self.gate.call("task_get", id=int(parts[0])))
+            return json_response(self.gate.task_get(id=int(parts[0])))
         if parts[0].isdigit() and len(parts) == 2 and parts[1] == "state":
             check_method(req, "GET")
             return self.state(req, int(parts[0]))
         if parts[0].isdigit() and len(parts) == 2 and parts[1] == "kill":
             check_method(req, "GET", "POST")
-            return json_response(self.gate.call("task_kill", id=int(parts[0])))
+            return json_response(self.gate.task_kill(id=int(parts[0])))
         if len(parts) == 2:
             check_method(req, "POST")
             return self.create(req, parts[0], parts[1])
@@ -57,7 +57,7 @@ class TasksApp(SubApp):
         action = params(req).get("action")
         if not isinstance(action, str) or not action:
             raise BadRequest("action: the process type to run is required")
-        task = self.gate.call("task_create", app=app, env=env, action=action)
+        task = self.gate.task_create(app=app, env=env, action=action)
         base = mount_base(req, self.public_base)
         return json_response({"taskId": task["id"], "status": task["status"], "url": f"{base}/{task['id']}",
                               "state": f"{base}/{task['id']}/state"})
@@ -65,7 +65,7 @@ class TasksApp(SubApp):
     def list(self, req: Request) -> Response:
         limit = int(number(req.GET.get("limit"), "limit", 20, 0, 500))
         offset = int(number(req.GET.get("offset"), "offset", 0, 0, 2**62))
-        result = self.gate.call("task_list", limit=limit, offset=offset)
+        result = self.gate.task_list(limit=limit, offset=offset)
         base = mount_base(req, self.public_base)
         for task in result["tasks"]:
             task["url"] = f"{base}/{task['id']}"
@@ -79,7 +79,7 @@ class TasksApp(SubApp):
         seen = req.GET.get("version")
         deadline = time.monotonic() + timeout
         with self.gate.subscribe([f"task.{task_id}.update"], maxsize=100) as sub:
-            task = self.gate.call("task_get", id=task_id, since_output=2**62)  # no output: just the version
+            task = self.gate.task_get(id=task_id, since_output=2**62)  # no output: just the version
             if seen not in (None, ""):
                 baseline = int(number(seen, "version", 0, 0, 2**62))
             else:
@@ -91,8 +91,8 @@ class TasksApp(SubApp):
                 event = sub.get(timeout=min(POLL_EVERY, remaining))
                 if event is not None and event.msg.get("version", 0) <= baseline:
                     continue
-                task = self.gate.call("task_get", id=task_id, since_output=2**62)
-        return json_response({"changed": True, "task": self.gate.call("task_get", id=task_id)})
+                task = self.gate.task_get(id=task_id, since_output=2**62)
+        return json_response({"changed": True, "task": self.gate.task_get(id=task_id)})
 
 
 def make_app(gate, public_base: Callable[[Request], str]) -> TasksApp:

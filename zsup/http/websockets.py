@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote
 from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
-from zsup.http.streams import LineFeed, event_json_text
+from zsup.http.feeds import LineFeed, event_json_text
 
 log = logging.getLogger("zsup.http.websockets")
 
@@ -104,7 +104,7 @@ class ProcessSocket(_PumpedSocket):
         data = message.data
         text = data.decode("utf-8", "replace") if isinstance(data, (bytes, bytearray)) else str(data)
         try:
-            self.gate.call("send", pid=self.proc["pid"], data=text)
+            self.gate.send(pid=self.proc["pid"], data=text)
         except ZsupError as exc:
             try:
                 self.send(_error_frame(exc.code, exc.message), False)

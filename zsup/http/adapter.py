@@ -1,0 +1,511 @@
+"""The one place where zsup reaches into waitress's and ws4py's internals.
+
+waitress serves HTTP but has no TLS and never hands a socket over for websockets; ws4py
+speaks websockets but its manager loses bytes already read and leaks sockets on some closes.
+What zsup needs beyond their public interfaces lives here, and only here, so an upgrade of
+either is reviewed in one file; tests/test_http_adapter.py pins every assumption below and
+fails with a clear message when an installed version breaks one.
+
+waitress (3.0.x), assumed:
+
+- ``HTTPChannel.received`` is the loop that parses requests and queues them
+  (``Channel.received`` repeats it to hold back an upgrade request: the request must be caught
+  after it is parsed and before it is queued); it uses ``requests_lock``, ``request``,
+  ``requests``, ``parser_class``, ``sent_continue``, ``send_continue()``, ``will_close``,
+  ``close_when_flushed``, ``server.add_task()``.
+- a channel's output sits in ``outbufs`` (``OverflowableBuffer``, ``.buf``, ``.overflow``)
+  guarded by ``outbuf_lock``, with ``current_outbuf_count`` and ``total_outbufs_len``;
+- ``WSGITask(channel, request).get_environment()`` builds a request's WSGI environ;
+- ``TcpWSGIServer``/``UnixWSGIServer`` take ``_sock``, ``bind_socket``, ``sockinfo``, ``map``,
+  ``dispatcher``; ``accept_connections()`` is where they listen; each makes ``self.trigger``
+  (a ``waitress.trigger.trigger``) in its ``__init__``; ``MultiSocketServer(map, adj,
+  effective_listen, dispatcher, log_info)`` runs one loop over a shared map;
+- ``environ["waitress.client_disconnected"]`` is a bound method of the channel.
+
+ws4py (0.6.x), assumed: a ``WebSocket`` keeps bytes read but not yet parsed in ``buf``, has
+``sock``, ``stream`` (None once terminated), ``once()`` and ``terminate()``; the
+``WebSocketManager`` is a thread with ``lock``, ``websockets`` (fd -> websocket), ``poller``
+(``register``/``unregister``/``poll``/``release``) and ``running``.
+
+Thread rules: ``Channel`` and the servers run in waitress's loop thread (``call_in_loop`` gets
+code there); ``WebSocketManager.run`` is the manager's own thread; ``SafeTrigger`` may be
+pulled from any thread, before or after it is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+from waitress.channel import HTTPChannel
+from waitress.server import MultiSocketServer, TcpWSGIServer, UnixWSGIServer
+from waitress.task import WSGITask
+from waitress.trigger import trigger as _WaitressTrigger
+from ws4py.manager import WebSocketManager as _WS4PyManager
+from ws4py.websocket import WebSocket
+
+__all__ = [
+    "Channel",
+    "SafeTrigger",
+    "WebSocketManager",
+    "call_in_loop",
+    "finish",
+    "make_loop",
+    "make_server",
+    "prepend_unread",
+    "waitress_channel",
+    "wants_websocket",
+]
+
+logger = logging.getLogger("zsup.http")
+
+
+# --------------------------------------------------------------------------------------------
+# waitress: the loop's trigger, servers and loop
+
+
+class SafeTrigger(_WaitressTrigger):
+    """waitress's trigger, safe to pull from any thread at any time.
+
+    waitress's own trigger writes to its pipe even after ``close()``: ``EBADF`` in the thread
+    that pulls (a worker finishing a request during shutdown, a shutdown step), or worse a
+    byte written into whatever file reused the number. Here a pull after close does nothing
+    and says so (``False``), the pipe never blocks a puller (a full pipe already means a
+    wake-up is pending), and closing twice is harmless.
+    """
+
+    def __init__(self, map: dict) -> None:
+        # Held only around the write and the close of the pipe, never while thunks run
+        # (waitress's ``lock`` is held then): a thunk may close the trigger.
+        self._fd_lock = threading.Lock()
+        super().__init__(map)
+        os.set_blocking(self.trigger, False)
+
+    def pull_trigger(self, thunk: Callable[[], None] | None = None) -> bool:
+        """Queue ``thunk`` for the loop thread and wake it; False when the trigger is closed."""
+        if thunk is not None:
+            with self.lock:
+                self.thunks.append(thunk)
+        with self._fd_lock:
+            if self._closed:
+                return False
+            try:
+                os.write(self.trigger, b"x")
+            except BlockingIOError:
+                pass
+            return True
+
+    def _close(self) -> None:
+        with self._fd_lock:
+            for fd in self._fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+
+def call_in_loop(servers: Sequence[Any], thunk: Callable[[], None]) -> bool:
+    """Have waitress's loop thread run ``thunk``: False when no trigger of ``servers`` is open."""
+    return any(server.trigger.pull_trigger(thunk) for server in servers)
+
+
+def make_server(app, sock, *, map: dict, dispatcher, adj, upgrader,
+                tls_handshake_timeout: float):
+    """A waitress server on ``sock``, already bound and listening, in the shared ``map``."""
+    cls = UnixServer if sock.family == socket.AF_UNIX else TcpServer
+    return cls(app, map=map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+               sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
+               upgrader=upgrader, tls_handshake_timeout=tls_handshake_timeout)
+
+
+def make_loop(map: dict, adj, servers: Sequence[Any], dispatcher) -> MultiSocketServer:
+    """waitress's loop over every server of ``map``, as ``create_server(sockets=...)`` builds it."""
+    effective = [(server.effective_host, server.effective_port) for server in servers]
+    return MultiSocketServer(map, adj, effective, dispatcher, servers[0].log_info)
+
+
+def is_channel(obj: Any) -> bool:
+    return isinstance(obj, HTTPChannel)
+
+
+def waitress_channel(environ: dict):
+    """The zsup channel serving the request of ``environ`` (None when not served by one)."""
+    channel = getattr(environ.get("waitress.client_disconnected"), "__self__", None)
+    return channel if hasattr(channel, "reset_drained_outbuf") else None
+
+
+def wants_websocket(request) -> bool:
+    """Whether a parsed waitress request asks for ``Upgrade: websocket``."""
+    upgrade = request.headers.get("UPGRADE", "")
+    return any(token.strip().lower() == "websocket" for token in upgrade.split(","))
+
+
+class Channel(HTTPChannel):
+    """waitress's HTTP channel, plus a non-blocking TLS handshake and websocket hand-off."""
+
+    def reset_drained_outbuf(self) -> None:
+        """Give a long-lived stream a fresh output buffer once everything was sent.
+
+        waitress (3.x) keeps a channel's output in an OverflowableBuffer that, once a write did
+        not fit in 8 KiB (a big chunk, or a client a little behind), becomes a BytesIO that only
+        grows: bytes sent are skipped, never pruned, until 16 MiB went through it
+        (``outbuf_high_watermark``). Harmless for one response, but every open stream would keep
+        up to 16 MiB of already-sent output. ``outbuf_lock`` is the lock waitress itself takes
+        to write and to flush, so the swap races with neither.
+        """
+        try:
+            outbufs = self.outbufs
+            if len(outbufs) != 1 or outbufs[0].buf is None or len(outbufs[0]):
+                return  # the cheap, usual case: nothing to give back (or data still unsent)
+            with self.outbuf_lock:
+                old = self.outbufs[0]
+                if len(self.outbufs) != 1 or old.buf is None or len(old):
+                    return
+                self.outbufs[0] = type(old)(old.overflow)
+                self.current_outbuf_count = 0
+            old.close()
+        except Exception:  # another waitress version: do without
+            pass
+
+    _tls = False
+    _tls_handshaking = False
+    _tls_want_write = False
+    _tls_deadline = 0.0
+    _upgrade: tuple[Any, bytes] | None = None  # (request, bytes after its head)
+    _detached = False
+
+    def __init__(self, server, sock, addr, adj, map=None):
+        if isinstance(sock, ssl.SSLSocket):
+            self._tls = self._tls_handshaking = True
+            self._tls_deadline = time.monotonic() + server.tls_handshake_timeout
+        super().__init__(server, sock, addr, adj, map)
+
+    # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
+
+    def readable(self):
+        if self._detached or self._upgrade is not None:
+            return False
+        if self._tls_handshaking:
+            if time.monotonic() > self._tls_deadline:
+                self.will_close = True  # writable() now says yes; handle_write() closes
+                return False
+            return not self._tls_want_write
+        return super().readable()
+
+    def writable(self):
+        if self._detached:
+            return False
+        if self._tls_handshaking:
+            return self._tls_want_write or self.will_close
+        return super().writable() or self._upgrade_ready()
+
+    def handle_read(self):
+        if self._detached:
+            return
+        if self._tls_handshaking:
+            self._continue_tls_handshake()
+        elif self._tls:
+            self._read_tls()
+        else:
+            super().handle_read()
+
+    def handle_write(self):
+        if self._detached:
+            return
+        if self._tls_handshaking:
+            if self.will_close:
+                self.handle_close()
+            else:
+                self._continue_tls_handshake()
+        elif self._upgrade_ready():
+            self._begin_upgrade()
+        else:
+            super().handle_write()
+
+    def handle_close(self):
+        if not self._detached:
+            super().handle_close()
+
+    # -- TLS
+
+    def _continue_tls_handshake(self) -> None:
+        try:
+            self.socket.do_handshake()
+        except ssl.SSLWantReadError:
+            self._tls_want_write = False
+            return
+        except ssl.SSLWantWriteError:
+            self._tls_want_write = True
+            return
+        except OSError as exc:  # SSLError included: not TLS, bad version, peer went away
+            logger.debug("TLS handshake with %s failed: %s", self.addr, exc)
+            self.handle_close()
+            return
+        self._tls_handshaking = self._tls_want_write = False
+        self.last_activity = time.time()
+        # The request may already sit decrypted in the SSL buffer, where poll cannot see it.
+        self._read_tls()
+
+    def _read_tls(self) -> None:
+        sock = self.socket
+        try:
+            data = sock.recv(self.adj.recv_bytes)
+            if not data:
+                self.handle_close()
+                return
+            pending = sock.pending()
+            while pending:  # decrypted already: poll would not report it
+                data += sock.recv(pending)
+                pending = sock.pending()
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # part of a TLS record: wait for the rest
+        except OSError as exc:
+            logger.debug("TLS read from %s failed: %s", self.addr, exc)
+            self.handle_close()
+            return
+        self.last_activity = time.time()
+        self.received(data)
+
+    def send(self, data, do_close=True):
+        if not self._tls:
+            return super().send(data, do_close)
+        try:
+            return self.socket.send(data)
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0  # waitress retries with the same bytes first, as OpenSSL requires
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, BrokenPipeError, ConnectionResetError):
+            if do_close:
+                self.handle_close()
+            return 0
+
+    # -- requests
+
+    def received(self, data):
+        """waitress's ``HTTPChannel.received``, holding back a websocket upgrade request.
+
+        This repeats waitress 3's loop, because the request must be caught after it is
+        parsed and before it is queued for the WSGI app; everything after its head belongs to
+        the websocket.
+        """
+        if not data:
+            return False
+        with self.requests_lock:
+            if self.will_close or self.close_when_flushed or self._upgrade or self._detached:
+                return False
+            while data:
+                if self.request is None:
+                    self.request = self.parser_class(self.adj)
+                n = self.request.received(data)
+                if (self.request.expect_continue and self.request.headers_finished
+                        and not self.requests and not self.sent_continue):
+                    self.send_continue()
+                if self.request.completed:
+                    self.sent_continue = False
+                    request, self.request = self.request, None
+                    if self._tls:
+                        request.url_scheme = "https"
+                    if not request.empty:
+                        if request.error is None and wants_websocket(request):
+                            self._upgrade = (request, bytes(data[n:]))
+                            break
+                        self.requests.append(request)
+                        if len(self.requests) == 1:
+                            self.server.add_task(self)
+                if n >= len(data):
+                    break
+                data = data[n:]
+        if self._upgrade_ready():
+            self._begin_upgrade()
+        return True
+
+    def _upgrade_ready(self) -> bool:
+        # Earlier requests on this connection are answered and flushed first.
+        return (self._upgrade is not None and not self._detached and not self.requests
+                and not self.total_outbufs_len and not self.will_close
+                and not self.close_when_flushed)
+
+    def _begin_upgrade(self) -> None:
+        """In the loop thread: take the socket out of waitress and queue the handshake."""
+        request, leftover = self._upgrade
+        self._upgrade = None
+        task = WSGITask(self, request)
+        environ = dict(task.get_environment())
+        environ.pop("waitress.client_disconnected", None)  # would describe the dead channel
+        sock = self.socket
+        self.del_channel()
+        self._detached = True
+        self.socket = None  # a late close() from the loop must not close the websocket
+        self.connected = False
+        with self.outbuf_lock:
+            for outbuf in self.outbufs:
+                try:
+                    outbuf.close()
+                except Exception:
+                    pass
+        request.close()
+        self.server.add_task(self.server.upgrader.task(sock, environ, leftover))
+
+
+class ServerMixin:
+    """Settings shared by the TCP and unix servers; the socket comes bound and listening."""
+
+    channel_class = Channel
+
+    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float, **kw):
+        self.upgrader = upgrader
+        self.tls_handshake_timeout = tls_handshake_timeout
+        super().__init__(*args, map=map, **kw)
+        waitress_trigger, self.trigger = self.trigger, SafeTrigger(map)
+        waitress_trigger.close()
+
+    def accept_connections(self):
+        # waitress would listen() again with one backlog for every socket.
+        self.accepting = True
+
+
+class TcpServer(ServerMixin, TcpWSGIServer):
+    pass
+
+
+class UnixServer(ServerMixin, UnixWSGIServer):
+    pass
+
+
+# --------------------------------------------------------------------------------------------
+# ws4py: the websocket manager
+
+
+def prepend_unread(ws: WebSocket, data: bytes) -> None:
+    """Give ``ws`` bytes that arrived before it existed (frames sent with the request head)."""
+    if data:
+        ws.buf = data + ws.buf
+
+
+def finish(ws: WebSocket) -> None:
+    """Terminate a websocket once: closed() is called and the socket closed."""
+    if ws.stream is None:  # terminate() already ran
+        return
+    try:
+        ws.terminate()
+    except Exception:
+        logger.exception("error while closing websocket")
+
+
+class WebSocketManager(_WS4PyManager):
+    """ws4py's manager, with a run loop that does not lose bytes and stops cleanly.
+
+    Four things differ from ws4py's loop: bytes already read off a socket (the part of the
+    first packet after the HTTP head, or data decrypted by TLS beyond what ``once()`` took)
+    are processed without waiting for the socket to become readable again, which it may never
+    do; a websocket whose ``once()`` fails is always terminated (ws4py skips that when both
+    sides have sent a close frame, leaking the socket); and ``stop()`` closes the remaining
+    websockets from the manager's own thread, so no socket is shared with a running loop; and
+    the loop also ends (closing what it holds) when the main thread has ended.
+    """
+
+    #: once() calls in a row for one websocket before serving the others.
+    burst = 64
+
+    def __init__(self, poller, poll_timeout: float = 0.1) -> None:
+        """``poller`` has ws4py's poller interface and is released by this thread only."""
+        super().__init__(poller=poller)
+        self.name = "zsup-websockets"
+        self._poll_timeout = poll_timeout
+        self._stopping = threading.Event()
+        self._backlog: set[int] = set()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping.is_set()
+
+    def add(self, websocket: WebSocket) -> None:
+        if self._stopping.is_set():
+            finish(websocket)
+            return
+        try:
+            websocket.opened()
+        except Exception:
+            logger.exception("websocket opened() failed")
+            finish(websocket)
+            return
+        with self.lock:
+            late = self._stopping.is_set()
+            if not late:
+                fd = websocket.sock.fileno()
+                self.websockets[fd] = websocket
+                self.poller.register(fd)
+                if websocket.buf:
+                    self._backlog.add(fd)
+        if late:
+            finish(websocket)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.running = False
+
+    def run(self) -> None:
+        self.running = True
+        try:
+            # A non-daemon thread, so websockets are closed properly (1001) when the program
+            # ends; it ends with the main thread, so a shutdown that failed or never ran
+            # cannot keep the interpreter from exiting.
+            main = threading.main_thread()
+            while not self._stopping.is_set() and main.is_alive():
+                with self.lock:
+                    backlog, self._backlog = self._backlog, set()
+                ready = self.poller.poll(0 if backlog else self._poll_timeout)
+                for fd in backlog.union(ready):
+                    if self._stopping.is_set():
+                        break
+                    ws = self.websockets.get(fd)
+                    if ws is not None:
+                        self._serve(fd, ws)
+        finally:
+            self.running = False
+            self._close_remaining()
+
+    def _serve(self, fd: int, ws: WebSocket) -> None:
+        for _ in range(self.burst):
+            try:
+                alive = ws.once()
+            except Exception:
+                logger.exception("websocket once() failed")
+                alive = False
+            if not alive:
+                with self.lock:
+                    if self.websockets.get(fd) is ws:
+                        del self.websockets[fd]
+                    self.poller.unregister(fd)
+                finish(ws)
+                return
+            sock = ws.sock
+            buffered = ws.buf or (isinstance(sock, ssl.SSLSocket) and sock.pending())
+            if not buffered:
+                return
+        with self.lock:
+            self._backlog.add(fd)
+
+    def _close_remaining(self) -> None:
+        with self.lock:
+            remaining = list(self.websockets.values())
+            self.websockets.clear()
+            self._backlog.clear()
+        for ws in remaining:
+            sock = ws.sock
+            if sock is not None:
+                try:
+                    # Shutting down must not wait on a client that stopped reading.
+                    sock.settimeout(0.0)
+                except OSError:
+                    pass
+            try:
+                ws.close(code=1001, reason="server shutting down")
+            except Exception:
+                pass
+            finish(ws)
+        self.poller.release()
