@@ -16,9 +16,9 @@ import urllib.request
 import zipfile
 
 import pytest
+from conftest import alive, mount, wait_for
 from ws4py.client.threadedclient import WebSocketClient
 
-from conftest import alive, mount, wait_for
 from zsup.http import agent_api
 from zsup.http.busgate import BusGate
 from zsup.http.server import Endpoint, HTTPServer

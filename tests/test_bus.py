@@ -14,10 +14,10 @@ import time
 
 import pytest
 import zmq
+from conftest import wait_for
 
 from zsup.bus import protocol
 from zsup.bus.client import Client, Subscriber, default_endpoints
-from conftest import wait_for
 from zsup.bus.curve import client_curve, generate_keypair, server_curve
 from zsup.bus.server import BusServer
 from zsup.errors import BadRequest, Conflict, NotFound, Unavailable, ZsupError

@@ -28,9 +28,9 @@ def test_a_batch_is_formatted_as_its_lines_one_by_one():
 
 
 def test_a_drained_waitress_buffer_is_given_back():
-    from waitress.buffers import OverflowableBuffer
-
     import threading
+
+    from waitress.buffers import OverflowableBuffer
 
     from zsup.http.server import _Channel
 

@@ -4,10 +4,19 @@ import json
 import subprocess
 import threading
 
-
 from conftest import wait_for
-from test_http_support import (GW, LineReader, echo_job, gw, read_until, sse_blocks, start_gateway,  # noqa: F401
-                               ticker_job, until_job_event)
+from test_http_support import (  # noqa: F401
+    GW,
+    LineReader,
+    echo_job,
+    gw,
+    read_until,
+    sse_blocks,
+    start_gateway,
+    ticker_job,
+    until_job_event,
+)
+
 from zsup.http.routes_api import api
 
 

@@ -16,11 +16,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import UnixHTTPConnection, close_ws_clients, wait_for
 from ws4py.client.threadedclient import WebSocketClient
 from ws4py.exc import HandshakeError
 from ws4py.websocket import WebSocket
 
-from conftest import UnixHTTPConnection, close_ws_clients, wait_for
 from zsup.http.server import BindAddress, Endpoint, HTTPServer, parse_bind
 
 # --------------------------------------------------------------------------------------------

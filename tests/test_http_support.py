@@ -6,7 +6,6 @@ import os
 import sys
 
 import pytest
-
 from conftest import ROOT, wait_for
 
 ECHO = os.path.join(ROOT, "etc", "echo.py")

@@ -12,12 +12,11 @@ import subprocess
 from urllib.parse import quote
 
 import pytest
+from conftest import PYTHON, ROOT, UnixHTTPConnection, close_ws_clients, readline_within, wait_for
+from test_http_support import GW, Answer, echo_job, gw, read_until, sse_blocks, start_gateway, ticker_job  # noqa: F401
 from ws4py.client.threadedclient import WebSocketClient
 from ws4py.exc import HandshakeError
 
-from conftest import PYTHON, ROOT, UnixHTTPConnection, close_ws_clients, readline_within, wait_for
-from test_http_support import (GW, Answer, echo_job, gw, read_until,  # noqa: F401
-                               sse_blocks, start_gateway, ticker_job)
 from zsup.http.auth import Authenticator, hash_password, verify_password
 
 

@@ -6,6 +6,7 @@ import shutil
 import signal
 
 from conftest import PYTHON, wait_for
+
 from zsup.core.logfiles import read_log
 
 

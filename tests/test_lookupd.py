@@ -9,8 +9,8 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from conftest import PYTHON, ROOT, wait_for
+
 from zsup.http.server import Endpoint, HTTPServer
 from zsup.lookup.lookupd import LookupApp, Registry, TokenFile
 

@@ -8,8 +8,8 @@ import time
 
 import psutil
 import pytest
-
 from conftest import PYTHON, ROOT, alive, kill_tree, readline_within, wait_for
+
 from zsup.errors import BadRequest, Conflict, NotFound
 
 

@@ -6,8 +6,8 @@ import os
 import pytest
 from configobj import ConfigObj
 
-from zsup.errors import BadRequest
 from zsup.core.jobspec import JobSpec
+from zsup.errors import BadRequest
 from zsup.services.procfile import Procfile, app_name_for, ini_value, parse_concurrency
 
 PROCFILE = """\

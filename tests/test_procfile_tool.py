@@ -17,8 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
-
 from conftest import PYTHON, ROOT, alive, kill_tree, wait_for
+
 from zsup import __version__
 from zsup.bus.client import Client
 from zsup.cli.procfile_tool import format_uptime, main, parse_scale_specs

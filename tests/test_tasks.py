@@ -9,8 +9,8 @@ import urllib.parse
 import urllib.request
 
 import pytest
-
 from conftest import mount, wait_for
+
 from zsup.daemon.config import parse_config
 from zsup.http import tasks_api
 from zsup.http.busgate import BusGate

@@ -3,14 +3,13 @@
 import json
 import os
 import queue
-import signal
 import re
+import signal
 import subprocess
 import threading
 import time
 
 import pytest
-
 from conftest import PYTHON, ROOT, wait_for
 
 CONFIG = f"""

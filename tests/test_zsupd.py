@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psutil
 import pytest
 import zmq
-
 from conftest import PYTHON, ROOT, alive, kill_tree, wait_for
+
 from zsup.bus.client import Client, Subscriber
 from zsup.errors import BadRequest, NotFound, Unavailable
 

@@ -11,12 +11,23 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from zsup.errors import BadRequest, ZsupError
-from zsup.bus.topics import topic_matches  # noqa: F401  (gaffer's rules, kept in one place)
 from zsup.bus.topics import (  # noqa: F401  (the events' vocabulary, re-exported)
-    INTERNAL_SESSION, JOB_EVENTS, PROC_EVENTS, PROTOCOL_VERSION, SYS_EVENTS, agent_topic,
-    io_topic, job_io_prefix, job_topic, proc_topic, stats_topic, sys_topic, task_topic,
+    INTERNAL_SESSION,
+    JOB_EVENTS,
+    PROC_EVENTS,
+    PROTOCOL_VERSION,
+    SYS_EVENTS,
+    agent_topic,
+    io_topic,
+    job_io_prefix,
+    job_topic,
+    proc_topic,
+    stats_topic,
+    sys_topic,
+    task_topic,
+    topic_matches,  # noqa: F401  (gaffer's rules, kept in one place)
 )
+from zsup.errors import BadRequest, ZsupError
 
 #: Default upper bound of a request's body, in bytes. A bigger request gets `bad_request`
 #: without being parsed, so a runaway client cannot make the control thread chew on it.

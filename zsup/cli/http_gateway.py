@@ -16,8 +16,8 @@ import os
 import sys
 
 from zsup import __version__
-from zsup.errors import ZsupError
 from zsup.cli.daemonize import stop_on_signals
+from zsup.errors import ZsupError
 
 DEFAULT_BIND = "127.0.0.1:5000"
 

@@ -14,9 +14,9 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 
-from zsup.errors import BadRequest
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
+from zsup.errors import BadRequest
 
 DEFAULT_SESSION = "default"
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")

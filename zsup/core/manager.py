@@ -26,9 +26,8 @@ import threading
 from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
-from zsup.errors import BadRequest, Conflict, NotFound
+from zsup.bus.parse import parse_scale, parse_signal
 from zsup.core.events import EventEmitter
-from zsup.bus.parse import parse_scale
 from zsup.core.job import Job
 from zsup.core.jobspec import JobSpec, split_job_name
 from zsup.core.loop import Loop
@@ -36,9 +35,9 @@ from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
 from zsup.core.process import Process
 from zsup.core.states import ProcessState
-from zsup.bus.parse import parse_signal
 from zsup.core.stats import StatsSampler, process_tree_stats
 from zsup.core.supervision import Supervision
+from zsup.errors import BadRequest, Conflict, NotFound
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import logging
 import os
 from typing import Callable
 
-from zsup.errors import Conflict
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.process import Process
+from zsup.errors import Conflict
 
 log = logging.getLogger(__name__)
 

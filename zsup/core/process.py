@@ -20,10 +20,10 @@ import subprocess
 import time
 
 from zsup.core.envfile import substitute
-from zsup.errors import ZsupError
 from zsup.core.jobspec import JobSpec
 from zsup.core.output import OutputStream
 from zsup.core.states import ProcessState, check_process
+from zsup.errors import ZsupError
 
 SETPRIV = shutil.which("setpriv")
 

@@ -17,10 +17,11 @@ import inspect
 from typing import Any, Callable, Iterable
 
 from zsup import __version__
-from zsup.bus.schema import COMMANDS as DECLARED, check_request
+from zsup.bus.schema import COMMANDS as DECLARED
+from zsup.bus.schema import check_request
 from zsup.bus.topics import PROTOCOL_VERSION
-from zsup.errors import BadRequest, NotFound
 from zsup.core.jobspec import split_job_name
+from zsup.errors import BadRequest, NotFound
 
 #: zsupd's own handlers (this module), by command name.
 HANDLERS: dict[str, Callable] = {}

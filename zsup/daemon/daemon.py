@@ -16,18 +16,18 @@ import sys
 import threading
 
 from zsup.bus import curve as curvekeys
-from zsup.bus.server import BusServer
 from zsup.bus import topics
+from zsup.bus.server import BusServer
 from zsup.bus.topics import INTERNAL_SESSION, is_internal
-from zsup.daemon import agent_commands, commands, task_commands
-from zsup.daemon.config import ConfigError, DaemonConfig, load_config
-from zsup.errors import ZsupError
 from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
 from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
+from zsup.daemon import agent_commands, commands, task_commands
+from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.plugins import PluginContext, PluginHost
 from zsup.daemon.store import Store, fingerprint
+from zsup.errors import ZsupError
 
 log = logging.getLogger("zsupd")
 

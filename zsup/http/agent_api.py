@@ -28,10 +28,9 @@ from urllib.parse import quote
 from webob import Request, Response
 from ws4py.websocket import WebSocket
 
-from zsup.errors import BadRequest, NotFound, ZsupError
-
-from zsup.http.subapp import SubApp, check_method, json_response, mount_base, params
 from zsup.bus.topics import job_io_prefix
+from zsup.errors import BadRequest, NotFound, ZsupError
+from zsup.http.subapp import SubApp, check_method, json_response, mount_base, params
 
 ATTACH_RE = re.compile(r"(?:^|/)attach-console/([^/]+)/?$")
 

@@ -66,7 +66,7 @@ import zmq
 from zsup.bus.client import Client
 from zsup.bus.protocol import Event, decode_event, topic_matches, zmq_prefix
 from zsup.bus.typed import BusCommands
-from zsup.errors import Unavailable, ZsupError
+from zsup.errors import Unavailable
 
 __all__ = ["BusGate", "Subscription", "memo"]
 

@@ -14,7 +14,6 @@ from typing import Any, Callable
 from webob import Request, Response
 
 from zsup.errors import BadRequest, ZsupError
-
 from zsup.http import web
 
 __all__ = ["HTTP_STATUS", "MethodNotAllowed", "SubApp", "check_method", "error_response",

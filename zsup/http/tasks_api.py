@@ -25,7 +25,6 @@ from typing import Callable
 from webob import Request, Response
 
 from zsup.errors import BadRequest, NotFound
-
 from zsup.http.subapp import SubApp, check_method, json_response, mount_base, number, params
 
 DEFAULT_WAIT = 30.0

@@ -19,8 +19,8 @@ import os
 import re
 
 from zsup.core.envfile import load_env_files, read_text
-from zsup.errors import BadRequest
 from zsup.core.jobspec import NAME_RE
+from zsup.errors import BadRequest
 
 LINE_RE = re.compile(r"^([^:\s]+)\s*:\s*(.*)$")
 APP_BAD_CHARS_RE = re.compile(r"[^A-Za-z0-9_\-]")

@@ -30,10 +30,10 @@ import os
 import threading
 import time
 
-from zsup.core.envfile import parse_env, read_text
-from zsup.errors import BadRequest, NotFound, ZsupError
-from zsup.core.jobspec import check_name
 from zsup.bus.topics import IO, PROC, task_topic
+from zsup.core.envfile import parse_env, read_text
+from zsup.core.jobspec import check_name
+from zsup.errors import BadRequest, NotFound, ZsupError
 
 log = logging.getLogger(__name__)
 
