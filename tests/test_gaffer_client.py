@@ -54,10 +54,11 @@ def py2(gw, script, prelude="", timeout=60):
     return [json.loads(line) for line in done.stdout.decode().splitlines() if line.strip()]
 
 
-def cli(gw, *args, cwd=None, timeout=60, check=True):
-    """Run `gaffer -g URL args...`; (exit code, stdout + stderr)."""
+def cli(gw, *args, cwd=None, timeout=60, check=True, answer=None):
+    """Run `gaffer -g URL args...` (`answer`: what to type at its prompts); (exit code,
+    stdout + stderr)."""
     done = subprocess.run([GAFFER, "-g", gw.base, *args], capture_output=True, cwd=cwd,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+                          timeout=timeout, input=(answer or "").encode())
     text = (done.stdout + done.stderr).decode(errors="replace")
     if check:
         assert done.returncode == 0, text
@@ -217,6 +218,13 @@ def test_cli_commands(gw, tmp_path):
     assert gw.d.call("info", name="worker", session="shop")["active"] is True
     _, text = cli(gw, "ps:stop", str(pid), "--no-input")
     assert f"'{pid}' stopped" in text
+    # a whole app (gaffer asks first, and walks the jobs of every session)
+    _, text = cli(gw, "ps:stop", "--app=shop", answer="y\n")
+    assert "all jobs in 'shop' stopped" in text
+    assert not any(gw.d.call("info", name=n, session="shop")["active"] for n in ("web", "worker"))
+    _, text = cli(gw, "ps:start", "--app=shop", answer="y\n")
+    assert "all jobs in 'shop' started" in text
+    assert all(gw.d.call("info", name=n, session="shop")["active"] for n in ("web", "worker"))
     _, text = cli(gw, "reload", "web", "--app", "shop", "--no-input")
     assert "reloaded" in text
     _, text = cli(gw, "unload", "tick", "--app", "extra", "--no-input")
