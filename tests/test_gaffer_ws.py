@@ -34,12 +34,12 @@ def ws(gw):
 
     def connect(path):
         client = WS(f"ws://{gw.host}:{gw.port}{path}")
-        made.append(client)
         try:
             client.connect()
         except BaseException:
             client.close_connection()
             raise
+        made.append(client)
         return client
 
     try:
