@@ -286,3 +286,4 @@ def read_output(d, pid: int, label: str | None = None, since: int = 0, limit: in
 # Commands that live in their own modules register themselves with @command on import.
 from zsup.daemon import agent_commands  # noqa: E402,F401
 from zsup.daemon import task_commands  # noqa: E402,F401
+from zsup.daemon import key_commands  # noqa: E402,F401

@@ -81,6 +81,7 @@ SETTINGS: dict[str, tuple[str, object]] = {
     "lookupd_addresses": ("urls", []),  # zsup-lookupd servers to register with (docs/lookupd.md)
     "lookupd_token_file": ("file", None),  # bearer token sent to them (first non-comment line)
     "node_name": ("str", None),  # the name announced to them (default: the host name)
+    "require_key": ("bool", False),  # gaffer's API keys on zsup-http (docs/http.md)
     "public_url": ("url", None),  # this node's gateway as others reach it (default: derived)
 }
 

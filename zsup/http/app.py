@@ -26,6 +26,7 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
+from zsup.http import gaffer_keys_api
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, strip_access_token
@@ -100,6 +101,8 @@ class GatewayApp:
 
     def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
         try:
+            if not gaffer_keys_api.websocket_allowed(self, path, headers):
+                return None
             if path.startswith("/agent/"):
                 module = _optional_module(MOUNTS["/agent"])
                 hook = getattr(module, "websocket_route", None)
@@ -172,6 +175,7 @@ class GatewayApp:
             raise HTTPError(401, "authentication required", "forbidden",
                             {"WWW-Authenticate": challenge})
         path = req.path_info or "/"
+        gaffer_keys_api.enforce(self, req, path)  # gaffer's X-Api-Key, when require_key is on
         for prefix in MOUNTS:
             if path == prefix or path.startswith(prefix + "/"):
                 sub = self._mount(prefix)

@@ -14,8 +14,11 @@
   ``message`` frame carries to its stdin, answered ``response`` ``OK`` with the same id (or an
   ``error`` frame, body ``{"errno", "reason"}``). The socket closes when the process exits.
 
-``AUTH:<key>`` frames (gaffer's API keys) are accepted and ignored: the gateway's own
-authentication guards the upgrade. Each subscription has a pump thread that moves events from
+With ``require_key`` on (zsup.http.gaffer_keys_api), the first frame must be ``AUTH:<key>``
+(gaffer's client sends it when it has a key): on the event channel a key that may manage
+everything, on an IO channel one that may read (mode bit 1) and write (bit 2) the process's
+job; otherwise an error is sent and the socket closed. With it off, ``AUTH:`` frames are
+ignored and the gateway's own authentication guards the upgrade. Each subscription has a pump thread that moves events from
 its gate subscription to the socket; sends are serialised by a lock.
 """
 
@@ -31,6 +34,7 @@ from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
 from zsup.http import gaffer_compat as gaffer
+from zsup.http.gaffer_keys_api import KeyCheck
 from zsup.http.streams import LineFeed
 from zsup.http.web import STATUS_BY_CODE
 
@@ -55,6 +59,30 @@ class _LockedSend(WebSocket):
         super().__init__(*args, **kw)
         self._send_lock = threading.Lock()
         self._stop = threading.Event()
+        self.authorized = True  # False until a good AUTH frame when keys are required
+
+    def check_auth(self, gate, text: str, allowed) -> bool | None:
+        """With keys required: True when `text` is an AUTH frame whose key passes
+        `allowed(Permissions)`, False (after an error and a close) otherwise. None: keys are
+        not required (`text` is an ordinary frame, or an AUTH frame to ignore)."""
+        check = KeyCheck(gate)
+        try:
+            if not check.required():
+                return None
+            if not text.startswith("AUTH:"):
+                raise ValueError("AUTH_REQUIRED")
+            if not allowed(check.permissions(text[5:].strip())):
+                raise ValueError("forbidden")
+        except Exception as exc:
+            reason = str(getattr(exc, "message", exc))
+            self.auth_failed(reason)
+            self.close(1008, reason)
+            return False
+        self.authorized = True
+        return True
+
+    def auth_failed(self, reason: str) -> None:  # pragma: no cover - per protocol
+        raise NotImplementedError
 
     def emit(self, payload, binary: bool = False) -> bool:
         """Send one frame; False once the socket is gone."""
@@ -157,6 +185,11 @@ class GafferChannel(_LockedSend):
         self.gate = gate
         self.subs: dict[str, _Sub] = {}
         self._subs_lock = threading.Lock()
+        self.authorized = False
+
+    def auth_failed(self, reason: str) -> None:
+        self.send_json({"event": "gaffer:error", "data": {"error": "AUTH_REQUIRED",
+                                                          "reason": reason}})
 
     def send_json(self, obj: dict) -> bool:
         return self.emit(json.dumps(obj), False)
@@ -164,6 +197,11 @@ class GafferChannel(_LockedSend):
     def received_message(self, message):
         raw = message.data
         text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+        if not self.authorized:
+            ok = self.check_auth(self.gate, text, lambda p: p.can("manage", "*"))
+            if ok is not None:
+                return
+            self.authorized = True
         if text.startswith("AUTH:"):
             return
         try:
@@ -351,6 +389,15 @@ class IOChannel(_LockedSend):
         self.label = label
         self.mode = mode
         self.feed: LineFeed | None = None
+        self.authorized = False
+
+    def auth_failed(self, reason: str) -> None:
+        self.error(403, reason)
+
+    def _may(self, perms) -> bool:
+        job = self.proc["job"]
+        return ((not self.mode & READABLE or perms.can("read", job))
+                and (not self.mode & WRITABLE or perms.can("write", job)))
 
     def error(self, errno: int, reason: str, ident: str = "gaffer_error") -> None:
         self.emit(encode_frame("error", ident, json.dumps({"errno": errno, "reason": reason})
@@ -365,6 +412,14 @@ class IOChannel(_LockedSend):
             self.error(403, "EPERM")
             self.close(1000, "no stdin")
             return
+        try:
+            self.authorized = not KeyCheck(self.gate).required()
+        except ZsupError:
+            self.authorized = False
+        if self.authorized:
+            self.begin()  # else once its AUTH frame is in
+
+    def begin(self) -> None:
         if self.mode & READABLE:
             after = (self.proc.get("last_seq") or {}).get(self.label, 0)
             self.feed = LineFeed(self.gate, self.proc, self.label, after)
@@ -422,6 +477,12 @@ class IOChannel(_LockedSend):
         except ValueError as exc:
             self.error(400, str(exc))
             return
+        if not self.authorized:
+            ok = self.check_auth(self.gate, body.decode("utf-8", "replace"), self._may)
+            if ok is False:
+                return
+            self.authorized = True
+            self.begin()
         if not body.startswith(b"AUTH:"):
             if not self.mode & WRITABLE:
                 self.error(403, "EPERM", ident)

@@ -15,6 +15,7 @@ from webob import Response
 from zsup import __version__
 from zsup.errors import ZsupError
 from zsup.http import gaffer_compat as gaffer
+from zsup.http import gaffer_keys_api
 from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, json_response, read_json
 
@@ -338,3 +339,6 @@ def signal_process(ctx, req, pid):
        tag="processes")
 def process_stats(ctx, req, pid):
     return ctx.gate.call("process_stats", pid=pid)
+
+
+gaffer_keys_api.register(gaffer_route)  # gaffer's /auth, /keys, /users
