@@ -9,6 +9,7 @@ under CI=true (CI must build it).
 import json
 import os
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -366,3 +367,135 @@ def test_cli_logs_send_recv(gw):
     finally:
         logs.kill()
         logs.wait(10)
+
+
+@pytest.fixture
+def keyed_gw(zsupd_factory, tmp_path):
+    """zsupd with `require_key = true` and an admin made by `zsupd --create-admin-user`."""
+    from test_http_support import GW, start_gateway
+
+    daemon = zsupd_factory("[zsup]\nrequire_key = true\n", start=False)
+    made = subprocess.run([sys.executable, "-m", "zsup.cli.zsupd", "-c", daemon.config_path,
+                           "--state-dir", daemon.state_dir, "--create-admin-user",
+                           "--username", "root", "--password", "s3cret"],
+                          capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=30)
+    assert made.returncode == 0, made.stderr
+    daemon.start()
+    gateway = start_gateway(daemon, tmp_path, timeout=3.0)
+    try:
+        yield GW(daemon, gateway, tmp_path)
+    finally:
+        gateway.stop()
+
+
+def test_keys_users_and_permissions(keyed_gw):
+    gw = keyed_gw
+    r = py2(gw, """
+        from gaffer.httpclient import GafferUnauthorized, GafferForbidden
+        from gaffer.httpclient.keys import Keys
+        from gaffer.httpclient.users import Users
+        def attempt(f):
+            try:
+                f()
+                return "ok"
+            except GafferUnauthorized:
+                return "401"
+            except GafferForbidden:
+                return "403"
+            except GafferNotFound:
+                return "404"
+            except GafferConflict:
+                return "409"
+        out([s.ping(), attempt(s.sessions)])
+        try:
+            s.authenticate("root", "wrong")
+            out("logged in")
+        except GafferUnauthorized:
+            out("refused")
+        admin = s.authenticate("root", "s3cret")
+        out([len(admin), s.sessions()])
+        keys, users = Keys(s), Users(s)
+        app_key = keys.create_key({"manage": ["app"]}, label="app managers")
+        read_key = keys.create_key({"read": ["app.cat"]})
+        out([keys.get_key(app_key)["permissions"], len(keys.all_keys()),
+             attempt(lambda: keys.get_key("nope"))])
+        users.create_user("bob", "pw", user_type=1, key=app_key)
+        out([users.get_user("bob")["permissions"], [u["username"] for u in users.all_users()],
+             attempt(lambda: users.create_user("bob", "x"))])
+        users.set_password("bob", "pw2")
+        bob = Server(os.environ["GAFFER_URL"])
+        out(attempt(lambda: bob.authenticate("bob", "pw")))
+        bob.authenticate("bob", "pw2")
+        bob.load(ProcessConfig("cat", "cat", redirect_input=True), sessionid="app")
+        s.load(ProcessConfig("other", "cat", redirect_input=True), sessionid="other")
+        job = bob.get_job("app.cat")
+        out([until(lambda: job.pids) != [], attempt(lambda: bob.get_job("other.other")),
+             attempt(bob.sessions), attempt(bob.running)])
+        reader = Server(os.environ["GAFFER_URL"], api_key=read_key)
+        rjob = reader.get_job("app.cat")
+        pid = rjob.pids[0]
+        out([rjob.active, attempt(rjob.stop), attempt(lambda: reader.get_process(pid).info),
+             attempt(reader.get_process(pid).stop)])
+        bob_keys = Keys(bob)
+        out([attempt(lambda: bob_keys.create_key({"read": ["app"]})),
+             attempt(lambda: Users(bob).all_users())])
+        users.update_user("bob", "pw3", user_type=1, key=read_key)
+        users.set_key("bob", app_key)
+        keys.delete_key(read_key)
+        out(attempt(lambda: reader.get_job("app.cat").info()))
+        users.delete_user("bob")
+        out([attempt(lambda: users.get_user("bob")), attempt(lambda: bob.get_job("app.cat").info())])
+    """)
+    (start, refused, logged, key_info, bob_info, pw_changed, bob_rights, read_rights,
+     bob_creates, deleted_key, deleted_user) = r
+    assert start == [True, "401"]
+    assert refused == "refused"
+    assert logged[0] == 32 and logged[1] == []
+    assert key_info == [{"manage": ["app"]}, 4, "404"]  # root's key, its login, and two
+    assert bob_info == [{"manage": ["app"]}, ["bob", "root"], "409"]
+    assert pw_changed == "401"
+    assert bob_rights == [True, "403", "403", "403"]
+    assert read_rights == [True, "403", "ok", "403"]
+    assert bob_creates == ["403", "403"]
+    assert deleted_key == "401"
+    assert deleted_user == ["404", "401"]  # his key went with him, and its login children
+
+
+def test_keys_on_websockets(keyed_gw):
+    gw = keyed_gw
+    r = py2(gw, prelude=WS_PRELUDE, script="""
+        from gaffer.httpclient.keys import Keys
+        s.authenticate("root", "s3cret")
+        s.load(ProcessConfig("cat", "cat", redirect_input=True), sessionid="app")
+        pid = until(lambda: s.get_job("app.cat").pids)[0]
+        sock = s.socket()
+        sock.start()
+        acks = []
+        sock.bind("subscription_success", lambda ev, msg: acks.append(msg["topic"]))
+        sock.subscribe("EVENTS")
+        out(run_until(lambda: acks))
+        read_key = Keys(s).create_key({"read": ["app"]})
+        reader = Server(os.environ["GAFFER_URL"], api_key=read_key)
+        p = reader.get_process(pid)
+        ch = p.socket(mode=pyuv.UV_READABLE)
+        ch.start()
+        got = []
+        ch.start_read(lambda c, data: got.append(data))
+        w = s.get_process(pid).socket(mode=pyuv.UV_WRITABLE)
+        w.start()
+        w.write("hi\\n")
+        out(run_until(lambda: got == ["hi\\n"]))
+        bad = p.socket(mode=pyuv.UV_WRITABLE)
+        bad.start()
+        bad.on_error(lambda c, error: got.append(error))
+        bad.write("no\\n")
+        out(run_until(lambda: bad.stream.closed()))
+        out(got)
+        nosock = reader.socket()
+        nosock.start()
+        nosock.subscribe("EVENTS")
+        out(run_until(lambda: nosock.stream.closed()))
+    """)
+    subscribed, read_ok, closed, got, refused = r
+    assert subscribed and read_ok and closed and refused
+    assert got[0] == "hi\n" and got[1]["reason"] == "forbidden"
