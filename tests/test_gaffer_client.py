@@ -8,6 +8,7 @@ under CI=true (CI must build it).
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,7 +59,8 @@ def py2(gw, script, prelude="", timeout=60):
 def cli(gw, *args, cwd=None, timeout=60, check=True, answer=None):
     """Run `gaffer -g URL args...` (`answer`: what to type at its prompts); (exit code,
     stdout + stderr)."""
-    done = subprocess.run([GAFFER, "-g", gw.base, *args], capture_output=True, cwd=cwd,
+    env = dict(os.environ, GAFFER_CONFIG=str(gw.tmp_path / "gaffer.ini"))  # `login` writes it
+    done = subprocess.run([GAFFER, "-g", gw.base, *args], capture_output=True, cwd=cwd, env=env,
                           timeout=timeout, input=(answer or "").encode())
     text = (done.stdout + done.stderr).decode(errors="replace")
     if check:
@@ -335,7 +337,8 @@ def test_io_channel(gw):
 
 
 def _popen_cli(gw, *args, cwd=None):
-    return subprocess.Popen([GAFFER, "-g", gw.base, *args], stdout=subprocess.PIPE,
+    env = dict(os.environ, GAFFER_CONFIG=str(gw.tmp_path / "gaffer.ini"))
+    return subprocess.Popen([GAFFER, "-g", gw.base, *args], stdout=subprocess.PIPE, env=env,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
@@ -499,3 +502,39 @@ def test_keys_on_websockets(keyed_gw):
     subscribed, read_ok, closed, got, refused = r
     assert subscribed and read_ok and closed and refused
     assert got[0] == "hi\n" and got[1]["reason"] == "forbidden"
+
+
+def test_cli_login_keys_and_users(keyed_gw):
+    gw = keyed_gw
+    code, text = cli(gw, "apps", check=False)
+    assert code != 0 and "401" in text or "Unauthorized" in text
+    code, text = cli(gw, "login", "-u", "root", "-p", "wrong", check=False)
+    assert code == 1 and "unauthorized" in text
+    _, text = cli(gw, "login", "-u", "root", "-p", "s3cret")
+    assert "User 'root' authenticated." in text
+    _, text = cli(gw, "apps")  # with the key `login` saved
+    assert text.strip() == ""
+
+    _, text = cli(gw, "key:create", "app+mr", "+k", "--label", "deployers", answer="y\n")
+    key = re.search(r"The key u?'([0-9a-f]+)' has been created", text).group(1)
+    assert len(key) == 32, text
+    _, text = cli(gw, "key", key)
+    assert "Label: deployers" in text and "manage: app" in text and "create_key: True" in text
+    _, text = cli(gw, "user:add", "bob", "-p", "pw", "-k", key, "-t", "1", answer="y\n")
+    assert "bob" in text
+    _, text = cli(gw, "user", "bob")
+    assert "User 'bob' found" in text
+    _, text = cli(gw, "user:setpassword", "bob", "-p", "pw2", answer="y\n")
+    _, text = cli(gw, "user:setkey", "bob", "-k", key, answer="y\n")
+    assert "bob's key changed" in text
+    _, text = cli(gw, "--api-key", key, "load", "-", answer=json.dumps(
+        {"name": "app.cat", "cmd": "cat", "redirect_input": True}))
+    assert "'app.cat' has been loaded" in text
+    code, text = cli(gw, "--api-key", key, "apps", check=False)
+    assert code != 0 and "403" in text or "Forbidden" in text
+    _, text = cli(gw, "key:delete", key, answer="y\n")
+    assert "has been deleted" in text
+    _, text = cli(gw, "user:del", "bob", answer="y\n")
+    assert "User 'bob' deleted" in text
+    _, text = cli(gw, "apps")
+    assert text.split() == ["app"]

@@ -107,10 +107,10 @@ class GafferKeys:
 
     @staticmethod
     def _doc(row, key: str | None = None) -> dict:
-        doc = {"id": row[0][:16], "label": row[1], "permissions": json.loads(row[2])}
-        if key is not None:
-            doc["key"] = key
-        return doc
+        # "key" is gaffer's field; a key is stored hashed, so only its id can fill it
+        # unless the caller gave the key itself
+        return {"id": row[0][:16], "key": key if key is not None else row[0][:16],
+                "label": row[1], "permissions": json.loads(row[2])}
 
     def create_key(self, permissions=None, label: str = "", parent: str | None = None) -> str:
         """A new key (its only copy is the answer)."""
@@ -167,7 +167,7 @@ class GafferKeys:
         key = self.store.execute("SELECT hash, label, permissions, parent FROM gaffer_keys "
                                  "WHERE hash = ?", (row[3],)).fetchone()
         doc = dict(json.loads(row[4]), username=row[0], user_type=row[2])
-        doc["key_id"] = row[3][:16]
+        doc["key"] = doc["key_id"] = row[3][:16]  # its id: keys are stored hashed
         doc["permissions"] = json.loads(key[2]) if key else {}
         return doc
 
