@@ -8,7 +8,8 @@ can take).
 Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
 route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
 -> authentication (when a password or tokens file is configured: the ``Authorization``
-header, or a bearer token as ``?access_token=``; 401 otherwise) -> mounted sub-apps
+header, or a bearer token as ``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key``
+when zsupd's config has ``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps
 (``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
 modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
 CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
@@ -47,7 +48,7 @@ MOUNTS = {"/tasks": "zsup.http.tasks_api", "/agent": "zsup.http.agent_api"}
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID, X-Requested-With",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID, X-Api-Key, X-Requested-With",
     "Access-Control-Expose-Headers": "Location, Content-Type",
     "Access-Control-Max-Age": "86400",
 }
