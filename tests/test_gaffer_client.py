@@ -279,14 +279,18 @@ def test_gaffer_socket_events_and_commands(gw):
         out(run_until(lambda: all(c.done() for c in cmds)))
         out([[c.result(), c.error()] for c in cmds])
         out(run_until(lambda: "hi\\n" in job_events and "spawn" in job_events))
+        stats = []
+        sock.subscribe("STATS:ws.cat").bind_all(lambda ev, msg: stats.append([ev, msg]))
+        out(run_until(lambda: stats))
+        out(stats[0])
         sock.unsubscribe("EVENTS")
         out(run_until(lambda: acks.count("EVENTS") == 2))
         s.unload("cat", "ws")
         out(run_until(lambda: "exit" in job_events))
         sock.close()
     """)
-    (subscribed, spawned, names, spawn, subs, errors, done, results, streamed, unsubscribed,
-     exited) = r
+    (subscribed, spawned, names, spawn, subs, errors, done, results, streamed, sampled, stat,
+     unsubscribed, exited) = r
     assert subscribed and spawned
     assert {"load", "start", "job.ws.cat.start", "spawn", "job.ws.cat.spawn"} <= set(names)
     assert spawn["name"] == "ws.cat" and spawn["pid"] and spawn["topic"] == "EVENTS"
@@ -302,6 +306,8 @@ def test_gaffer_socket_events_and_commands(gw):
     assert stats[0]["stats"]["name"] == "ws.cat"
     assert unknown[0] is None and unknown[1]["reason"] == "command_not_found"
     assert missing[0] is None and missing[1]["errno"] == 404
+    assert sampled and stat[0] == "stat" and stat[1]["name"] == "ws.cat"
+    assert "cpu" in stat[1] and isinstance(stat[1]["pid"], int)
     assert streamed and unsubscribed and exited
 
 
