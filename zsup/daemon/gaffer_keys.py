@@ -123,7 +123,8 @@ class GafferKeys:
         key = secrets.token_hex(16)
         self.store.execute("INSERT INTO gaffer_keys (hash, label, permissions, parent, created) "
                            "VALUES (?, ?, ?, ?, ?)",
-                           (key_hash(key), label, json.dumps(permissions), parent_hash, time.time()))
+                           (key_hash(key), label, json.dumps(permissions), parent_hash,
+                            time.time()))
         return key
 
     def get_key(self, key: str, include_keys: bool = False) -> dict:

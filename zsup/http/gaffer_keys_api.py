@@ -140,7 +140,8 @@ def enforce(ctx, req, path: str) -> None:
     if need is None:
         return
     kind, what = need
-    if (kind == "admin" and not perms.is_admin()) or (kind != "admin" and not perms.can(kind, what)):
+    allowed = perms.is_admin() if kind == "admin" else perms.can(kind, what)
+    if not allowed:
         raise HTTPError(403, f"this API key may not {kind} {what or 'this'}".rstrip())
 
 

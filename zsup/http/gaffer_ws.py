@@ -18,8 +18,10 @@ With ``require_key`` on (zsup.http.gaffer_keys_api), the first frame must be ``A
 (gaffer's client sends it when it has a key): on the event channel a key that may manage
 everything, on an IO channel one that may read (mode bit 1) and write (bit 2) the process's
 job; otherwise an error is sent and the socket closed. With it off, ``AUTH:`` frames are
-ignored and the gateway's own authentication guards the upgrade. Each subscription has a pump thread that moves events from
-its gate subscription to the socket; sends are serialised by a lock.
+ignored and the gateway's own authentication guards the upgrade.
+
+Each subscription has a pump thread that moves events from its gate subscription to the
+socket; sends are serialised by a lock. ``CMD`` frames run in zsup.http.gaffer_commands.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
 from zsup.http import gaffer_compat as gaffer
+from zsup.http.gaffer_commands import run_command
+from zsup.http.gaffer_commands import split_name as _split
 from zsup.http.gaffer_keys_api import KeyCheck
 from zsup.http.streams import LineFeed
 from zsup.http.web import STATUS_BY_CODE
@@ -41,11 +45,6 @@ from zsup.http.web import STATUS_BY_CODE
 log = logging.getLogger("zsup.http.gaffer_ws")
 
 READABLE, WRITABLE = 1, 2  # pyuv.UV_READABLE, pyuv.UV_WRITABLE, as gaffer's mode uses them
-
-
-def _split(pname: str) -> tuple[str, str]:
-    session, _, name = str(pname).rpartition(".")
-    return session or "default", name
 
 
 def _errno(exc: Exception) -> dict:
@@ -119,7 +118,8 @@ class _Sub:
 
             def translate(ev):
                 return [(name, f) for name, f in gaffer.channel_event(ev.topic, ev.msg)
-                        if prefix is None or name == prefix or name.startswith(prefix.rstrip(".") + ".")]
+                        if prefix is None or name == prefix
+                        or name.startswith(prefix.rstrip(".") + ".")]
         elif source == "JOB" and target:
             session, name = _split(target)
             gate.call("info", name=name, session=session)  # not_found now, not silence later
@@ -277,89 +277,6 @@ class GafferChannel(_LockedSend):
             subs, self.subs = list(self.subs.values()), {}
         for sub in subs:
             sub.close()
-
-
-def run_command(gate, name: str, args: list, kwargs: dict):
-    """One of gaffer's controller commands on zsupd; the result in gaffer's shape.
-
-    Raises ZsupError from the bus, or ValueError for a bad command or arguments.
-    """
-    def need(n: int) -> None:
-        if len(args) < n:
-            raise ValueError(f"{name}: expected at least {n} argument(s)")
-
-    def job() -> dict:
-        need(1)
-        session, job_name = _split(args[0])
-        return {"name": job_name, "session": session}
-
-    if name == "sessions":
-        return {"sessions": gate.call("sessions")}
-    if name == "jobs":
-        if args:
-            return {"sessionid": args[0], "jobs": gate.call("jobs", session=args[0])}
-        return {"jobs": gate.call("jobs")}
-    if name == "pids":
-        if args:
-            return {"sessionid": args[0], "pids": gate.call("pids", session=args[0])}
-        return {"pids": gate.call("pids")}
-    if name in ("load", "update"):
-        need(1)
-        if not isinstance(args[0], dict):
-            raise ValueError("invalid_config")
-        config, start = gaffer.job_body(args[0])
-        start = kwargs.get("start", True if start is None and name == "load" else start)
-        gate.call(name, config=config, session=kwargs.get("sessionid") or "default", start=start)
-        return {"ok": True}
-    if name in ("unload", "reload"):
-        need(1)
-        session, job_name = _split(args[0])
-        session = kwargs.get("sessionid") or session
-        gate.call(name, name=job_name, session=session)
-        return {"ok": True}
-    if name in ("start_job", "stop_job", "stopall"):
-        gate.call("stop_job" if name == "stopall" else name, **job())
-        return {"ok": True}
-    if name == "commit":
-        extra = {k: v for k, v in zip(("graceful_timeout", "env"), args[1:]) if v is not None}
-        return {"ok": True, "pid": gate.call("commit", **job(), **extra)["pid"]}
-    if name == "scale":
-        need(2)
-        return {"numprocesses": gate.call("scale", **job(), n=args[1])["numprocesses"]}
-    if name == "info":
-        return {"info": gaffer.job_info(gate.call("info", **job()), True)}
-    if name == "stats":
-        return {"stats": gaffer.job_stats(gate.call("stats", **job()))}
-    if name == "killall":
-        need(2)
-        gate.call("killall", **job(), sig=args[1])
-        return {"ok": True}
-    if name == "process_info":
-        need(1)
-        proc = gate.call("get_process", pid=int(args[0]))
-        try:
-            config = gate.call("get", name=proc["name"], session=proc["session"])
-        except ZsupError:
-            config = None
-        return {"info": gaffer.process_info(proc, config, True)}
-    if name == "process_stats":
-        need(1)
-        return {"stats": gate.call("process_stats", pid=int(args[0]))}
-    if name == "stop_process":
-        need(1)
-        gate.call("stop_process", pid=int(args[0]))
-        return {"ok": True}
-    if name == "kill":
-        need(2)
-        gate.call("kill", pid=int(args[0]), sig=args[1])
-        return {"ok": True}
-    if name == "send":
-        need(2)
-        if len(args) > 2 and args[2] not in (None, "stdin"):
-            raise ValueError("zsup has no custom streams: only stdin can be written")
-        gate.call("send", pid=int(args[0]), data=str(args[1]))
-        return {"ok": True}
-    raise ValueError("command_not_found")
 
 
 # -- /<pid>/channel ----------------------------------------------------------------------------

@@ -292,7 +292,7 @@ def process_info(ctx, req, pid):
     return _process(ctx, req, pid)
 
 
-@gaffer_route("HEAD", "/{pid:int}", "200 while the process runs, 404 once it exited (gaffer's check)",
+@gaffer_route("HEAD", "/{pid:int}", "200 while the process runs, 404 once it exited",
        tag="processes")
 def process_alive(ctx, req, pid):
     proc = ctx.gate.call("get_process", pid=pid)
@@ -317,7 +317,7 @@ def signal_process_short(ctx, req, pid):
     return ctx.gate.call("kill", pid=pid, sig=_signal_from(req))
 
 
-@gaffer_route("GET", "/{pid:int}/stats", "{\"stats\": CPU and memory of one process} (gaffer's form)",
+@gaffer_route("GET", "/{pid:int}/stats", "{\"stats\": CPU and memory of one process}",
        tag="processes")
 def process_stats_short(ctx, req, pid):
     return {"stats": ctx.gate.call("process_stats", pid=pid)}
