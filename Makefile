@@ -5,7 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv run test lint bench clean stop
+.PHONY: venv gaffer-venv run test lint bench clean stop
+
+# gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
+# 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
+# where pyenv selects 2.7), else a python2.7 on PATH.
+PY27 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/2.7*/bin/python2.7) $(shell command -v python2.7 2>/dev/null))
+GAFFER_VENV ?= .venv-gaffer
+GAFFER_STAMP := $(GAFFER_VENV)/.installed
 
 venv: $(STAMP)
 
@@ -15,7 +22,17 @@ $(STAMP): pyproject.toml setup.py
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+gaffer-venv: $(GAFFER_STAMP)
+
+$(GAFFER_STAMP): $(STAMP)
+	@test -n "$(PY27)" || { echo "no python2.7 (set PY27=/path/to/python2.7)"; exit 1; }
+	$(PY) -m pip install -q 'virtualenv>=20.21,<20.22'
+	$(VENV)/bin/virtualenv -q -p $(PY27) $(GAFFER_VENV)
+	$(GAFFER_VENV)/bin/python -m pip install -q gaffer==0.5.2 tornado==2.4.1 pyuv==0.10.13 psutil==0.7.1
+	$(GAFFER_VENV)/bin/python -c 'import gaffer.httpclient, gaffer.cli.main'
+	touch $(GAFFER_STAMP)
+
+test: $(STAMP) $(GAFFER_STAMP)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
@@ -35,4 +52,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf $(VENV) .run build *.egg-info
+	rm -rf $(VENV) $(GAFFER_VENV) .run build *.egg-info

@@ -83,6 +83,12 @@ SIG = _p("sig", "integer|string", "a number or a name (`\"HUP\"`, `\"SIGHUP\"`)"
 CONFIG = _p("config", "object", "the job, as a config section: `{name, cmd, args, ...}`")
 ENV = _p("env", "object", "environment variables added to the job's", None)
 TASK_ID = _p("id", "any", "the task's id")
+KEY = _p("key", "string", "an API key")
+USERNAME = _p("username", "string", "the user's name")
+PASSWORD = _p("password", "string", "the user's password")
+USER_TYPE = _p("user_type", "integer", "gaffer's user type (0 admin, 1 user, 2 app)", 1)
+USER_KEY = _p("key", "string", "the user's API key", None)
+USER_EXTRA = _p("extra", "object", "extra fields kept with the user", None)
 
 
 def _c(name: str, doc: str, result: str, *params: Param, persists: bool = False, group: str = "daemon") -> Command:
@@ -194,6 +200,30 @@ _DECLARED = [
        group="agent"),
     _c("agent_delete", "Stop and forget an agent process", "stops the process and removes its files",
        _p("slug", "any", "the process's slug"), group="agent"),
+    # -- gaffer 0.5's API keys and users (docs/http.md); the gateway decides what a key may do
+    _c("gaffer_require_key", "Is `require_key` on?", "true or false", group="keys"),
+    _c("gaffer_key_permissions", "What an API key may do", "the key's permissions; `not_found` for an unknown key",
+       KEY, group="keys"),
+    _c("gaffer_key_create", "A new API key", '`{"api_key"}` (the only time it is shown)',
+       _p("permissions", "object", "gaffer's permissions document", None), _p("label", "string", "a label", ""),
+       _p("parent", "string", "the key it derives from", None), persists=True, group="keys"),
+    _c("gaffer_key_get", "One API key", "the key's record", KEY,
+       _p("include_keys", "boolean", "list the keys derived from it", False), group="keys"),
+    _c("gaffer_key_list", "Every API key", "the keys' records", group="keys"),
+    _c("gaffer_key_delete", "Delete an API key", '`{"ok": true}`', KEY, persists=True, group="keys"),
+    _c("gaffer_user_create", "A new user", "the user's record", USERNAME, PASSWORD, USER_TYPE, USER_KEY, USER_EXTRA,
+       persists=True, group="keys"),
+    _c("gaffer_user_get", "One user", "the user's record", USERNAME, group="keys"),
+    _c("gaffer_user_list", "Every user", "the users' records", group="keys"),
+    _c("gaffer_user_update", "Change a user", "the user's record", USERNAME, PASSWORD, USER_TYPE, USER_KEY,
+       USER_EXTRA, persists=True, group="keys"),
+    _c("gaffer_user_delete", "Delete a user (and its key unless shared)", '`{"ok": true}`', USERNAME,
+       persists=True, group="keys"),
+    _c("gaffer_user_password", "Set a user's password", '`{"ok": true}`', USERNAME, PASSWORD, persists=True,
+       group="keys"),
+    _c("gaffer_user_key", "Set a user's key", '`{"ok": true}`', USERNAME, KEY, persists=True, group="keys"),
+    _c("gaffer_auth", "Log a user in", '`{"api_key"}`: a new key; `not_found` for a bad name or password',
+       USERNAME, PASSWORD, group="keys"),
 ]
 
 #: name -> Command, in the order docs/bus.md lists them.

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="where sockets, state and logs live (default: $ZSUP_STATE_DIR or ~/.zsup)")
     p.add_argument("--log-file", help="zsupd's own log (default: standard error)")
     p.add_argument("--version", action="version", version=f"zsupd {__version__}")
+    p.add_argument("--create-admin-user", action="store_true",
+                   help="create a gaffer admin user (--username, --password) in the store and exit")
+    p.add_argument("--username", help="with --create-admin-user")
+    p.add_argument("--password", help="with --create-admin-user")
     return p
 
 
@@ -49,6 +53,28 @@ def read_config(args):
     return config, overrides
 
 
+def create_admin_user(config, username: str | None, password: str | None) -> int:
+    """gafferd's --create-admin-user: an admin for gaffer's keys (docs/http.md)."""
+    from zsup.daemon.gaffer_keys import GafferKeys
+    from zsup.daemon.store import Store
+    from zsup.paths import default_state_dir
+
+    if not username or not password:
+        print("zsupd: error: --create-admin-user needs --username and --password", file=sys.stderr)
+        return 2
+    state_dir = config.settings.get("state_dir") or default_state_dir()
+    store = Store(os.path.join(state_dir, "zsupd.db"))
+    try:
+        GafferKeys(store).create_user(username, password, user_type=0)
+    except ZsupError as exc:
+        print(f"zsupd: error: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"admin user {username} created")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -56,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     except ZsupError as exc:
         print(f"zsupd: error: {exc.message}", file=sys.stderr)
         return 2
+    if args.create_admin_user:
+        return create_admin_user(config, args.username, args.password)
     from zsup.daemon.daemon import Daemon
 
     if args.log_file:

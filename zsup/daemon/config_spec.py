@@ -54,6 +54,7 @@ agent_max_unpacked = size(default=500M)
 lookupd_addresses = urls(default=list())    # zsup-lookupd servers to register with (docs/lookupd.md)
 lookupd_token_file = file(default=None)     # bearer token sent to them (first non-comment line)
 node_name = string(default=None)            # the name announced to them (default: the host name)
+require_key = boolean(default=False)        # gaffer's API keys on zsup-http (docs/http.md)
 public_url = url(default=None)              # this node's gateway as others reach it (default: derived)
 """.splitlines(), list_values=False, interpolation=False)
 

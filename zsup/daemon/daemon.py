@@ -23,7 +23,7 @@ from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
 from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
-from zsup.daemon import agent_commands, commands, task_commands
+from zsup.daemon import agent_commands, commands, key_commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.plugins import PluginContext, PluginHost
 from zsup.daemon.store import Store, fingerprint
@@ -81,7 +81,8 @@ class Daemon:
         self.bus: BusServer | None = None
         self.webhooks = None
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
-        self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS)
+        self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
+                                            key_commands.HANDLERS)
 
     # ------------------------------------------------------------------ start and stop
     def start(self) -> None:

@@ -8,7 +8,8 @@ can take).
 Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
 route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
 -> authentication (when a password or tokens file is configured: the ``Authorization``
-header, or a bearer token as ``?access_token=``; 401 otherwise) -> mounted sub-apps
+header, or a bearer token as ``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key``
+when zsupd's config has ``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps
 (``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
 modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
 CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
@@ -26,6 +27,7 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
+from zsup.http import gaffer_keys_api
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, strip_access_token
@@ -46,7 +48,7 @@ MOUNTS = {"/tasks": "zsup.http.tasks_api", "/agent": "zsup.http.agent_api"}
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "GET, POST, PUT, DELETE, OPTIONS",
-    "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID, X-Requested-With",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, Last-Event-ID, X-Api-Key, X-Requested-With",
     "Access-Control-Expose-Headers": "Location, Content-Type",
     "Access-Control-Max-Age": "86400",
 }
@@ -100,6 +102,8 @@ class GatewayApp:
 
     def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
         try:
+            if not gaffer_keys_api.websocket_allowed(self, path, headers):
+                return None
             if path.startswith("/agent/"):
                 module = _optional_module(MOUNTS["/agent"])
                 hook = getattr(module, "websocket_route", None)
@@ -172,6 +176,7 @@ class GatewayApp:
             raise HTTPError(401, "authentication required", "forbidden",
                             {"WWW-Authenticate": challenge})
         path = req.path_info or "/"
+        gaffer_keys_api.enforce(self, req, path)  # gaffer's X-Api-Key, when require_key is on
         for prefix in MOUNTS:
             if path == prefix or path.startswith(prefix + "/"):
                 sub = self._mount(prefix)

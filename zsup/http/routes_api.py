@@ -10,14 +10,38 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from webob import Response
+
 from zsup import __version__
 from zsup.bus.docgen import add_bus_openapi
 from zsup.bus.parse import scale_order
+from zsup.errors import ZsupError
+from zsup.http import gaffer_compat as gaffer
+from zsup.http import gaffer_keys_api
 from zsup.http.routing import RouteTable
-from zsup.http.web import HTTPError, read_json
+from zsup.http.web import HTTPError, json_response, read_json
 
-api = RouteTable()
+
+class _Table(RouteTable):
+    """The route table, plus gaffer's short per-pid routes, which are matched first (HEAD
+    /{pid} must not fall back to GET) and kept out of ``routes`` (so out of /openapi.json:
+    docs/http.md lists them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gaffer = RouteTable()
+
+    def resolve(self, method: str, path: str):
+        found, params, allowed = self.gaffer.resolve(method, path)
+        if found is not None:
+            return found, params, []
+        found, params, more = super().resolve(method, path)
+        return found, params, (allowed + more) if found is None else []
+
+
+api = _Table()
 route = api.route
+gaffer_route = api.gaffer.route
 
 def _object(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
@@ -48,9 +72,12 @@ def index(ctx, req):
                 ("bus", "/bus"), ("openapi", "/openapi.json"), ("plugins", "/_plugin"))}}
 
 
-@route("GET", "/ping", "Is zsupd answering? {\"ok\": true}, or 503", tag="about")
+@route("GET", "/ping", "Is zsupd answering? {\"ok\": true} (gaffer's client: OK), or 503",
+       tag="about", query={"format": "gaffer: the bare body OK"})
 def ping(ctx, req):
     ctx.gate.ping()
+    if gaffer.is_gaffer_request(req):
+        return Response(body=b"OK", content_type="text/plain")
     return {"ok": True}
 
 
@@ -101,12 +128,13 @@ def session_jobs(ctx, req, session):
 
 
 @route("POST", "/jobs/{session}", "Load a job into a session (body: the job)", tag="jobs",
-       body="the job, as `zsupctl load` takes it: {\"name\", \"cmd\", \"args\", ...}",
+       body="the job, as `zsupctl load` takes it: {\"name\", \"cmd\", \"args\", ...}; "
+            "gaffer's \"start\": false loads it stopped",
        query={"start": "false: load without starting"}, status=201)
 def load_job(ctx, req, session):
-    config = _object(read_json(req), "body (the job)")
-    return ctx.gate.load(config=config, session=session,
-                         start=_flag(req, "start", True))
+    config, start = gaffer.job_body(_object(read_json(req), "body (the job)"))
+    start = _flag(req, "start", True if start is None else start)
+    return ctx.gate.load(config=config, session=session, start=start)
 
 
 @route("DELETE", "/jobs/{session}", "Unload every job of a session", tag="jobs")
@@ -114,20 +142,22 @@ def unload_session(ctx, req, session):
     return {"unloaded": ctx.gate.unload_session(session=session)}
 
 
-@route("GET", "/jobs/{session}/{name}", "A job: state, processes, config", tag="jobs")
+@route("GET", "/jobs/{session}/{name}", "A job: state, processes, config", tag="jobs",
+       query={"format": "gaffer: name as session.name, processes as pids"})
 def job_info(ctx, req, session, name):
-    return ctx.gate.info(name=name, session=session)
+    return gaffer.job_info(ctx.gate.info(name=name, session=session),
+                           gaffer.is_gaffer_request(req))
 
 
 @route("PUT", "/jobs/{session}/{name}", "Update a job's config (body: the job)", tag="jobs",
        body="the job's new config; `name` may be left out",
        query={"start": "true/false: start or stop it as well"})
 def update_job(ctx, req, session, name):
-    config = _object(read_json(req), "body (the job)")
+    config, start = gaffer.job_body(_object(read_json(req), "body (the job)"))
     if config.setdefault("name", name) != name:
         raise HTTPError(400, f"the body names job {config['name']!r}, the URL {name!r}")
     return ctx.gate.update(config=config, session=session,
-                         start=_flag(req, "start", None))
+                         start=_flag(req, "start", start))
 
 
 @route("DELETE", "/jobs/{session}/{name}", "Unload a job (its processes stop)", tag="jobs")
@@ -140,9 +170,13 @@ def job_config(ctx, req, session, name):
     return ctx.gate.get(name=name, session=session)
 
 
-@route("GET", "/jobs/{session}/{name}/state", "Is the job active?", tag="jobs")
+@route("GET", "/jobs/{session}/{name}/state", "Is the job active? (gaffer's client: 1 or 0)",
+       tag="jobs", query={"format": "gaffer: the bare number 1 or 0"})
 def job_state(ctx, req, session, name):
     info = ctx.gate.info(name=name, session=session)
+    if gaffer.is_gaffer_request(req):
+        # gaffer's client compares the body with b"1": no trailing newline
+        return Response(body=b"1" if info["active"] else b"0", content_type="application/json")
     return {"job": info["job"], "active": info["active"], "state": info["state"]}
 
 
@@ -207,12 +241,14 @@ def commit_job(ctx, req, session, name):
     unknown = set(body) - {"graceful_timeout", "env"}
     if unknown:
         raise HTTPError(400, f"body: unknown field(s) {', '.join(sorted(unknown))}")
+    # gaffer's client sends null for "the job's own" and {} for "no extra environment"
+    body = {k: v for k, v in body.items() if v is not None}
     return ctx.gate.commit(name=name, session=session, **body)
 
 
 @route("GET", "/jobs/{session}/{name}/stats", "CPU and memory of a job's processes", tag="jobs")
 def job_stats(ctx, req, session, name):
-    return ctx.gate.stats(name=name, session=session)
+    return gaffer.job_stats(ctx.gate.stats(name=name, session=session))
 
 
 @route("GET", "/jobs/{session}/{name}/pids", "zsup pids of a job's processes", tag="jobs")
@@ -238,15 +274,50 @@ def name_pids(ctx, req, name):
     return {"pids": ctx.gate.pids(name=name)}
 
 
-@route("GET", "/processes/{pid:int}", "One process (running or recently exited)", tag="processes")
+def _process(ctx, req, pid: int) -> dict:
+    proc = ctx.gate.get_process(pid=pid)
+    try:
+        config = ctx.gate.get(name=proc["name"], session=proc["session"])
+    except ZsupError:  # its job was unloaded since
+        config = None
+    return gaffer.process_info(proc, config, gaffer.is_gaffer_request(req))
+
+
+@route("GET", "/processes/{pid:int}", "One process (running or recently exited)", tag="processes",
+       query={"format": "gaffer: name as session.name"})
 def process_info(ctx, req, pid):
-    return ctx.gate.get_process(pid=pid)
+    return _process(ctx, req, pid)
+
+
+@gaffer_route("HEAD", "/{pid:int}", "200 while the process runs, 404 once it exited",
+       tag="processes")
+def process_alive(ctx, req, pid):
+    proc = ctx.gate.get_process(pid=pid)
+    return json_response({}, 200 if proc.get("state") != "exited" else 404)
 
 
 @route("GET", "/{pid:int}", "One process (gaffer's short form of /processes/{pid})",
-       tag="processes")
+       tag="processes", query={"format": "gaffer: name as session.name"})
 def process_info_short(ctx, req, pid):
-    return ctx.gate.get_process(pid=pid)
+    return _process(ctx, req, pid)
+
+
+@gaffer_route("DELETE", "/{pid:int}", "Stop one process (gaffer's short form)", tag="processes",
+       status=202)
+def stop_process_short(ctx, req, pid):
+    return ctx.gate.stop_process(pid=pid)
+
+
+@gaffer_route("POST", "/{pid:int}/signal", "Send a signal to one process (gaffer's short form)",
+       tag="processes", body="{\"signal\": \"HUP\"} or a bare name/number", status=202)
+def signal_process_short(ctx, req, pid):
+    return ctx.gate.kill(pid=pid, sig=_signal_from(req))
+
+
+@gaffer_route("GET", "/{pid:int}/stats", "{\"stats\": CPU and memory of one process}",
+       tag="processes")
+def process_stats_short(ctx, req, pid):
+    return {"stats": ctx.gate.process_stats(pid=pid)}
 
 
 @route("DELETE", "/processes/{pid:int}", "Stop one process (a kept-alive job replaces it)",
@@ -265,3 +336,6 @@ def signal_process(ctx, req, pid):
        tag="processes")
 def process_stats(ctx, req, pid):
     return ctx.gate.process_stats(pid=pid)
+
+
+gaffer_keys_api.register(gaffer_route)  # gaffer's /auth, /keys, /users

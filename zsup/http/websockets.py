@@ -8,6 +8,7 @@
   process exits.
 - ``/channel?pattern=P[&pattern=Q...]`` or ``/channel/<pattern>``: bus events as JSON text
   frames ``{"topic", "msg"[, "data"]}`` (``.`` or nothing: every event).
+- gaffer 0.5's ``/channel/websocket`` and ``/<pid>/channel[/<label>]``: zsup.http.gaffer_ws.
 
 Each open websocket has one pump thread in the gateway that moves lines or events from its
 gate subscription to the socket (ws4py's manager thread must never block on a slow client);
@@ -24,6 +25,7 @@ from urllib.parse import parse_qs, unquote
 from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
+from zsup.http import gaffer_ws
 from zsup.http.feeds import LineFeed, event_json_text
 
 log = logging.getLogger("zsup.http.websockets")
@@ -150,7 +152,13 @@ def _factory(cls, **bound):
 
 
 def websocket_route(gate, path: str, query: str):
-    """The factory for a websocket at `path`, or None (404). Bus errors propagate."""
+    """The factory for a websocket at `path`, or None (404). Bus errors propagate.
+
+    gaffer's websockets (``/channel/websocket``, ``/<pid>/channel[/<label>]``) are
+    zsup.http.gaffer_ws's, so ``/channel/websocket`` is not the event pattern "websocket"."""
+    gaffer_socket = gaffer_ws.websocket_route(gate, path, query)
+    if gaffer_socket is not None:
+        return gaffer_socket
     params = parse_qs(query or "", keep_blank_values=True)
     parts = path.strip("/").split("/")
     if len(parts) == 2 and parts[0] == "wstreams" and parts[1].isdigit():
