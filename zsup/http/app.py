@@ -21,6 +21,7 @@ import importlib
 import logging
 import threading
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from webob import Request, Response
 
@@ -64,6 +65,22 @@ def _optional_module(name: str):
         if exc.name == name:
             return None
         raise
+
+
+def _undecodable(environ: dict) -> str | None:
+    """"path" or "query string" when that part of the request, once %-decoded, is not UTF-8
+    (webob would raise deep inside a route); None when both are fine. WSGI hands them over as
+    latin-1 strings of the raw bytes (PEP 3333)."""
+    for key, what in (("PATH_INFO", "path"), ("QUERY_STRING", "query string")):
+        value = environ.get(key) or ""
+        try:
+            raw = value.encode("latin-1")
+            if key == "QUERY_STRING":
+                raw = unquote_to_bytes(raw.replace(b"+", b" "))
+            raw.decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return what
+    return None
 
 
 class GatewayApp:
@@ -148,6 +165,9 @@ class GatewayApp:
                                        if k.lower() not in present]
             return start_response(status, headers, exc_info)
 
+        bad = _undecodable(environ)
+        if bad:
+            return error_response(HTTPError(400, f"the {bad} is not valid UTF-8"))(environ, with_cors)
         access_tokens = strip_access_token(environ)
         req = Request(environ)
         try:
@@ -157,7 +177,7 @@ class GatewayApp:
         except ZsupError as exc:
             return error_response(HTTPError.from_bus(exc))(environ, with_cors)
         except Exception:
-            log.exception("error in %s %s", req.method, req.path_info)
+            log.exception("error in %s %r", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return error_response(HTTPError(500, "internal error in the gateway (logged)",
                                             "internal"))(environ, with_cors)
 
