@@ -29,7 +29,7 @@ from zsup import __version__
 from zsup.errors import ZsupError
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
-from zsup.http.auth import Authenticator, strip_access_token
+from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
 from zsup.http.routes_api import api
 from zsup.http.routing import openapi_document
@@ -113,7 +113,11 @@ class GatewayApp:
         environ = getattr(headers, "environ", None)
         tokens = strip_access_token(environ) if isinstance(environ, dict) else []
         authorization = headers.get("Authorization") or headers.get("authorization")
-        return self.authenticator.check_request(authorization, tokens)
+        client = environ.get("REMOTE_ADDR", "") if isinstance(environ, dict) else ""
+        try:
+            return self.authenticator.check_request(authorization, tokens, client)
+        except Throttled:
+            return False  # the upgrade is refused (401): HTTPServer's hook says yes or no
 
     def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
         try:
@@ -187,7 +191,13 @@ class GatewayApp:
             resp = Response(status=204)
             resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]
             return resp(environ, start_response)
-        if not self.authenticator.check_request(req.headers.get("Authorization"), access_tokens):
+        try:
+            allowed = self.authenticator.check_request(req.headers.get("Authorization"), access_tokens,
+                                                       environ.get("REMOTE_ADDR", ""))
+        except Throttled as exc:
+            raise HTTPError(exc.status, exc.message, "unavailable",
+                            {"Retry-After": str(exc.retry_after)}) from None
+        if not allowed:
             challenge = ", ".join(f'{scheme} realm="zsup"' for scheme in self.authenticator.schemes)
             raise HTTPError(401, "authentication required", "forbidden",
                             {"WWW-Authenticate": challenge})

@@ -19,7 +19,7 @@ STATUS_BY_CODE = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbid
                   "unavailable": 503, "internal": 500}
 # Only the bus's codes, so a client handles every error of zsup the same way.
 CODE_BY_STATUS = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found",
-                  405: "bad_request", 409: "conflict", 413: "bad_request",
+                  405: "bad_request", 409: "conflict", 413: "bad_request", 429: "unavailable",
                   503: "unavailable", 500: "internal"}
 
 
