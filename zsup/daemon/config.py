@@ -78,6 +78,10 @@ SETTINGS: dict[str, tuple[str, object]] = {
     "task_output_limit": ("size", 1024 * 1024),  # output bytes kept per task (docs/tasks.md)
     "agent_max_download": ("size", 100 * 1024 * 1024),  # agent archives (docs/agent.md)
     "agent_max_unpacked": ("size", 500 * 1024 * 1024),
+    "agent_max_setups": ("positive", 4),  # agent setups at once; more wait, up to agent_max_queued
+    "agent_max_queued": ("count", 16),
+    "agent_download_deadline": ("seconds", 300.0),  # a whole download, not one read
+    "agent_disk_budget": ("size", 2 * 1024 ** 3),  # bytes under <state_dir>/agent, all apps
     "lookupd_addresses": ("urls", []),  # zsup-lookupd servers to register with (docs/lookupd.md)
     "lookupd_token_file": ("file", None),  # bearer token sent to them (first non-comment line)
     "node_name": ("str", None),  # the name announced to them (default: the host name)
