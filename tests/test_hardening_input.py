@@ -59,6 +59,12 @@ BAD_PATHS = [
     b"/jobs/default/" + b"a" * 5000,
     b"/agent/process-status/\xff",
     b"/tasks/\xff",
+    b"/processes/" + b"9" * 5000,  # int() refuses more than 4300 digits
+    b"/streams/" + b"9" * 5000 + b"/stdout",
+    b"/tasks/" + b"9" * 5000,
+    b"/tasks/" + b"9" * 5000 + b"/state",
+    b"/tasks/%C2%B2",  # a digit to str.isdigit(), not to int()
+    b"/streams/1/stdout?since=" + b"9" * 5000,
 ]
 
 
@@ -77,7 +83,8 @@ def test_deep_json_and_bad_bodies(gw):
     deep = b"[" * 100000 + b"]" * 100000
     for path in (b"/jobs/default", b"/jobs/default/echo/numprocesses", b"/jobs/default/echo",
                  b"/agent/create-process", b"/tasks"):
-        for body in (deep, b'{"a":' * 50000 + b"1" + b"}" * 50000, b"\xff\xfe", b"[NaN]", b'{"n": 1e999999}'):
+        for body in (deep, b'{"a":' * 50000 + b"1" + b"}" * 50000, b"\xff\xfe", b"[NaN]", b'{"n": 1e999999}',
+                     b'{"n": ' + b"9" * 5000 + b"}", b"9" * 5000):
             status, _, answer = raw(gw, b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                                     b"Content-Type: application/json\r\n"
                                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
