@@ -4,10 +4,13 @@ A real zsupd, the agent API served by the gateway's HTTP server, and real local 
 on 127.0.0.1: one serving archives, one that trickles a byte now and then."""
 
 import http.server as httpserver
+import json
 import os
 import tarfile
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import psutil
 import pytest
@@ -119,8 +122,13 @@ def test_setups_at_once_are_capped(agent):
     wait_state(gw, first, ("downloading",))
     code, second = create(gw, "b", trickle.url + "/body")
     assert code == 201 and second["state"] == "pending"
-    code, third = create(gw, "c", trickle.url + "/body")
-    assert code == 503 and third["error"]["code"] == "unavailable", third
+    req = urllib.request.Request(f"{gw.root}/create-process", method="POST", headers={"Content-Type": "application/json"},
+                                 data=json.dumps({"app": "hard", "node": "c", "process_type": "web",
+                                                  "source_url": trickle.url + "/body"}).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=15)
+    assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "5"
+    assert json.loads(refused.value.read())["error"]["code"] == "unavailable"
     assert http("GET", f"{gw.root}/process-status/hard.c")[0] == 404  # nothing recorded
     assert trickle.httpd.seen == 1  # the second waits, it does not download
     # a queued setup can be deleted, which makes room
