@@ -121,6 +121,8 @@ def test_auth_passwords_and_tokens(zsupd_factory, tmp_path, ws_clients):
     passwords.write_text(f"# users\nalice:{hash_password('s3cret')}\n")
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-123\n")
+    passwords.chmod(0o600)  # credential files others can read are refused
+    tokens.chmod(0o600)
     d = zsupd_factory("")
     gateway = start_gateway(d, tmp_path, endpoints=[
         {"name": "t", "bind": "127.0.0.1:0", "auth_file": str(passwords), "tokens_file": str(tokens)}])
@@ -163,6 +165,8 @@ def test_access_token_query_parameter(zsupd_factory, tmp_path, ws_clients, caplo
     passwords.write_text(f"alice:{hash_password('s3cret')}\n")
     tokens = tmp_path / "tokens"
     tokens.write_text("tok-123\ntok+/=&x\n")
+    passwords.chmod(0o600)  # credential files others can read are refused
+    tokens.chmod(0o600)
     d = zsupd_factory("")
     gateway = start_gateway(d, tmp_path, endpoints=[
         {"name": "t", "bind": "127.0.0.1:0", "auth_file": str(passwords), "tokens_file": str(tokens)}])

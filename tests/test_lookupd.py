@@ -107,6 +107,7 @@ def node_config(url, token_file, name, jobs):
 def test_nodes_register_are_found_follow_job_changes_and_leave(tmp_path, zsupd_factory):
     token_file = tmp_path / "tokens"
     token_file.write_text(f"# who may register\n{TOKEN}\n")
+    token_file.chmod(0o600)  # a tokens file others can read is refused
     lookupd = LookupdProcess(tmp_path, "--ttl", "2", "--tokens-file", str(token_file))
     try:
         a = zsupd_factory(node_config(lookupd.url, token_file, "node-a", ["web"]), path=tmp_path / "a")
@@ -229,6 +230,7 @@ def test_bad_input_gets_4xx_json(app_server):
 def test_tokens_guard_writes_and_optionally_reads(tmp_path, app_server):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"{TOKEN}\n# old-token\n")
+    tokens.chmod(0o600)  # a tokens file others can read is refused
     url = app_server(tokens_file=str(tokens), protect_reads=True)
     assert http("POST", url + "/nodes", {"node_id": "n"}, token="old-token")[0] == 401
     assert http("POST", url + "/nodes", {"node_id": "n"}, token=TOKEN)[0] == 201

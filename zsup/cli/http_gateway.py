@@ -111,7 +111,7 @@ class Gateway:
     def __init__(self, bus: str, pub: str, endpoints: list[dict], plugin_dir: str | None = None,
                  max_streams: int = 256, timeout: float = 5.0):
         from zsup.http.app import GatewayApp
-        from zsup.http.auth import Authenticator
+        from zsup.http.auth import Authenticator, check_private
         from zsup.http.busgate import BusGate
         from zsup.http.server import Endpoint, HTTPServer
 
@@ -120,6 +120,8 @@ class Gateway:
         self.apps: list[GatewayApp] = []
         groups: dict[tuple, list[Endpoint]] = {}
         for ep in endpoints:
+            if ep.get("certfile"):  # the private key: in keyfile, or in certfile without one
+                check_private(ep.get("keyfile") or ep["certfile"], f"endpoint {ep['name']!r}: TLS key file")
             key = (ep.get("auth_file"), ep.get("tokens_file"))
             groups.setdefault(key, []).append(Endpoint(
                 name=ep["name"], bind=ep["bind"], backlog=int(ep.get("backlog") or 1024),

@@ -85,6 +85,12 @@ def build_server(args):
             raise UsageError(f"cannot read tokens file {args.tokens_file!r}: {exc.strerror or exc}") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise UsageError(str(exc)) from None
+    if args.certfile:
+        from zsup.http.auth import check_private
+        try:  # the private key: in keyfile, or in certfile when there is no keyfile
+            check_private(args.keyfile or args.certfile, "TLS key file")
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     endpoints = []
     for index, bind in enumerate(args.bind or [DEFAULT_BIND]):
         try:

@@ -51,10 +51,14 @@ webhook_queue = integer(min=1, default=1000)
 task_output_limit = size(default=1M)        # output bytes kept per task (docs/tasks.md)
 agent_max_download = size(default=100M)     # agent archives (docs/agent.md)
 agent_max_unpacked = size(default=500M)
+agent_max_setups = integer(min=1, default=4)  # setups at once; more wait, up to agent_max_queued
+agent_max_queued = integer(min=0, default=16)
+agent_download_deadline = seconds(default=300.0)  # a whole download, not one read
+agent_disk_budget = size(default=2G)        # bytes under <state_dir>/agent, all apps
 lookupd_addresses = urls(default=list())    # zsup-lookupd servers to register with (docs/lookupd.md)
 lookupd_token_file = file(default=None)     # bearer token sent to them (first non-comment line)
 node_name = string(default=None)            # the name announced to them (default: the host name)
-require_key = boolean(default=False)        # gaffer's API keys on zsup-http (docs/http.md)
+require_key = bool(default=False)           # gaffer's API keys on zsup-http (docs/http.md)
 public_url = url(default=None)              # this node's gateway as others reach it (default: derived)
 """.splitlines(), list_values=False, interpolation=False)
 

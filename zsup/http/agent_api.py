@@ -5,6 +5,7 @@ every document is absolute (`public_base(req)` + path; `ws://`/`wss://` for atta
 
     GET  /                          {"create": URL, "list": URL}
     POST /create-process            {app, node, process_type, source_url, env} -> 201, status
+                                    (503 with Retry-After when too many setups are under way)
     GET  /list-processes            {"processes": [status, ...]}
     GET  /process-status/<slug>     status
     POST /delete-process/<slug>     {} -> 200 {"slug", "state": "deleted"}
@@ -30,8 +31,9 @@ from ws4py.websocket import WebSocket
 
 from zsup.bus.topics import job_io_prefix
 from zsup.errors import BadRequest, NotFound, ZsupError
-from zsup.http.subapp import SubApp, check_method, json_response, mount_base, params
+from zsup.http.subapp import SubApp, check_method, error_response, json_response, mount_base, params
 
+RETRY_AFTER = 5  # seconds, in a 503 answer to create-process
 ATTACH_RE = re.compile(r"(?:^|/)attach-console/([^/]+)/?$")
 
 
@@ -83,7 +85,13 @@ class AgentApp(SubApp):
         if not isinstance(env, dict):
             raise BadRequest("env: expected an object of names to strings")
         args["env"] = env
-        doc = links(self.gate.agent_create(**args), base)
+        try:
+            doc = links(self.gate.agent_create(**args), base)
+        except ZsupError as exc:
+            if exc.code != "unavailable":
+                raise
+            # too many setups at once (docs/agent.md, "Limits"), or zsupd down: both pass
+            return error_response(exc.code, exc.message, headers={"Retry-After": str(RETRY_AFTER)})
         return json_response(doc, 201, {"Location": doc["details"]})
 
 

@@ -22,6 +22,7 @@ import importlib
 import logging
 import threading
 from typing import Any, Callable
+from urllib.parse import unquote_to_bytes
 
 from webob import Request, Response
 
@@ -30,7 +31,7 @@ from zsup.errors import ZsupError
 from zsup.http import gaffer_keys_api
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
-from zsup.http.auth import Authenticator, strip_access_token
+from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
 from zsup.http.routes_api import api
 from zsup.http.routing import openapi_document
@@ -68,6 +69,22 @@ def _optional_module(name: str):
         raise
 
 
+def _undecodable(environ: dict) -> str | None:
+    """"path" or "query string" when that part of the request, once %-decoded, is not UTF-8
+    (webob would raise deep inside a route); None when both are fine. WSGI hands them over as
+    latin-1 strings of the raw bytes (PEP 3333)."""
+    for key, what in (("PATH_INFO", "path"), ("QUERY_STRING", "query string")):
+        value = environ.get(key) or ""
+        try:
+            raw = value.encode("latin-1")
+            if key == "QUERY_STRING":
+                raw = unquote_to_bytes(raw.replace(b"+", b" "))
+            raw.decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            return what
+    return None
+
+
 class GatewayApp:
     def __init__(self, gate: BusGate, authenticator: Authenticator | None = None,
                  plugin_dir: str | None = None, max_streams: int = 256, rest_threads: int = 16):
@@ -98,7 +115,11 @@ class GatewayApp:
         environ = getattr(headers, "environ", None)
         tokens = strip_access_token(environ) if isinstance(environ, dict) else []
         authorization = headers.get("Authorization") or headers.get("authorization")
-        return self.authenticator.check_request(authorization, tokens)
+        client = environ.get("REMOTE_ADDR", "") if isinstance(environ, dict) else ""
+        try:
+            return self.authenticator.check_request(authorization, tokens, client)
+        except Throttled:
+            return False  # the upgrade is refused (401): HTTPServer's hook says yes or no
 
     def websocket_routes(self, path: str, query: str, headers) -> Callable | None:
         try:
@@ -152,6 +173,9 @@ class GatewayApp:
                                        if k.lower() not in present]
             return start_response(status, headers, exc_info)
 
+        bad = _undecodable(environ)
+        if bad:
+            return error_response(HTTPError(400, f"the {bad} is not valid UTF-8"))(environ, with_cors)
         access_tokens = strip_access_token(environ)
         req = Request(environ)
         try:
@@ -161,7 +185,7 @@ class GatewayApp:
         except ZsupError as exc:
             return error_response(HTTPError.from_bus(exc))(environ, with_cors)
         except Exception:
-            log.exception("error in %s %s", req.method, req.path_info)
+            log.exception("error in %s %r", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"))
             return error_response(HTTPError(500, "internal error in the gateway (logged)",
                                             "internal"))(environ, with_cors)
 
@@ -171,7 +195,13 @@ class GatewayApp:
             resp = Response(status=204)
             resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]
             return resp(environ, start_response)
-        if not self.authenticator.check_request(req.headers.get("Authorization"), access_tokens):
+        try:
+            allowed = self.authenticator.check_request(req.headers.get("Authorization"), access_tokens,
+                                                       environ.get("REMOTE_ADDR", ""))
+        except Throttled as exc:
+            raise HTTPError(exc.status, exc.message, "unavailable",
+                            {"Retry-After": str(exc.retry_after)}) from None
+        if not allowed:
             challenge = ", ".join(f'{scheme} realm="zsup"' for scheme in self.authenticator.schemes)
             raise HTTPError(401, "authentication required", "forbidden",
                             {"WWW-Authenticate": challenge})

@@ -16,6 +16,20 @@ Both files are re-read when they change (mtime or size), so users and tokens can
 without a restart. A configured file that cannot be read lets nobody in (and is logged).
 Successful password checks are remembered (by a hash of the password) so a browser sending
 Basic credentials with every request does not pay for scrypt every time.
+
+Limits, so wrong passwords cannot take the gateway down (docs/http.md, "Limits"):
+
+- At most ``PASSWORD_CHECKS`` password hashes are computed at once (scrypt takes ~16 MiB and
+  tens of milliseconds each). A password check beyond that is not queued (a queue would hold
+  the server's threads): it raises ``Throttled`` at once, answered 503 with ``Retry-After``.
+  Bearer tokens never wait for a slot: they are compared, not hashed.
+- Per client address, ``FREE_FAILURES`` wrong passwords in a row are free; each one after
+  that blocks that address's password checks for twice as long as the last (1 s, 2 s, 4 s, ...
+  at most ``MAX_BLOCK`` s): ``Throttled``, answered 429 with ``Retry-After``, without hashing
+  anything. A right password resets the count. Tokens are not blocked (so an address that
+  brute-forces passwords does not lock out the programs behind the same address).
+- Credential files must not be readable by group or others: ``check_private()`` refuses
+  them when the gateway starts (``Authenticator`` calls it for its files).
 """
 
 from __future__ import annotations
@@ -27,12 +41,14 @@ import hmac
 import logging
 import os
 import secrets
+import stat
 import threading
+import time
 from typing import Mapping
 from urllib.parse import unquote_plus
 
-__all__ = ["ACCESS_TOKEN_PARAM", "Authenticator", "hash_password", "split_access_token",
-           "strip_access_token", "verify_password"]
+__all__ = ["ACCESS_TOKEN_PARAM", "Authenticator", "Throttled", "check_private", "hash_password",
+           "split_access_token", "strip_access_token", "verify_password"]
 
 log = logging.getLogger("zsup.http.auth")
 
@@ -41,6 +57,38 @@ ACCESS_TOKEN_PARAM = "access_token"
 
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1, "dklen": 32}
 PBKDF2_ROUNDS = 200_000
+
+#: Password hashes computed at once (the machine's cores are the real limit).
+PASSWORD_CHECKS = 2
+#: Wrong passwords in a row from one address before it is slowed down.
+FREE_FAILURES = 10
+#: The longest block, in seconds, of an address that keeps failing.
+MAX_BLOCK = 60.0
+#: Addresses remembered at most (the oldest are forgotten first).
+MAX_CLIENTS = 10000
+
+
+class Throttled(Exception):
+    """A password check refused without being made: `status` 429 (this client failed too
+    often) or 503 (too many checks at once); `retry_after` in whole seconds."""
+
+    def __init__(self, status: int, message: str, retry_after: int):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+
+def check_private(path: str, what: str) -> None:
+    """Refuse (ValueError, one line) a secret file that group or others may read or write.
+    A missing file is left to the caller (it may appear later)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{what} {path} is readable or writable by group or others (mode "
+                         f"{stat.S_IMODE(mode):04o}): refusing it; run chmod 600 {path}")
 
 
 def _b64(data: bytes) -> str:
@@ -160,6 +208,12 @@ class Authenticator:
         self._tokens = _WatchedFile(tokens_file, _parse_tokens) if tokens_file else None
         self._verified: dict[tuple[str, str, bytes], bool] = {}
         self._verified_lock = threading.Lock()
+        self._hashing = threading.BoundedSemaphore(PASSWORD_CHECKS)
+        self._failures: dict[str, tuple[int, float]] = {}  # client -> (failures, blocked until)
+        self._failures_lock = threading.Lock()
+        for path, what in ((auth_file, "auth_file"), (tokens_file, "tokens_file")):
+            if path:
+                check_private(path, what)
 
     @property
     def enabled(self) -> bool:
@@ -170,15 +224,21 @@ class Authenticator:
         return (["Basic"] if self._passwords else []) + (["Bearer"] if self._tokens else [])
 
     def check_headers(self, headers: Mapping[str, str]) -> bool:
-        """For HTTPServer's websocket ``authorize`` hook."""
-        return self.check(headers.get("Authorization") or headers.get("authorization"))
+        """For HTTPServer's websocket ``authorize`` hook (a throttled check is a no)."""
+        try:
+            return self.check(headers.get("Authorization") or headers.get("authorization"))
+        except Throttled:
+            return False
 
-    def check_request(self, authorization: str | None, access_tokens: list[str] = ()) -> bool:
+    def check_request(self, authorization: str | None, access_tokens: list[str] = (),
+                      client: str = "") -> bool:
         """An ``Authorization`` header or ONE ``access_token`` query value (a bearer token,
-        never a password) lets the request in. Two ``access_token`` values are refused."""
+        never a password) lets the request in. Two ``access_token`` values are refused.
+        Raises ``Throttled`` instead of checking a password (see the module docstring);
+        `client` is the address failures are counted for."""
         if not self.enabled:
             return True
-        if authorization and self.check(authorization):
+        if authorization and self.check(authorization, client):
             return True
         return len(access_tokens) == 1 and self.check_token(access_tokens[0])
 
@@ -188,7 +248,7 @@ class Authenticator:
             return False
         return self._check_token(token)
 
-    def check(self, authorization: str | None) -> bool:
+    def check(self, authorization: str | None, client: str = "") -> bool:
         if not self.enabled:
             return True
         if not authorization:
@@ -198,7 +258,7 @@ class Authenticator:
         if scheme == "bearer" and self._tokens is not None:
             return self._check_token(credentials)
         if scheme == "basic" and self._passwords is not None:
-            return self._check_basic(credentials)
+            return self._check_basic(credentials, client)
         return False
 
     def _check_token(self, token: str) -> bool:
@@ -209,26 +269,62 @@ class Authenticator:
             found |= hmac.compare_digest(given, known)
         return found
 
-    def _check_basic(self, credentials: str) -> bool:
+    def _check_basic(self, credentials: str, client: str) -> bool:
         try:
             user, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
         except (ValueError, binascii.Error):
             return False
         if not sep:
             return False
+        # Before anything else, the cached answer included: a blocked client must not be
+        # able to test passwords, not even against the cache.
+        self._not_blocked(client)
         users = self._passwords.get() or {}
         stored = users.get(user)
-        if stored is None:
-            _derive("scrypt", password, b"\0" * 16)  # about the cost of a real check
-            return False
         key = (user, stored, hashlib.sha256(password.encode("utf-8")).digest())
         with self._verified_lock:
-            if key in self._verified:
+            if stored is not None and key in self._verified:
+                self._failed(client, False)
                 return True
-        if not verify_password(password, stored):
+        if not self._hashing.acquire(blocking=False):
+            raise Throttled(503, f"too many password checks at once ({PASSWORD_CHECKS}); "
+                                 "try again in a moment", 1)
+        try:
+            if stored is None:
+                _derive("scrypt", password, b"\0" * 16)  # about the cost of a real check
+                ok = False
+            else:
+                ok = verify_password(password, stored)
+        finally:
+            self._hashing.release()
+        self._failed(client, not ok)
+        if not ok:
             return False
         with self._verified_lock:
             if len(self._verified) > 1000:
                 self._verified.clear()
             self._verified[key] = True
         return True
+
+    def _not_blocked(self, client: str) -> None:
+        with self._failures_lock:
+            failures, until = self._failures.get(client, (0, 0.0))
+        wait = until - time.monotonic()
+        if wait > 0:
+            raise Throttled(429, f"too many wrong passwords from {client or 'this client'}; "
+                                 f"try again in {int(wait) + 1} s", int(wait) + 1)
+
+    def _failed(self, client: str, failed: bool) -> None:
+        """Count a wrong password for `client` (and block it once past FREE_FAILURES), or
+        forget its failures after a right one."""
+        with self._failures_lock:
+            if not failed:
+                self._failures.pop(client, None)
+                return
+            failures = self._failures.pop(client, (0, 0.0))[0] + 1  # re-inserted: newest last
+            until = 0.0
+            if failures > FREE_FAILURES:
+                until = time.monotonic() + min(MAX_BLOCK, 2.0 ** (failures - FREE_FAILURES - 1))
+            self._failures[client] = (failures, until)
+            while len(self._failures) > MAX_CLIENTS:
+                del self._failures[next(iter(self._failures))]

@@ -6,7 +6,8 @@ A route is declared once, with the ``@route`` decorator of a ``RouteTable``::
     def job_info(ctx, req, session, name): ...
 
 Path templates use ``{name}`` (one segment, any text), ``{name:int}`` (digits) and
-``{name:path}`` (the rest of the path, possibly empty, slashes included).
+``{name:path}`` (the rest of the path, possibly empty, slashes included). An ``int`` of more
+than 18 digits matches, and raises NotFound (404): no id is that large.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
+
+from zsup.errors import NotFound
 
 __all__ = ["Route", "RouteTable", "openapi_document"]
 
@@ -53,7 +56,12 @@ class Route:
             return None
         out = {}
         for name, value in m.groupdict().items():
-            out[name] = int(value) if self.converters[name] == "int" else value
+            if self.converters[name] == "int":
+                # No id is that large; int() of thousands of digits would even raise.
+                if len(value.lstrip("0")) > 18:
+                    raise NotFound(f"no {name} {value[:40]}{'...' if len(value) > 40 else ''}")
+                value = int(value)
+            out[name] = value
         return out
 
 

@@ -8,7 +8,6 @@ their contract, not the gateway's, so it lives here, built on web.py's JSON answ
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable
 
 from webob import Request, Response
@@ -53,7 +52,7 @@ def params(req: Request) -> dict:
         if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")) or \
                 (ctype == "text/plain" and body.lstrip().startswith(b"{")):
             try:
-                data = json.loads(body.decode("utf-8")) if body.strip() else {}
+                data = web.loads_strict(body.decode("utf-8")) if body.strip() else {}
             except (UnicodeDecodeError, ValueError) as exc:
                 raise BadRequest(f"body: not valid JSON ({exc})") from None
             if not isinstance(data, dict):

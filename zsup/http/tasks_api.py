@@ -32,19 +32,24 @@ MAX_WAIT = 120.0
 POLL_EVERY = 0.5
 
 
+def _is_id(text: str) -> bool:
+    """ASCII digits that fit in 63 bits (str.isdigit() alone takes "²", which int() refuses)."""
+    return text.isascii() and text.isdigit() and len(text) <= 18
+
+
 class TasksApp(SubApp):
     def route(self, req: Request) -> Response:
         parts = [p for p in req.path_info.split("/") if p]
         if not parts:
             check_method(req, "GET")
             return self.list(req)
-        if parts[0].isdigit() and len(parts) == 1:
+        if _is_id(parts[0]) and len(parts) == 1:
             check_method(req, "GET")
             return json_response(self.gate.task_get(id=int(parts[0])))
-        if parts[0].isdigit() and len(parts) == 2 and parts[1] == "state":
+        if _is_id(parts[0]) and len(parts) == 2 and parts[1] == "state":
             check_method(req, "GET")
             return self.state(req, int(parts[0]))
-        if parts[0].isdigit() and len(parts) == 2 and parts[1] == "kill":
+        if _is_id(parts[0]) and len(parts) == 2 and parts[1] == "kill":
             check_method(req, "GET", "POST")
             return json_response(self.gate.task_kill(id=int(parts[0])))
         if len(parts) == 2:

@@ -10,7 +10,7 @@ from webob import Request, Response
 from zsup.errors import ZsupError
 
 __all__ = ["HTTPError", "MAX_BODY", "STATUS_BY_CODE", "error_response", "json_response",
-           "read_body", "read_json", "StreamResponse"]
+           "loads_strict", "read_body", "read_json", "StreamResponse"]
 
 #: The largest request body a route reads; a bigger one gets 413.
 MAX_BODY = 1 << 20
@@ -19,7 +19,7 @@ STATUS_BY_CODE = {"bad_request": 400, "not_found": 404, "conflict": 409, "forbid
                   "unavailable": 503, "internal": 500}
 # Only the bus's codes, so a client handles every error of zsup the same way.
 CODE_BY_STATUS = {400: "bad_request", 401: "forbidden", 403: "forbidden", 404: "not_found",
-                  405: "bad_request", 409: "conflict", 413: "bad_request",
+                  405: "bad_request", 409: "conflict", 413: "bad_request", 429: "unavailable",
                   503: "unavailable", 500: "internal"}
 
 
@@ -67,6 +67,24 @@ def read_body(req: Request, limit: int = MAX_BODY) -> bytes:
     return data
 
 
+def loads_strict(text: str) -> Any:
+    """`json.loads` for untrusted text: NaN, Infinity and numbers that overflow to infinity
+    (``1e999``) are refused, and nesting deeper than the parser's recursion limit is a
+    ValueError like any other malformed JSON (json raises RecursionError for it)."""
+    try:
+        return json.loads(text, parse_constant=lambda name: _bad(f"{name} is not valid JSON"),
+                          parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
 def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> Any:
     """The body as JSON (`default` when empty). With `lenient`, a body that is not JSON is
     taken as a bare word (``start``, ``+2``, ``HUP``), for curl users."""
@@ -74,8 +92,7 @@ def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> An
     if not data.strip():
         return default
     try:
-        return json.loads(data.decode("utf-8"),
-                          parse_constant=lambda name: _bad(f"{name} is not valid JSON"))
+        return loads_strict(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise HTTPError(400, "the request body is not UTF-8") from None
     except ValueError as exc:

@@ -274,6 +274,9 @@ class TokenFile:
     """
 
     def __init__(self, path: str):
+        from zsup.http.auth import check_private
+
+        check_private(path, "tokens file")  # ValueError: a secret others can read is refused
         self.path = path
         self._lock = threading.Lock()
         self._stamp: tuple | None = None

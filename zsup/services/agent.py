@@ -17,10 +17,25 @@ the worker only, so zsupd's start does not load urllib.request, ssl, tarfile or 
 failure removes the whole unpacked tree and the record ends in state `failed` with a `reason`.
 
 Every change publishes `agent.<slug>.update` with the status.
+
+Limits (docs/agent.md, "Limits"), so a flood of creates or a hostile server cannot hold
+zsupd's threads or fill its disk:
+
+- At most `agent_max_setups` setups run at once, each in a thread of its own; up to
+  `agent_max_queued` more wait in state `pending` (in order) and start as others finish.
+  A create beyond both is refused with `unavailable` (503 over HTTP) and records nothing.
+  Setups a previous zsupd left unfinished are queued at start whatever the bound.
+- Each download must finish within `agent_download_deadline` seconds in all (see
+  zsup/services/archive.py for how a read blocked on a trickling server is ended).
+- `agent_disk_budget` bounds the bytes under `<state_dir>/agent/` across all apps: every
+  download and unpacked tree, finished or being written, is counted (`DiskBudget`), and a
+  setup that would pass it fails with a reason saying so.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import hashlib
 import json
 import logging
@@ -31,7 +46,7 @@ import threading
 import time
 
 from zsup.bus.topics import agent_topic
-from zsup.errors import BadRequest, Conflict, NotFound, ZsupError
+from zsup.errors import BadRequest, Conflict, NotFound, Unavailable, ZsupError
 from zsup.services.procfile import Procfile
 
 log = logging.getLogger(__name__)
@@ -68,6 +83,64 @@ class Cancelled(Exception):
     """The process was deleted while it was being set up."""
 
 
+class DiskBudget:
+    """Bytes written under the agent's folder, per slug, against one limit for all.
+
+    Thread rules: every method takes the budget's own lock; `charge` is called by the
+    workers before each chunk they write. The folder is measured once, at the first charge
+    (not at zsupd's start): what earlier runs left there counts too."""
+
+    def __init__(self, root: str, limit):
+        self.root = root
+        self.limit = limit  # a callable: the setting is read at each charge
+        self.used: dict[str, int] | None = None
+        self.lock = threading.Lock()
+
+    def charge(self, slug: str, n: int) -> None:
+        with self.lock:
+            if self.used is None:
+                self.used = {entry: _size_of(os.path.join(self.root, entry)) for entry in _listdir(self.root)}
+            total = sum(self.used.values()) + n
+            if total > self.limit():
+                raise SetupFailed(f"disk budget of the agent used up ({self.limit()} bytes for all apps, "
+                                  "agent_disk_budget)")
+            self.used[slug] = self.used.get(slug, 0) + n
+
+    def release(self, slug: str, n: int) -> None:
+        """`slug` removed n bytes."""
+        with self.lock:
+            if self.used is not None and slug in self.used:
+                self.used[slug] = max(0, self.used[slug] - n)
+
+    def set(self, slug: str, n: int | None) -> None:
+        """What `slug` holds on disk now (None: nothing, forget it)."""
+        with self.lock:
+            if self.used is not None:
+                if n is None:
+                    self.used.pop(slug, None)
+                else:
+                    self.used[slug] = n
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
+
+
+def _size_of(path: str) -> int:
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(folder, name))
+            except OSError:
+                continue
+            total += st.st_size
+    return total
+
+
 def job_name(slug: str) -> str:
     """A valid job name (no dots) that no other slug maps to."""
     safe = re.sub(r"[^A-Za-z0-9_\-]", "_", slug)[:60]
@@ -81,7 +154,9 @@ class AgentService:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self.lock = threading.RLock()
         self.cancelled: dict[str, threading.Event] = {}  # slug -> set by delete, per setup
-        self.workers: dict[str, threading.Thread] = {}
+        self.workers: dict[str, threading.Thread] = {}  # setups running (at most max_setups)
+        self.waiting: collections.deque[str] = collections.deque()  # setups queued, in order
+        self.budget = DiskBudget(self.root, lambda: self.disk_budget)
         daemon.store.execute(SCHEMA)
         self._recover()
 
@@ -96,6 +171,23 @@ class AgentService:
     @property
     def max_unpacked(self) -> int:
         return self.setting("agent_max_unpacked", 500 * 1024 * 1024)
+
+    @property
+    def max_setups(self) -> int:
+        return self.setting("agent_max_setups", 4)
+
+    @property
+    def max_queued(self) -> int:
+        value = self.d.settings.get("agent_max_queued")
+        return 16 if value is None else int(value)
+
+    @property
+    def download_deadline(self) -> float:
+        return float(self.d.settings.get("agent_download_deadline") or 300.0)
+
+    @property
+    def disk_budget(self) -> int:
+        return self.setting("agent_disk_budget", 2 * 1024 ** 3)
 
     # ------------------------------------------------------------------ records
     def _rows(self, sql: str, params=()) -> list[tuple]:
@@ -117,9 +209,10 @@ class AgentService:
     def _recover(self) -> None:
         """A setup a previous zsupd did not finish starts over; a running process's job was
         restored by zsupd's store (a run-time job)."""
-        for (slug,) in self._rows("SELECT slug FROM agent_processes WHERE state IN (?, ?, ?, ?)", BUSY):
+        for (slug,) in self._rows("SELECT slug FROM agent_processes WHERE state IN (?, ?, ?, ?) "
+                                  "ORDER BY created, slug", BUSY):
             self._set_state(slug, "pending")
-            self._start_worker(slug)
+            self._enqueue(slug)
 
     def document(self, record: dict) -> dict:
         """The status document, without links (the gateway adds them)."""
@@ -155,13 +248,16 @@ class AgentService:
             worker = self.workers.get(slug)
             if worker is not None and worker.is_alive():
                 raise Conflict(f"process {slug} is still being deleted; try again in a moment")
+            if len(self.workers) + len(self.waiting) >= self.max_setups + self.max_queued:
+                raise Unavailable(f"too many agent setups at once ({len(self.workers)} running, "
+                                  f"{len(self.waiting)} waiting); try again later")
             self.d.store.execute(
                 f"INSERT INTO agent_processes ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
                 (slug, app, node, process_type, source_url.strip(), json.dumps(env), "pending", None,
                  job_name(slug), now, now))
             record = self._record(slug)
         self.d.events.publish(agent_topic(slug), {"event": "update", **self.document(record)})
-        self._start_worker(slug)
+        self._enqueue(slug)
         return self.status(slug)
 
     def status(self, slug: str) -> dict:
@@ -195,6 +291,9 @@ class AgentService:
             flag = self.cancelled.get(slug)
             if flag is not None:
                 flag.set()
+            if slug in self.waiting:  # never started: nothing to clean up but its place
+                self.waiting.remove(slug)
+                self.cancelled.pop(slug, None)
             self.d.store.execute("DELETE FROM agent_processes WHERE slug = ?", (slug,))
         # A worker still setting up sees the flag at its next step (or chunk) and removes
         # whatever it wrote; it is not waited for here, in the bus's control thread.
@@ -204,18 +303,29 @@ class AgentService:
         except NotFound:
             pass
         self.d.remember(job, removed=True)
-        shutil.rmtree(self.paths(slug)[0], ignore_errors=True)
+        with self.lock:
+            if slug not in self.workers:  # a running setup removes its files and forgets them itself
+                shutil.rmtree(self.paths(slug)[0], ignore_errors=True)
+                self.budget.set(slug, None)
         self.d.events.publish(agent_topic(slug), {"event": "delete", **self.document({**record, "state": "deleted"})})
         return {"slug": slug, "state": "deleted"}
 
     # ------------------------------------------------------------------ the worker
-    def _start_worker(self, slug: str) -> None:
-        flag = threading.Event()
-        thread = threading.Thread(target=self._setup, args=(slug, flag), name=f"zsup-agent-{slug}", daemon=True)
+    def _enqueue(self, slug: str) -> None:
         with self.lock:
-            self.cancelled[slug] = flag
-            self.workers[slug] = thread
-        thread.start()
+            self.cancelled[slug] = threading.Event()
+            self.waiting.append(slug)
+        self._next()
+
+    def _next(self) -> None:
+        """Start queued setups while fewer than `max_setups` run."""
+        with self.lock:
+            while self.waiting and len(self.workers) < self.max_setups:
+                slug = self.waiting.popleft()
+                thread = threading.Thread(target=self._setup, args=(slug, self.cancelled[slug]),
+                                          name=f"zsup-agent-{slug}", daemon=True)
+                self.workers[slug] = thread
+                thread.start()
 
     def _setup(self, slug: str, cancelled: threading.Event) -> None:
         from zsup.services import archive  # here, not at the top: it loads urllib, tarfile, zipfile
@@ -226,12 +336,17 @@ class AgentService:
             if record is None:
                 return
             shutil.rmtree(base, ignore_errors=True)  # what an interrupted setup left
+            self.budget.set(slug, 0)
             os.makedirs(base, mode=0o700)
+            charge = functools.partial(self.budget.charge, slug)
             self._step(slug, cancelled, "downloading")
-            archive.fetch(record["source_url"], archive_path, self.max_download, cancelled)
+            archive.fetch(record["source_url"], archive_path, self.max_download, cancelled,
+                          deadline=self.download_deadline, charge=charge)
             self._step(slug, cancelled, "unpacking")
-            root = archive.unpack(archive_path, target, self.max_unpacked, cancelled)
+            root = archive.unpack(archive_path, target, self.max_unpacked, cancelled, charge=charge)
+            downloaded = os.path.getsize(archive_path)
             os.unlink(archive_path)
+            self.budget.release(slug, downloaded)
             self._step(slug, cancelled, "starting")
             config = self.job_config(record, root)
             with self.lock:
@@ -251,20 +366,28 @@ class AgentService:
                 os.unlink(archive_path)
             except OSError:
                 pass
+            self.budget.set(slug, 0)
             if not cancelled.is_set():
                 self._set_state(slug, "failed", reason)
         except Exception as exc:
             log.exception("agent process %s: setup failed", slug)
             shutil.rmtree(target, ignore_errors=True)
+            try:
+                os.unlink(archive_path)
+            except OSError:
+                pass
+            self.budget.set(slug, 0)
             if not cancelled.is_set():
                 self._set_state(slug, "failed", f"internal error: {exc}")
         finally:
-            if cancelled.is_set():
-                shutil.rmtree(base, ignore_errors=True)
             with self.lock:
+                if cancelled.is_set():
+                    shutil.rmtree(base, ignore_errors=True)
+                    self.budget.set(slug, None)
                 if self.workers.get(slug) is threading.current_thread():
                     del self.workers[slug]
                     self.cancelled.pop(slug, None)
+            self._next()
 
     def _step(self, slug: str, cancelled: threading.Event, state: str) -> None:
         if cancelled.is_set():

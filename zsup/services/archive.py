@@ -4,12 +4,19 @@ The agent (zsup/agent.py) is given a URL by whoever can reach its API and runs w
 archive holds, so everything here treats the server and the archive as hostile. The public
 API is two calls, each run from the agent's worker thread, never the bus's control thread:
 
-- `fetch(url, path, max_bytes, cancelled)`: only http:// and https://, a timeout
-  (`DOWNLOAD_TIMEOUT`) so a silent server cannot hold the worker forever, and a size limit
-  checked twice: against Content-Length up front (refuse early) and while reading (a server
-  can lie or send no length).
-- `unpack(archive_path, target_dir, max_bytes, cancelled)`: tar (plain, gz, bz2, xz) or zip,
-  returning the folder holding the Procfile (`target_dir`, or its one top folder).
+- `fetch(url, path, max_bytes, cancelled, deadline=, charge=)`: only http:// and https://
+  (redirects included: no ftp), a timeout per read (`DOWNLOAD_TIMEOUT`) so a silent server
+  is noticed, an overall `deadline` (`DOWNLOAD_DEADLINE` by default) so a server that trickles
+  a byte now and then cannot hold the worker either, and a size limit checked twice: against
+  Content-Length up front (refuse early) and while reading (a server can lie or send no
+  length). The deadline is kept by a watchdog thread (one per download, polling 5 times a
+  second) that shuts the connection's sockets down: that ends a read blocked anywhere, even
+  in the middle of the response head, and a delete (`cancelled`) ends it the same way.
+- `unpack(archive_path, target_dir, max_bytes, cancelled, charge=)`: tar (plain, gz, bz2,
+  xz) or zip, returning the folder holding the Procfile (`target_dir`, or its one top folder).
+
+Both call `charge(n)` before writing each chunk of n bytes: the agent's disk budget across
+all apps, which raises to stop the setup (its exception goes through unchanged).
 
 Both raise `ArchiveError`, whose message is the failure reason the agent records, and
 `Cancelled` once `cancelled` is set (the process was deleted meanwhile); both check it at
@@ -47,21 +54,30 @@ agent imports this module when a set-up starts, so zsupd's start does not pay fo
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
 import stat
 import tarfile
 import threading
+import time
 import urllib.error
 import urllib.request
 import zipfile
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
-__all__ = ["ArchiveError", "Cancelled", "fetch", "unpack", "DOWNLOAD_TIMEOUT", "MAX_MEMBERS"]
+__all__ = ["ArchiveError", "Cancelled", "fetch", "unpack", "DOWNLOAD_DEADLINE", "DOWNLOAD_TIMEOUT",
+           "MAX_MEMBERS"]
 
 DOWNLOAD_TIMEOUT = 30.0
+DOWNLOAD_DEADLINE = 300.0
 MAX_MEMBERS = 10000
 CHUNK = 64 * 1024
+
+
+def _free(n: int) -> None:
+    """The default `charge`: no budget."""
 
 
 class ArchiveError(Exception):
@@ -72,43 +88,136 @@ class Cancelled(Exception):
     """The `cancelled` flag was set while fetching or unpacking."""
 
 
+class _Watchdog:
+    """Shuts down every socket of one download once `deadline` seconds have passed or
+    `cancelled` is set; `expired` / `cancelled` then say why the reads failed."""
+
+    def __init__(self, deadline: float, cancelled: threading.Event):
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.expired = False
+        self.sockets: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="zsup-agent-deadline", daemon=True)
+
+    def add(self, sock: socket.socket) -> None:
+        with self.lock:
+            self.sockets.append(sock)
+            fired = self.expired or self.cancelled.is_set()
+        if fired:
+            self._shut(sock)
+
+    def _run(self) -> None:
+        end = time.monotonic() + self.deadline
+        while not self.done.wait(0.2):
+            if self.cancelled.is_set() or time.monotonic() >= end:
+                with self.lock:
+                    self.expired = not self.cancelled.is_set()
+                    sockets = list(self.sockets)
+                for sock in sockets:
+                    self._shut(sock)
+                return
+
+    @staticmethod
+    def _shut(sock: socket.socket) -> None:
+        try:
+            # the plain socket's shutdown, even for an SSLSocket: a blocked read then ends
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def __enter__(self) -> "_Watchdog":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+
+
+def _opener(watchdog: _Watchdog) -> urllib.request.OpenerDirector:
+    """urllib with every connection's socket handed to `watchdog`, and no ftp (a redirect
+    could lead there)."""
+
+    def watched(base):
+        class Connection(base):
+            def connect(self):
+                super().connect()
+                watchdog.add(self.sock)
+        return Connection
+
+    class HTTP(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class HTTPS(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)
+
+    class NoFTP(urllib.request.FTPHandler):
+        def ftp_open(self, req):
+            raise urllib.error.URLError("only http:// and https:// are supported")
+
+    return urllib.request.build_opener(HTTP(), HTTPS(), NoFTP())
+
+
 def fetch(url: str, path: str, max_bytes: int, cancelled: threading.Event,
-          timeout: float = DOWNLOAD_TIMEOUT) -> None:
-    """Download `url` (http or https) into the file `path`, at most `max_bytes` bytes."""
+          timeout: float = DOWNLOAD_TIMEOUT, deadline: float = DOWNLOAD_DEADLINE,
+          charge: Callable[[int], None] = _free) -> None:
+    """Download `url` (http or https) into the file `path`, at most `max_bytes` bytes, all
+    of it within `deadline` seconds (and no read waiting more than `timeout`)."""
     if not url.lower().startswith(("http://", "https://")):
         raise ArchiveError(f"source_url: only http:// and https:// URLs are supported, not {url!r}")
     limit = max_bytes
     request = urllib.request.Request(url, headers={"User-Agent": "zsup-agent"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > limit:
-                raise ArchiveError(f"download: archive is {length} bytes, over the limit of {limit}")
-            size = 0
-            with open(path, "wb") as f:
-                while True:
-                    if cancelled.is_set():
-                        raise Cancelled()
-                    chunk = response.read(CHUNK)
-                    if not chunk:
-                        break
-                    size += len(chunk)
-                    if size > limit:
-                        raise ArchiveError(f"download: archive over the limit of {limit} bytes")
-                    f.write(chunk)
-    except urllib.error.HTTPError as exc:
-        raise ArchiveError(f"download: {url} answered {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise ArchiveError(f"download: cannot fetch {url}: {exc.reason}") from None
-    except (OSError, ValueError) as exc:
-        raise ArchiveError(f"download: cannot fetch {url}: {exc}") from None
+    with _Watchdog(deadline, cancelled) as watchdog:
+        try:
+            _download(_opener(watchdog), request, path, limit, cancelled, timeout, charge)
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+            if cancelled.is_set():
+                raise Cancelled() from None
+            if watchdog.expired:
+                raise ArchiveError(f"download: not finished within {deadline:g} s") from None
+            if isinstance(exc, urllib.error.HTTPError):
+                raise ArchiveError(f"download: {url} answered {exc.code} {exc.reason}") from None
+            if isinstance(exc, urllib.error.URLError):
+                raise ArchiveError(f"download: cannot fetch {url}: {exc.reason}") from None
+            raise ArchiveError(f"download: cannot fetch {url}: {exc}") from None
+        # A shut-down socket can also read as a clean end of file: never take that as done.
+        if cancelled.is_set():
+            raise Cancelled()
+        if watchdog.expired:
+            raise ArchiveError(f"download: not finished within {deadline:g} s")
 
 
-def unpack(archive_path: str, target_dir: str, max_bytes: int, cancelled: threading.Event) -> str:
+def _download(opener, request, path: str, limit: int, cancelled: threading.Event, timeout: float,
+              charge: Callable[[int], None]) -> None:
+    with opener.open(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > limit:
+            raise ArchiveError(f"download: archive is {length} bytes, over the limit of {limit}")
+        size = 0
+        with open(path, "wb") as f:
+            while True:
+                if cancelled.is_set():
+                    raise Cancelled()
+                chunk = response.read(CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise ArchiveError(f"download: archive over the limit of {limit} bytes")
+                charge(len(chunk))
+                f.write(chunk)
+
+
+def unpack(archive_path: str, target_dir: str, max_bytes: int, cancelled: threading.Event,
+           charge: Callable[[int], None] = _free) -> str:
     """Unpack into `target_dir` (created, must not exist); return the app's root (target_dir,
     or its one top folder), the folder holding the Procfile."""
     os.makedirs(target_dir, mode=0o700)
-    unpacker = _Unpacker(target_dir, max_bytes, cancelled)
+    unpacker = _Unpacker(target_dir, max_bytes, cancelled, charge)
     if zipfile.is_zipfile(archive_path):
         try:
             with zipfile.ZipFile(archive_path) as zf:
@@ -139,10 +248,11 @@ def unpack(archive_path: str, target_dir: str, max_bytes: int, cancelled: thread
 class _Unpacker:
     """Writes archive members into `target`, checking each (see the module docstring)."""
 
-    def __init__(self, target: str, limit: int, cancelled: threading.Event):
+    def __init__(self, target: str, limit: int, cancelled: threading.Event, charge: Callable[[int], None]):
         self.target = os.path.realpath(target)
         self.limit = limit
         self.cancelled = cancelled
+        self.charge = charge
         self.total = 0
         self.count = 0
         self.links: list[tuple[str, str]] = []  # (relative path, link target), made last
@@ -211,6 +321,7 @@ class _Unpacker:
                 self.total += len(chunk)
                 if self.total > self.limit:
                     raise ArchiveError(f"archive: unpacked size over the limit of {self.limit} bytes")
+                self.charge(len(chunk))
                 f.write(chunk)
         os.chmod(path, (mode & 0o755) | 0o600)
         self.files.add(rel)
