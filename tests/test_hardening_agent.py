@@ -121,7 +121,8 @@ def test_setups_at_once_are_capped(agent):
     wait_state(gw, first, ("downloading",))
     code, second = create(gw, "b", trickle.url + "/body")
     assert code == 201 and second["state"] == "pending"
-    req = urllib.request.Request(f"{gw.root}/create-process", method="POST", headers={"Content-Type": "application/json"},
+    req = urllib.request.Request(f"{gw.root}/create-process", method="POST",
+                                 headers={"Content-Type": "application/json"},
                                  data=json.dumps({"app": "hard", "node": "c", "process_type": "web",
                                                   "source_url": trickle.url + "/body"}).encode())
     with pytest.raises(urllib.error.HTTPError) as refused:
