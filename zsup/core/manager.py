@@ -78,6 +78,9 @@ class Manager(Supervision):
         self._exited: OrderedDict[int, Process] = OrderedDict()
         self._pid_counter = itertools.count(1)
         self._ignored_os_pids: set[int] = set()
+        self._lingering: dict[int, Process] = {}  # pgid -> its exited leader, while members live on
+        #: Called (supervisor thread) with a pgid once a group outliving its leader is empty.
+        self.group_listeners: list[Callable[[int], None]] = []
         self._all_gone = threading.Event()
         self._all_gone.set()
         self.stats_sampler = StatsSampler(self, stats_interval)

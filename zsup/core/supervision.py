@@ -26,12 +26,14 @@ EXITED_KEPT = 1000  # recently exited processes still answered by get_process/re
 BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
 BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
+GROUP_CHECK_FIRST = 0.02  # first look at a lingering process group, then twice as late each time
+GROUP_CHECK_MAX = 0.5
 
 
 class Supervision:
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
-    `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `events`,
-    `log_writer`, `stopping`."""
+    `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
+    `group_listeners`, `events`, `log_writer`, `stopping`."""
 
     def _stop_everything(self) -> float:
         self._loop.assert_in_loop()
@@ -166,8 +168,8 @@ class Supervision:
         if proc.stop_timer is not None:
             proc.stop_timer.cancel()
         proc.reaped(status)
-        if proc.stop_reason and not proc.spec.detach:
-            proc.signal_group(signal.SIGKILL)  # whatever of its group ignored the stop signal
+        if not proc.spec.detach:
+            self._stop_leftovers(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
 
     def _finish_exit(self, proc: Process) -> None:
@@ -183,11 +185,64 @@ class Supervision:
             self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
         job = self._jobs.get(proc.job)
         kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
-        self._publish_proc(proc, "reap")
+        self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
         if kept and not proc.committed and not proc.stop_reason:
             self._on_death(job, proc)
+
+    # ------------------------------------------------------------------ leftovers of a dead process
+    def _stop_leftovers(self, proc: Process) -> None:
+        """The leader of a process group was reaped: stop what is left of its group (its
+        background children, a crashed server's workers). They get the job's stop signal and,
+        graceful_timeout later, SIGKILL; a group zsup was already stopping gets SIGKILL at once
+        (its members had their stop signal). The group is watched until it is empty, then
+        `group_listeners` hear of it (the orphan guard keeps it until then).
+
+        The group id cannot be reused while the group has a member, zombie or not; a check
+        against our own live processes covers the instant after it empties."""
+        self._loop.assert_in_loop()
+        pgid = proc.os_pid
+        sig = signal.SIGKILL if proc.stop_reason else proc.spec.stop_signal
+        if not self._signal_group(pgid, sig):
+            return  # the usual case: the group died with its leader
+        log.debug("process %s (%s) exited, leaving members of its group %s: signal %s", proc.pid, proc.job,
+                  pgid, sig)
+        self._lingering[pgid] = proc
+        if sig != signal.SIGKILL:
+            self._loop.call_later(proc.graceful_timeout, self._kill_group, pgid, proc)
+        self._loop.call_later(GROUP_CHECK_FIRST, self._check_group, pgid, proc, GROUP_CHECK_FIRST)
+
+    def _signal_group(self, pgid: int, sig: int) -> bool:
+        """killpg, unless pgid is gone or is now the group of another of our processes."""
+        if any(p.os_pid == pgid and p.state != ProcessState.EXITED for p in self._procs.values()):
+            return False
+        try:
+            os.killpg(pgid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # a member that changed user: still there, and still watched
+
+    def _kill_group(self, pgid: int, proc: Process) -> None:
+        self._loop.assert_in_loop()
+        if self._lingering.get(pgid) is proc and self._signal_group(pgid, signal.SIGKILL):
+            log.info("process group %s (%s) ignored its stop signal for %ss: SIGKILL", pgid, proc.job,
+                     proc.graceful_timeout)
+
+    def _check_group(self, pgid: int, proc: Process, delay: float) -> None:
+        self._loop.assert_in_loop()
+        if self._lingering.get(pgid) is not proc:
+            return
+        self._reap_orphans()  # members re-parented to us: their zombies would keep the group
+        if self._signal_group(pgid, 0):
+            delay = min(delay * 2, GROUP_CHECK_MAX)
+            self._loop.call_later(delay, self._check_group, pgid, proc, delay)
+            return
+        del self._lingering[pgid]
+        for listener in self.group_listeners:
+            listener(pgid)
 
     def _on_death(self, job: Job, proc: Process) -> None:
         """A kept-alive process died on its own (or could not spawn): restart it."""
@@ -270,6 +325,8 @@ class Supervision:
     def _kill_adopted(self) -> None:
         """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
         self._loop.assert_in_loop()
+        for pgid in list(self._lingering):
+            self._signal_group(pgid, signal.SIGKILL)
         orphans = self._orphans()
         for os_pid in orphans:
             try:

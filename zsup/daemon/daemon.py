@@ -115,6 +115,7 @@ class Daemon:
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
         self.events.subscribe(topics.PROC, self.guard.on_event)
+        self.manager.group_listeners.append(self.guard.forget)
         self.manager.start()
         self._load_initial_jobs()
         self._start_services()
