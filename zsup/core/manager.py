@@ -274,6 +274,7 @@ class Manager(Supervision):
                 "os_pids": [p.os_pid for p in running],
                 "started": min((p.started for p in running), default=None),
                 "cmd": job.spec.cmd,
+                "last_error": job.last_error,
             })
         return out
 

@@ -107,6 +107,8 @@ class Process:
         spec = self.spec
         env = build_env(spec, extra_env)
         argv = build_argv(spec, env)
+        if spec.cwd and not os.path.isdir(spec.cwd):  # checked at load; it may have gone since
+            raise SpawnError(f"cwd {spec.cwd!r}: no such directory")
         find_executable(argv[0], env, spec.cwd)
         if not spec.detach and SETPRIV:
             argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv

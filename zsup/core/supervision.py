@@ -68,6 +68,7 @@ class Supervision:
         job.active = True
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
+        job.last_error = job.last_error_time = None  # a new start, a new episode
         job.fast_deaths = 0
         if job.flapping:
             job.flapping.retries = 0
@@ -124,6 +125,7 @@ class Supervision:
             self._publish_proc(proc, "spawn_error", error=exc.message)
             if committed:
                 raise
+            self._spawn_failed(job, exc.message)
             # Counted as a death, later: the back-off or flapping rule decides when to retry.
             self._loop.call_soon(self._on_death, job, proc)
             return None
@@ -133,7 +135,25 @@ class Supervision:
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
         self._pipes.add(proc)
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed)
+        if not committed and job.last_error is not None:
+            self._spawn_recovered(job)
         return proc
+
+    def _spawn_failed(self, job: Job, error: str) -> None:
+        """A kept-alive process could not spawn: the job is `failing` with the reason in
+        `last_error`, and zsupd logs one line per episode (not one per retry), and one more
+        only when the reason changes."""
+        if job.state == JobState.RUNNING:
+            job.set_state(JobState.FAILING)
+        if error != job.last_error:
+            log.error("job %s cannot spawn: %s (retrying)", job.name, error)
+        job.last_error, job.last_error_time = error, time.time()
+
+    def _spawn_recovered(self, job: Job) -> None:
+        if job.state == JobState.FAILING:
+            job.set_state(JobState.RUNNING)
+        log.info("job %s spawns again (last error: %s)", job.name, job.last_error)
+        job.last_error = job.last_error_time = None
 
     def _stop_proc(self, proc: Process, reason: str) -> None:
         self._loop.assert_in_loop()
