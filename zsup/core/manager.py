@@ -151,6 +151,8 @@ class Manager(Supervision):
     def unload(self, name: str, session: str | None = None) -> dict:
         job = self._job(name, session)
         self._stop_job(job, "unload")
+        for proc in list(job.committed.values()):  # one-off processes go with their job
+            self._stop_proc(proc, "unload")
         del self._jobs[job.name]
         self._publish_job(job, "delete")
         return {"ok": True}

@@ -41,12 +41,17 @@ def build_env(spec: JobSpec, extra: dict | None = None) -> dict:
 
 
 def build_argv(spec: JobSpec, env: dict) -> list[str]:
-    """The command line, with $VAR substituted from the process's environment."""
-    cmd = substitute(spec.cmd, env)
+    """The command line, with $VAR substituted from the process's environment.
+
+    A shell command (`shell = true`) goes to the shell as written: the shell expands `$VAR`
+    from the same environment itself, and `$$`, `$!` or `$(...)` keep their shell meaning
+    (substituting first would turn `$$` into `$`, and would paste values into the line as
+    shell code). Its `args` are substituted, then quoted."""
     args = [substitute(a, env) for a in spec.args]
     if spec.shell:
-        line = " ".join([cmd] + [shlex.quote(a) for a in args])
+        line = " ".join([spec.cmd] + [shlex.quote(a) for a in args])
         return ["/bin/sh", "-c", line]
+    cmd = substitute(spec.cmd, env)
     try:
         argv = shlex.split(cmd) + args
     except ValueError as exc:
