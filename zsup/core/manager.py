@@ -78,6 +78,7 @@ class Manager(Supervision):
         self._exited: OrderedDict[int, Process] = OrderedDict()
         self._pid_counter = itertools.count(1)
         self._ignored_os_pids: set[int] = set()
+        self._adoptable: dict[str, list[dict]] = {}  # job -> detached processes to find again
         self._lingering: dict[int, Process] = {}  # pgid -> its exited leader, while members live on
         #: Called (supervisor thread) with a pgid once a group outliving its leader is empty.
         self.group_listeners: list[Callable[[int], None]] = []
@@ -123,6 +124,7 @@ class Manager(Supervision):
         job = Job(spec)
         self._jobs[spec.fullname] = job
         self._publish_job(job, "create")
+        self._adopt_detached(job)
         if start:
             self._start_job(job)
         return job.info()
@@ -141,6 +143,7 @@ class Manager(Supervision):
             job = Job(spec)
             self._jobs[spec.fullname] = job
             self._publish_job(job, "create")
+            self._adopt_detached(job)
             jobs.append(job)
         if start:
             for job in sorted(jobs, key=lambda j: j.spec.priority):
@@ -399,6 +402,14 @@ class Manager(Supervision):
     def snapshot(self) -> list[Process]:
         """Live processes, for the stats sampler (a copy taken in the supervisor thread)."""
         return self._loop.call_and_wait(lambda: list(self._procs.values()), timeout=60)
+
+    @supervised
+    def expect_detached(self, records: list[dict]) -> None:
+        """Detached processes a previous zsupd left running (`{job, os_pid, started}`, checked
+        by the caller to be the same processes): the job of that name, when it is loaded,
+        lists them again instead of starting new ones."""
+        for record in records:
+            self._adoptable.setdefault(record["job"], []).append(record)
 
     def ignore_child(self, os_pid: int) -> None:
         """A child of this process that zsup did not spawn (never reaped as an orphan)."""

@@ -98,6 +98,7 @@ class Process:
         self.streams: dict[str, OutputStream] = {}
         self.out_fds: list[tuple[int, OutputStream]] = []
         self.stdin_fd = -1
+        self.adopted = False  # a detached process started by a previous zsupd, found again
 
     @property
     def job(self) -> str:
@@ -165,6 +166,15 @@ class Process:
             os.set_blocking(self.stdin_fd, False)
         self.set_state(ProcessState.RUNNING)
 
+    def adopt(self, os_pid: int, started: float) -> None:
+        """Take over a detached process a previous zsupd spawned (ProcessLookupError if it is
+        gone). Not our child: waited for through its pidfd only."""
+        self.pidfd = os.pidfd_open(os_pid)
+        self.os_pid, self.adopted = os_pid, True
+        self.started = started
+        self.started_mono = time.monotonic() - max(0.0, time.time() - started)
+        self.set_state(ProcessState.RUNNING)
+
     def _output_pipe(self, label: str, child_fds: list[int], parent_fds: list[int]) -> int:
         """A pipe for one labelled stream: its read end goes to the IO loop, the write end
         (returned) to the child."""
@@ -195,9 +205,12 @@ class Process:
         except ProcessLookupError:
             return False
 
-    def reaped(self, status: int) -> None:
-        """Record the wait status; tell Popen so it never waits for this child itself."""
-        if os.WIFSIGNALED(status):
+    def reaped(self, status: int | None) -> None:
+        """Record the wait status (None: unknown, for an adopted process); tell Popen so it
+        never waits for this child itself."""
+        if status is None:
+            pass
+        elif os.WIFSIGNALED(status):
             self.term_signal = os.WTERMSIG(status)
             self.exit_code = -self.term_signal
         else:
@@ -226,6 +239,7 @@ class Process:
             "state": self.state.value,
             "committed": self.committed,
             "detach": self.spec.detach,
+            "adopted": self.adopted,
             "started": self.started,
             "uptime": round(self.uptime(), 3),
             "exit_code": self.exit_code,

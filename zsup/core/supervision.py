@@ -184,7 +184,7 @@ class Supervision:
         try:
             _, status = os.waitpid(proc.os_pid, os.WNOHANG)
         except ChildProcessError:
-            status = 0
+            status = None if proc.adopted else 0  # not our child: its status went elsewhere
         if proc.stop_timer is not None:
             proc.stop_timer.cancel()
         proc.reaped(status)
@@ -263,6 +263,28 @@ class Supervision:
         del self._lingering[pgid]
         for listener in self.group_listeners:
             listener(pgid)
+
+    # ------------------------------------------------------------------ detached, found again
+    def _adopt_detached(self, job: Job) -> None:
+        """List again the detached processes of `job` a previous zsupd started (see
+        Manager.expect_detached). They are not our children: their pidfd still wakes us when
+        they exit, but their exit status is lost (`exit_code` null), and their output went to
+        the previous zsupd's pipes (none is captured)."""
+        self._loop.assert_in_loop()
+        for record in self._adoptable.pop(job.name, []):
+            if not job.spec.detach:
+                continue  # the job is no longer detached: the process is left alone
+            proc = Process(next(self._pid_counter), job.spec)
+            try:
+                proc.adopt(record["os_pid"], record["started"])
+            except ProcessLookupError:
+                continue
+            self._procs[proc.pid] = proc
+            job.processes[proc.pid] = proc
+            self._all_gone.clear()
+            self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
+            log.info("job %s: found detached process %s (os pid %s) again", job.name, proc.pid, proc.os_pid)
+            self._publish_proc(proc, "spawn", detach=True, committed=False, adopted=True)
 
     def _on_death(self, job: Job, proc: Process) -> None:
         """A kept-alive process died on its own (or could not spawn): restart it."""
