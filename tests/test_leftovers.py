@@ -26,8 +26,7 @@ def test_background_child_of_an_exited_process_is_stopped(zsupd_factory):
     try:
         wait_for(lambda: not alive(left), timeout=10, message="the left-behind sleep to be stopped")
         # they do not pile up with each crash: a few restarts later, at most the newest lives
-        wait_for(lambda: d.call("status")[0]["pids"] and max(d.call("status")[0]["pids"]) >= 4,
-                 message="a few restarts")
+        wait_for(lambda: max(d.call("status")[0]["pids"], default=0) >= 4, message="a few restarts")
         wait_for(lambda: len(sleeps_under(d)) <= 1, timeout=10, message="no pile of sleeps")
     finally:
         kill_tree([left, *sleeps_under(d)])

@@ -6,7 +6,8 @@ import re
 import shutil
 import subprocess
 
-from conftest import PYTHON, ROOT, wait_for
+from conftest import PYTHON, ROOT, readline_within, wait_for
+
 from zsup.bus.client import Subscriber
 
 
@@ -63,8 +64,6 @@ def test_watch_shows_the_spawn_error(zsupd_factory, tmp_path):
     watch = subprocess.Popen([PYTHON, "-m", "zsup.cli.zsupctl", "--state-dir", d.state_dir, "watch", "proc.broken"],
                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
     try:
-        from conftest import readline_within
-
         line = readline_within(watch.stdout, message="a watch line")
         while ".spawn_error " not in line:
             line = readline_within(watch.stdout, message="a spawn_error line")
