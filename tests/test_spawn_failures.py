@@ -7,6 +7,7 @@ import shutil
 import subprocess
 
 from conftest import PYTHON, ROOT, readline_within, wait_for
+from test_http_support import gw  # noqa: F401
 
 from zsup.bus.client import Subscriber
 
@@ -72,3 +73,24 @@ def test_watch_shows_the_spawn_error(zsupd_factory, tmp_path):
         watch.kill()
         watch.wait(5)
         watch.stdout.close()
+
+
+def test_http_job_info_has_last_error(gw):
+    gw.load({"name": "broken", "cmd": "/nonexistent/zsup-test-binary"})
+    info = wait_for(lambda: (a := gw.get("/jobs/default/broken")).json["state"] == "failing" and a.json)
+    assert info["last_error"] == "cannot execute '/nonexistent/zsup-test-binary': not an executable file"
+
+
+def test_the_log_line_shows_at_the_default_verbosity(zsupd_factory):
+    d = zsupd_factory("[process:broken]\ncmd = /nonexistent/zsup-test-binary\n", start=False)
+    env = dict(os.environ, PYTHONPATH=ROOT, ZSUP_STATE_DIR=d.state_dir)
+    d._log = open(d.log_path, "ab")
+    d.proc = subprocess.Popen([PYTHON, "-m", "zsup.cli.zsupd", "-c", d.config_path, "--state-dir", d.state_dir],
+                              stdout=d._log, stderr=d._log, env=env)  # no -v
+    d.wait_ready()
+    with Subscriber(d.pub, ["proc.default.broken.spawn_error"]) as sub:
+        errors = []
+        wait_for(lambda: (ev := sub.recv(0.2)) is not None and errors.append(ev) is None and len(errors) >= 2,
+                 timeout=15, message="retries")
+    wait_for(lambda: "job default.broken cannot spawn: cannot execute" in d.log(), message="the error line")
+    assert d.log().count("cannot spawn") == 1
