@@ -22,7 +22,7 @@ def spec(name="x", **extra):
 # ------------------------------------------------------------------ the state machines
 def test_state_strings_are_the_ones_clients_know():
     assert {s.value for s in ProcessState} == {"spawning", "running", "stopping", "exited"}
-    assert {s.value for s in JobState} == {"stopped", "running", "flapping", "failed"}
+    assert {s.value for s in JobState} == {"stopped", "running", "flapping", "failed", "failing"}
     assert ProcessState.RUNNING == "running" and f"{JobState.FAILED}" == "failed"
 
 
@@ -54,6 +54,10 @@ def test_illegal_transitions_raise_and_change_nothing():
     with pytest.raises(IllegalTransition):
         job.set_state(JobState.FLAPPING)
     job.set_state(JobState.RUNNING)  # a start after a failure
+    job.set_state(JobState.FAILING)  # a spawn failed
+    with pytest.raises(IllegalTransition):
+        Job(spec()).set_state(JobState.FAILING)  # a stopped job spawns nothing, fails nothing
+    job.set_state(JobState.RUNNING)  # a spawn succeeded again
 
 
 def events_of(recorder, pid):

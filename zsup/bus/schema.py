@@ -103,11 +103,13 @@ _DECLARED = [
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
     # -- jobs
     _c("status", "A summary per job", "one row per job: `{job, state, active, numprocesses, running, pids, "
-       "os_pids, started, cmd}`", group="jobs"),
+       "os_pids, started, cmd, last_error}`", group="jobs"),
     _c("jobs", "Job names", '`["session.name", ...]`', SESSION, group="jobs"),
     _c("sessions", "Session names", '`["default", ...]`', group="jobs"),
     _c("info", "One job", "the job: `{name, session, job, active, state, stop_reason, numprocesses, running, "
-       "pids, processes: [process info], flapping_retries, config, created}`", NAME, SESSION, group="jobs"),
+       "pids, processes: [process info], flapping_retries, last_error, last_error_time, config, created}`; "
+       "`last_error` is why the last spawn failed (`null` once a spawn succeeds or the job is started again)",
+       NAME, SESSION, group="jobs"),
     _c("get", "A job's config", "the job's config, in the form `load` takes", NAME, SESSION, group="jobs"),
     _c("load", "Load a job", "the new job's info; `conflict` if it exists",
        CONFIG, SESSION, ENV, _p("start", "boolean", "start it at once", True), persists=True, group="jobs"),
@@ -153,7 +155,8 @@ _DECLARED = [
     _c("process_stats", "CPU and memory of one process", "one process's stats, as in `stats`", PID,
        group="processes"),
     _c("get_process", "One process",
-       "`{pid, os_pid, name, session, job, cmd, args, state, committed, detach, started, uptime, exit_code, "
+       "`{pid, os_pid, name, session, job, cmd, args, state, committed, detach, adopted, started, uptime, "
+       "exit_code, "
        "term_signal, labels, redirect_input, last_seq}`; recently exited processes are still answered", PID,
        group="processes"),
     _c("stop_process", "Stop one process", "`{pid, stopping: true}`; a kept-alive job starts a replacement at once",

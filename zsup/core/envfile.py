@@ -73,6 +73,8 @@ def substitute(text: str, env: Mapping[str, str]) -> str:
 
     An unknown variable is left as written rather than emptied, so that a command keeps its
     meaning (and the shell can still expand it later) when the variable comes from elsewhere.
+    Not for a line a shell will read (zsup/core/process.py passes a shell `cmd` as written):
+    there `$$` is the shell's own pid.
     """
 
     def replace(match: re.Match) -> str:

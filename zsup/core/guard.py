@@ -52,14 +52,21 @@ class OrphanGuard:
         return self._proc.pid
 
     def on_event(self, topic: str, msg: dict, data) -> None:
-        """Event listener: record spawns and reaps of attached (not detached) processes."""
+        """Event listener: record spawns and reaps of attached (not detached) processes. A
+        reap whose group still has members (`lingering`) keeps the group listed until
+        `forget` hears it is empty."""
         if not topic.startswith(PROC) or msg.get("detach"):
             return
         event = msg.get("event")
         if event == "spawn":
             self._record(f"+{msg['os_pid']}\n", msg["os_pid"], True)
-        elif event == "reap" and msg.get("os_pid") in self._live:
-            self._record(f"-{msg['os_pid']}\n", msg["os_pid"], False)
+        elif event == "reap" and not msg.get("lingering"):
+            self.forget(msg["os_pid"])
+
+    def forget(self, pgid: int) -> None:
+        """The group is empty: nothing of it is left to kill (Manager.group_listeners)."""
+        if pgid in self._live:
+            self._record(f"-{pgid}\n", pgid, False)
 
     def _record(self, line: str, pgid: int, alive: bool) -> None:
         with self._lock:

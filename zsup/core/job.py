@@ -26,6 +26,8 @@ class Job:
         self.fast_deaths = 0
         self.restart_timer = None  # back-off or flapping retry pending
         self.created = time.time()
+        self.last_error: str | None = None  # why the last spawn failed; None once one succeeds
+        self.last_error_time: float | None = None
 
     @property
     def name(self) -> str:
@@ -53,6 +55,8 @@ class Job:
             "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
             "processes": [p.info() for p in procs],
             "flapping_retries": self.flapping.retries if self.flapping else 0,
+            "last_error": self.last_error,
+            "last_error_time": self.last_error_time,
             "config": self.spec.to_dict(),
             "created": self.created,
         }

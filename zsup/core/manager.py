@@ -77,6 +77,10 @@ class Manager(Supervision):
         self._exited: OrderedDict[int, Process] = OrderedDict()
         self._pid_counter = itertools.count(1)
         self._ignored_os_pids: set[int] = set()
+        self._adoptable: dict[str, list[dict]] = {}  # job -> detached processes to find again
+        self._lingering: dict[int, Process] = {}  # pgid -> its exited leader, while members live on
+        #: Called (supervisor thread) with a pgid once a group outliving its leader is empty.
+        self.group_listeners: list[Callable[[int], None]] = []
         self._all_gone = threading.Event()
         self._all_gone.set()
         self.stats_sampler = StatsSampler(self, stats_interval)
@@ -119,6 +123,7 @@ class Manager(Supervision):
         job = Job(spec)
         self._jobs[spec.fullname] = job
         self._publish_job(job, "create")
+        self._adopt_detached(job)
         if start:
             self._start_job(job)
         return job.info()
@@ -137,6 +142,7 @@ class Manager(Supervision):
             job = Job(spec)
             self._jobs[spec.fullname] = job
             self._publish_job(job, "create")
+            self._adopt_detached(job)
             jobs.append(job)
         if start:
             for job in sorted(jobs, key=lambda j: j.spec.priority):
@@ -147,6 +153,8 @@ class Manager(Supervision):
     def unload(self, name: str, session: str | None = None) -> dict:
         job = self._job(name, session)
         self._stop_job(job, "unload")
+        for proc in list(job.committed.values()):  # one-off processes go with their job
+            self._stop_proc(proc, "unload")
         del self._jobs[job.name]
         self._publish_job(job, "delete")
         return {"ok": True}
@@ -270,6 +278,7 @@ class Manager(Supervision):
                 "os_pids": [p.os_pid for p in running],
                 "started": min((p.started for p in running), default=None),
                 "cmd": job.spec.cmd,
+                "last_error": job.last_error,
             })
         return out
 
@@ -392,6 +401,14 @@ class Manager(Supervision):
     def snapshot(self) -> list[Process]:
         """Live processes, for the stats sampler (a copy taken in the supervisor thread)."""
         return self._loop.call_and_wait(lambda: list(self._procs.values()), timeout=60)
+
+    @supervised
+    def expect_detached(self, records: list[dict]) -> None:
+        """Detached processes a previous zsupd left running (`{job, os_pid, started}`, checked
+        by the caller to be the same processes): the job of that name, when it is loaded,
+        lists them again instead of starting new ones."""
+        for record in records:
+            self._adoptable.setdefault(record["job"], []).append(record)
 
     def ignore_child(self, os_pid: int) -> None:
         """A child of this process that zsup did not spawn (never reaped as an orphan)."""

@@ -41,12 +41,17 @@ def build_env(spec: JobSpec, extra: dict | None = None) -> dict:
 
 
 def build_argv(spec: JobSpec, env: dict) -> list[str]:
-    """The command line, with $VAR substituted from the process's environment."""
-    cmd = substitute(spec.cmd, env)
+    """The command line, with $VAR substituted from the process's environment.
+
+    A shell command (`shell = true`) goes to the shell as written: the shell expands `$VAR`
+    from the same environment itself, and `$$`, `$!` or `$(...)` keep their shell meaning
+    (substituting first would turn `$$` into `$`, and would paste values into the line as
+    shell code). Its `args` are substituted, then quoted."""
     args = [substitute(a, env) for a in spec.args]
     if spec.shell:
-        line = " ".join([cmd] + [shlex.quote(a) for a in args])
+        line = " ".join([spec.cmd] + [shlex.quote(a) for a in args])
         return ["/bin/sh", "-c", line]
+    cmd = substitute(spec.cmd, env)
     try:
         argv = shlex.split(cmd) + args
     except ValueError as exc:
@@ -93,6 +98,7 @@ class Process:
         self.streams: dict[str, OutputStream] = {}
         self.out_fds: list[tuple[int, OutputStream]] = []
         self.stdin_fd = -1
+        self.adopted = False  # a detached process started by a previous zsupd, found again
 
     @property
     def job(self) -> str:
@@ -107,6 +113,8 @@ class Process:
         spec = self.spec
         env = build_env(spec, extra_env)
         argv = build_argv(spec, env)
+        if spec.cwd and not os.path.isdir(spec.cwd):  # checked at load; it may have gone since
+            raise SpawnError(f"cwd {spec.cwd!r}: no such directory")
         find_executable(argv[0], env, spec.cwd)
         if not spec.detach and SETPRIV:
             argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
@@ -158,6 +166,15 @@ class Process:
             os.set_blocking(self.stdin_fd, False)
         self.set_state(ProcessState.RUNNING)
 
+    def adopt(self, os_pid: int, started: float) -> None:
+        """Take over a detached process a previous zsupd spawned (ProcessLookupError if it is
+        gone). Not our child: waited for through its pidfd only."""
+        self.pidfd = os.pidfd_open(os_pid)
+        self.os_pid, self.adopted = os_pid, True
+        self.started = started
+        self.started_mono = time.monotonic() - max(0.0, time.time() - started)
+        self.set_state(ProcessState.RUNNING)
+
     def _output_pipe(self, label: str, child_fds: list[int], parent_fds: list[int]) -> int:
         """A pipe for one labelled stream: its read end goes to the IO loop, the write end
         (returned) to the child."""
@@ -188,9 +205,12 @@ class Process:
         except ProcessLookupError:
             return False
 
-    def reaped(self, status: int) -> None:
-        """Record the wait status; tell Popen so it never waits for this child itself."""
-        if os.WIFSIGNALED(status):
+    def reaped(self, status: int | None) -> None:
+        """Record the wait status (None: unknown, for an adopted process); tell Popen so it
+        never waits for this child itself."""
+        if status is None:
+            pass
+        elif os.WIFSIGNALED(status):
             self.term_signal = os.WTERMSIG(status)
             self.exit_code = -self.term_signal
         else:
@@ -219,6 +239,7 @@ class Process:
             "state": self.state.value,
             "committed": self.committed,
             "detach": self.spec.detach,
+            "adopted": self.adopted,
             "started": self.started,
             "uptime": round(self.uptime(), 3),
             "exit_code": self.exit_code,

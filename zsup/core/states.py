@@ -24,6 +24,11 @@ Job (all changes in the supervisor thread):
     stopped | failed --start--> running --flap--> flapping --(retry due)--> running
     any state --stop--> stopped (`update` stops without an event and publishes `update`)
     running | flapping --flap, stop(reason=flapping)--> failed (the rule gave up)
+    running --spawn_error--> failing --spawn (one spawn succeeded again)--> running
+
+  `failing` means the job wants processes but cannot spawn them (missing binary, bad cwd,
+  bad user): retried on the back-off or flapping schedule, with the reason in `last_error`.
+  From `failing` a job moves as from `running` (flap, fail, stop, start).
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class JobState(StrEnum):
     RUNNING = "running"
     FLAPPING = "flapping"
     FAILED = "failed"
+    FAILING = "failing"
 
 
 P, J = ProcessState, JobState
@@ -63,12 +69,16 @@ PROCESS_TRANSITIONS: dict[tuple[ProcessState, ProcessState], tuple[str, ...]] = 
 # the change; which one depends on the cause (start, retry, update...), as described above.
 JOB_TRANSITIONS: dict[tuple[JobState, JobState], tuple[str, ...]] = {
     **{(s, J.RUNNING): ("start",) for s in (J.STOPPED, J.RUNNING, J.FAILED)},
+    (J.RUNNING, J.FAILING): ("spawn_error",),
+    (J.FAILING, J.RUNNING): ("start", "spawn"),  # a start, or a spawn succeeded again
     (J.FLAPPING, J.RUNNING): ("start",),  # or none: the flapping retry came due
     **{(s, J.STOPPED): ("stop", "update") for s in J},
     (J.RUNNING, J.FLAPPING): ("flap",),
+    (J.FAILING, J.FLAPPING): ("flap",),
     (J.FLAPPING, J.FLAPPING): ("flap",),  # a death already queued when the rule tripped
     (J.RUNNING, J.FAILED): ("flap", "stop"),
     (J.FLAPPING, J.FAILED): ("flap", "stop"),
+    (J.FAILING, J.FAILED): ("flap", "stop"),
 }
 
 

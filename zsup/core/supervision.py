@@ -26,12 +26,14 @@ EXITED_KEPT = 1000  # recently exited processes still answered by get_process/re
 BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
 BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
+GROUP_CHECK_FIRST = 0.02  # first look at a lingering process group, then twice as late each time
+GROUP_CHECK_MAX = 0.5
 
 
 class Supervision:
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
-    `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `events`,
-    `log_writer`, `stopping`."""
+    `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
+    `group_listeners`, `events`, `log_writer`, `stopping`."""
 
     def _stop_everything(self) -> float:
         self._loop.assert_in_loop()
@@ -66,6 +68,7 @@ class Supervision:
         job.active = True
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
+        job.last_error = job.last_error_time = None  # a new start, a new episode
         job.fast_deaths = 0
         if job.flapping:
             job.flapping.retries = 0
@@ -122,6 +125,7 @@ class Supervision:
             self._publish_proc(proc, "spawn_error", error=exc.message)
             if committed:
                 raise
+            self._spawn_failed(job, exc.message)
             # Counted as a death, later: the back-off or flapping rule decides when to retry.
             self._loop.call_soon(self._on_death, job, proc)
             return None
@@ -131,7 +135,25 @@ class Supervision:
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
         self._pipes.add(proc)
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed)
+        if not committed and job.last_error is not None:
+            self._spawn_recovered(job)
         return proc
+
+    def _spawn_failed(self, job: Job, error: str) -> None:
+        """A kept-alive process could not spawn: the job is `failing` with the reason in
+        `last_error`, and zsupd logs one line per episode (not one per retry), and one more
+        only when the reason changes."""
+        if job.state == JobState.RUNNING:
+            job.set_state(JobState.FAILING)
+        if error != job.last_error:
+            log.error("job %s cannot spawn: %s (retrying)", job.name, error)
+        job.last_error, job.last_error_time = error, time.time()
+
+    def _spawn_recovered(self, job: Job) -> None:
+        if job.state == JobState.FAILING:
+            job.set_state(JobState.RUNNING)
+        log.info("job %s spawns again (last error: %s)", job.name, job.last_error)
+        job.last_error = job.last_error_time = None
 
     def _stop_proc(self, proc: Process, reason: str) -> None:
         self._loop.assert_in_loop()
@@ -162,12 +184,12 @@ class Supervision:
         try:
             _, status = os.waitpid(proc.os_pid, os.WNOHANG)
         except ChildProcessError:
-            status = 0
+            status = None if proc.adopted else 0  # not our child: its status went elsewhere
         if proc.stop_timer is not None:
             proc.stop_timer.cancel()
         proc.reaped(status)
-        if proc.stop_reason and not proc.spec.detach:
-            proc.signal_group(signal.SIGKILL)  # whatever of its group ignored the stop signal
+        if not proc.spec.detach:
+            self._stop_leftovers(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
 
     def _finish_exit(self, proc: Process) -> None:
@@ -183,11 +205,86 @@ class Supervision:
             self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
         job = self._jobs.get(proc.job)
         kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
-        self._publish_proc(proc, "reap")
+        self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
         if kept and not proc.committed and not proc.stop_reason:
             self._on_death(job, proc)
+
+    # ------------------------------------------------------------------ leftovers of a dead process
+    def _stop_leftovers(self, proc: Process) -> None:
+        """The leader of a process group was reaped: stop what is left of its group (its
+        background children, a crashed server's workers). They get the job's stop signal and,
+        graceful_timeout later, SIGKILL; a group zsup was already stopping gets SIGKILL at once
+        (its members had their stop signal). The group is watched until it is empty, then
+        `group_listeners` hear of it (the orphan guard keeps it until then).
+
+        The group id cannot be reused while the group has a member, zombie or not; a check
+        against our own live processes covers the instant after it empties."""
+        self._loop.assert_in_loop()
+        pgid = proc.os_pid
+        sig = signal.SIGKILL if proc.stop_reason else proc.spec.stop_signal
+        if not self._signal_group(pgid, sig):
+            return  # the usual case: the group died with its leader
+        log.debug("process %s (%s) exited, leaving members of its group %s: signal %s", proc.pid, proc.job,
+                  pgid, sig)
+        self._lingering[pgid] = proc
+        if sig != signal.SIGKILL:
+            self._loop.call_later(proc.graceful_timeout, self._kill_group, pgid, proc)
+        self._loop.call_later(GROUP_CHECK_FIRST, self._check_group, pgid, proc, GROUP_CHECK_FIRST)
+
+    def _signal_group(self, pgid: int, sig: int) -> bool:
+        """killpg, unless pgid is gone or is now the group of another of our processes."""
+        if any(p.os_pid == pgid and p.state != ProcessState.EXITED for p in self._procs.values()):
+            return False
+        try:
+            os.killpg(pgid, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True  # a member that changed user: still there, and still watched
+
+    def _kill_group(self, pgid: int, proc: Process) -> None:
+        self._loop.assert_in_loop()
+        if self._lingering.get(pgid) is proc and self._signal_group(pgid, signal.SIGKILL):
+            log.info("process group %s (%s) ignored its stop signal for %ss: SIGKILL", pgid, proc.job,
+                     proc.graceful_timeout)
+
+    def _check_group(self, pgid: int, proc: Process, delay: float) -> None:
+        self._loop.assert_in_loop()
+        if self._lingering.get(pgid) is not proc:
+            return
+        self._reap_orphans()  # members re-parented to us: their zombies would keep the group
+        if self._signal_group(pgid, 0):
+            delay = min(delay * 2, GROUP_CHECK_MAX)
+            self._loop.call_later(delay, self._check_group, pgid, proc, delay)
+            return
+        del self._lingering[pgid]
+        for listener in self.group_listeners:
+            listener(pgid)
+
+    # ------------------------------------------------------------------ detached, found again
+    def _adopt_detached(self, job: Job) -> None:
+        """List again the detached processes of `job` a previous zsupd started (see
+        Manager.expect_detached). They are not our children: their pidfd still wakes us when
+        they exit, but their exit status is lost (`exit_code` null), and their output went to
+        the previous zsupd's pipes (none is captured)."""
+        self._loop.assert_in_loop()
+        for record in self._adoptable.pop(job.name, []):
+            if not job.spec.detach:
+                continue  # the job is no longer detached: the process is left alone
+            proc = Process(next(self._pid_counter), job.spec)
+            try:
+                proc.adopt(record["os_pid"], record["started"])
+            except ProcessLookupError:
+                continue
+            self._procs[proc.pid] = proc
+            job.processes[proc.pid] = proc
+            self._all_gone.clear()
+            self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
+            log.info("job %s: found detached process %s (os pid %s) again", job.name, proc.pid, proc.os_pid)
+            self._publish_proc(proc, "spawn", detach=True, committed=False, adopted=True)
 
     def _on_death(self, job: Job, proc: Process) -> None:
         """A kept-alive process died on its own (or could not spawn): restart it."""
@@ -270,6 +367,8 @@ class Supervision:
     def _kill_adopted(self) -> None:
         """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
         self._loop.assert_in_loop()
+        for pgid in list(self._lingering):
+            self._signal_group(pgid, signal.SIGKILL)
         orphans = self._orphans()
         for os_pid in orphans:
             try:

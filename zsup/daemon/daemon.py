@@ -14,6 +14,9 @@ import os
 import signal
 import sys
 import threading
+import time
+
+import psutil
 
 from zsup.bus import curve as curvekeys
 from zsup.bus import topics
@@ -80,6 +83,7 @@ class Daemon:
         self.store: Store | None = None
         self.bus: BusServer | None = None
         self.webhooks = None
+        self._detached: set[int] = set()  # os pids of detached processes (supervisor thread)
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
         self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
                                             key_commands.HANDLERS)
@@ -116,7 +120,10 @@ class Daemon:
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
         self.events.subscribe(topics.PROC, self.guard.on_event)
+        self.manager.group_listeners.append(self.guard.forget)
         self.manager.start()
+        self._find_detached()
+        self.events.subscribe(topics.PROC, self._record_detached)
         self._load_initial_jobs()
         self._start_services()
         self._start_gateway()
@@ -223,6 +230,43 @@ class Daemon:
         self.events.publish("sys.log_error", {"event": "log_error", "message": message})
 
     # ------------------------------------------------------------------ jobs and the store
+    # ------------------------------------------------------------------ detached processes
+    def _find_detached(self) -> None:
+        """Detached processes a previous zsupd left running, if they are still the same
+        processes (pid and psutil's start time: a reused pid is not ours), go back to their
+        jobs when these are loaded; the other records are dropped."""
+        found = []
+        for record in self.store.detached():
+            try:
+                same = abs(psutil.Process(record["os_pid"]).create_time() - record["create_time"]) < 0.05
+            except psutil.Error:
+                same = False
+            if same:
+                found.append(record)
+            else:
+                self.store.forget_detached(record["os_pid"])
+        if found:
+            self.manager.expect_detached(found)
+
+    def _record_detached(self, topic: str, msg: dict, data) -> None:
+        """Event listener (supervisor thread): keep the store's list of detached processes.
+        The SQLite work, and psutil's /proc read, happen on the store's thread."""
+        event, os_pid = msg.get("event"), msg.get("os_pid")
+        if event == "spawn" and msg.get("detach"):
+            self._detached.add(os_pid)
+            if not msg.get("adopted"):  # one found again keeps its record
+                self.store.defer(self._save_detached, msg["job"], os_pid, time.time())
+        elif event == "reap" and os_pid in self._detached:
+            self._detached.discard(os_pid)
+            self.store.defer(self.store.forget_detached, os_pid)
+
+    def _save_detached(self, job: str, os_pid: int, started: float) -> None:
+        try:
+            create_time = psutil.Process(os_pid).create_time()
+        except psutil.Error:
+            return  # gone already: its reap comes next
+        self.store.save_detached(job, os_pid, create_time, started)
+
     def _load_initial_jobs(self) -> None:
         """The config file's jobs, with the run-time changes the store remembers."""
         rows = self.store.jobs()

@@ -1,6 +1,8 @@
 """What zsupd must remember across a restart: run-time changes to its jobs.
 
-One SQLite file in the state dir (stdlib sqlite3). A row per job that was changed at run time:
+One SQLite file in the state dir (stdlib sqlite3). A row per detached process still running
+(it outlives zsupd: a restarted zsupd finds it again by pid and start time, never starts it
+twice), and a row per job that was changed at run time:
 loaded over the bus (origin "runtime"), or a job of the config file that was scaled, stopped
 or unloaded (origin "file"). A "file" row carries the fingerprint of the config section it
 overrides: when a reload or restart finds that section changed, the file wins and the row is
@@ -42,6 +44,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     removed INTEGER NOT NULL DEFAULT 0,
     fingerprint TEXT,               -- of the config section a 'file' row overrides
     updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS detached (
+    os_pid INTEGER PRIMARY KEY,
+    job TEXT NOT NULL,
+    create_time REAL NOT NULL,      -- psutil's: with os_pid, names one process across pid reuse
+    started REAL NOT NULL
 );
 """
 
@@ -155,3 +163,15 @@ class Store:
 
     def forget_job(self, name: str) -> None:
         self.execute("DELETE FROM jobs WHERE name = ?", (name,))
+
+    # -- detached processes ------------------------------------------------------------
+    def save_detached(self, job: str, os_pid: int, create_time: float, started: float) -> None:
+        self.execute("INSERT OR REPLACE INTO detached (os_pid, job, create_time, started) VALUES (?, ?, ?, ?)",
+                     (os_pid, job, create_time, started))
+
+    def forget_detached(self, os_pid: int) -> None:
+        self.execute("DELETE FROM detached WHERE os_pid = ?", (os_pid,))
+
+    def detached(self) -> list[dict]:
+        rows = self.execute("SELECT os_pid, job, create_time, started FROM detached")
+        return [{"os_pid": r[0], "job": r[1], "create_time": r[2], "started": r[3]} for r in rows]

@@ -80,6 +80,8 @@ def summarize(topic: str, msg: dict) -> str:
                 text += f" exit code {msg.get('exit_code')}"
         if msg.get("reason"):
             text += f" ({msg['reason']})"
+        if event == "spawn_error":
+            text = f"cannot spawn: {msg.get('error')}"
         return text
     if kind == "job":
         return f"{msg.get('job', '')}" + (f" ({msg['reason']})" if msg.get("reason") else "")

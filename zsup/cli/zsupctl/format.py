@@ -97,3 +97,11 @@ def parse_env(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(f"bad --env {text!r}: use NAME=VALUE")
     name, value = text.split("=", 1)
     return name, value
+
+
+def job_state(row: dict) -> str:
+    """The STATE cell of `zsupctl status`: the job's state, and why when it cannot spawn."""
+    state = row.get("state", "-")
+    if row.get("last_error") and state in ("failing", "flapping", "failed"):
+        return f"{state}: {row['last_error']}"
+    return state

@@ -9,7 +9,7 @@ import time
 from zsup import __version__
 from zsup.bus.parse import scale_order, signal_name
 from zsup.cli.zsupctl.context import Ctl, UsageError, _full_name, _name_args
-from zsup.cli.zsupctl.format import _plural, format_table, human_bytes, human_duration, parse_env
+from zsup.cli.zsupctl.format import _plural, format_table, human_bytes, human_duration, job_state, parse_env
 from zsup.errors import NotFound, ZsupError
 
 # ------------------------------------------------------------------------------ jobs
@@ -40,7 +40,7 @@ def cmd_status(ctl: Ctl) -> int:
         stats = row["stats"] or {}
         table.append([
             row["job"],
-            row["state"],
+            job_state(row),
             f"{row['running']}/{row['numprocesses']}",
             human_duration(now - row["started"]) if row.get("started") else "-",
             f"{stats['cpu']:.1f}" if "cpu" in stats else "-",
