@@ -12,8 +12,8 @@ import uuid
 import psutil
 import pytest
 import zmq
-
 from conftest import UnixHTTPConnection, alive, wait_for
+
 from zsup.daemon.config import ConfigError, parse_config
 from zsup.errors import BadRequest, Forbidden
 
