@@ -69,7 +69,15 @@ def test_numprocesses_and_scale_are_capped(zsupd_factory):
     with pytest.raises(BadRequest, match="max_processes_total"):
         d.call("scale", name="more", n=1)
     assert d.call("scale", name="more", n=-1)["numprocesses"] == 5  # going down is always fine
-    assert sorted(d.call("jobs")) == ["default.capped", "default.more"]
+    # one-off processes count too, by those running
+    d.call("load", config={"name": "once", "cmd": "sleep", "args": ["600"], "numprocesses": 0})
+    d.call("scale", name="more", n="=0")
+    d.call("start_job", name="capped")
+    for _ in range(6):
+        d.call("commit", name="once")
+    with pytest.raises(BadRequest, match="max_processes_total"):
+        d.call("commit", name="once")
+    assert sorted(d.call("jobs")) == ["default.capped", "default.more", "default.once"]
 
 
 def test_config_caps_are_one_line_errors():
@@ -240,7 +248,9 @@ def test_the_gateway_cannot_be_taken_down_over_the_bus_or_http(zsupd_factory, tm
 
     status, body = http("DELETE", "/jobs/zsupd/http")
     assert status == 403 and body["error"]["code"] == "forbidden"
-    assert http("POST", "/jobs/zsupd/http/numprocesses", {"scale": 0})[0] in (400, 403)
+    assert http("POST", "/jobs/zsupd/http/numprocesses", {"scale": 0})[0] == 403
+    assert http("POST", "/jobs/zsupd/http/state", "stop")[0] == 403
+    assert http("POST", f"/processes/{pid}/signal", {"signal": "KILL"})[0] == 403
     assert http("POST", "/bus/stop_all", {})[0] == 200
     assert http("GET", "/ping")[0] == 200
     assert gateway_pid() == pid  # the same process all along

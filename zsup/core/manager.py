@@ -265,6 +265,9 @@ class Manager(Supervision):
         env = check_env("env", env) if env is not None else None
         if graceful_timeout is not None:
             graceful_timeout = to_number("graceful_timeout", graceful_timeout, float, 0, maximum=MAX_SECONDS)
+        if len(self._procs) >= self.max_processes_total:  # one-off processes are not counted by scale
+            raise BadRequest(f"commit: {len(self._procs)} processes run, max_processes_total is "
+                             f"{self.max_processes_total}")
         proc = self._spawn(job, committed=True, env=env, graceful_timeout=graceful_timeout)
         return proc.pid
 

@@ -28,8 +28,10 @@ BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
 # Spawning a big count is done in slices: at most this long (and this many) per turn of the
 # supervisor loop, which then serves what queued meanwhile (a `status`, an exit, a SIGTERM)
-# before the next slice. One fork+exec costs about a millisecond.
+# before the next slice. One fork+exec costs about a millisecond. A small count (up to
+# SPAWN_MIN) is always spawned at once, so a job of a few processes runs when `load` answers.
 SPAWN_SLICE = 0.02
+SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
@@ -118,7 +120,7 @@ class Supervision:
         for done in range(min(missing, SPAWN_BATCH)):
             if self._spawn(job) is None:
                 return
-            if time.monotonic() > deadline:
+            if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
                 missing -= done + 1
                 break
         else:
