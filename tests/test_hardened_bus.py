@@ -167,6 +167,38 @@ def test_every_malformed_request_gets_a_reply(zsupd_factory, body):
     assert d.call("ping") == "pong"
 
 
+WEIRD = [10**300, -1, 2**63, 1e308, -1e308, "", "\x00", "a\x00b", [], {}, True, "9" * 100, "x" * 5000]
+# Commands that would change more than one argument's worth (tested on their own above and below).
+NOT_FUZZED = {"reload_config", "stop_all", "start_all", "restart", "unload", "unload_session", "agent_create",
+              "task_create", "load", "load_session", "update", "agent_delete"}
+
+
+def test_odd_values_in_any_argument_never_give_an_internal_error(zsupd_factory):
+    from zsup.bus.schema import COMMANDS
+    from zsup.errors import ZsupError
+
+    d = zsupd_factory("")
+    d.call("load", config={"name": "w", "cmd": "sleep", "args": ["60"]})
+    internal = []
+    with d.client(timeout=20) as c:
+        for name, cmd in COMMANDS.items():
+            if name in NOT_FUZZED:
+                continue
+            base = {q.name: "w" if q.name == "name" else 1 if q.type.startswith("integer") else "x"
+                    for q in cmd.params if q.required}
+            for p in cmd.params:
+                for value in WEIRD:
+                    try:
+                        c.call(name, **{**base, p.name: value})
+                    except ZsupError as exc:
+                        if exc.code == "internal":
+                            internal.append((name, p.name, repr(value)[:20], exc.message))
+    assert internal == []
+    assert d.call("ping") == "pong"
+    with pytest.raises(BadRequest, match="between 1 and"):
+        d.call("task_get", id=2**63)
+
+
 # -- 3. every field checked at the door --------------------------------------------------------
 @pytest.mark.parametrize("bad", [
     {"env": {"A=B": "x"}}, {"env": {"": "x"}}, {"env": {"A\x00": "x"}}, {"env": {"A": "x\x00y"}},

@@ -32,6 +32,7 @@ class Param:
     doc: str = ""
     default: Any = _REQUIRED
     expected: str | None = None  # the words of a type error, when TYPE_WORDS's are not clear
+    bounds: tuple[int, int] | None = None  # a number (or a string of digits) must lie within
 
     @property
     def required(self) -> bool:
@@ -71,8 +72,13 @@ class Command:
         object.__setattr__(self, "param_map", {p.name: p for p in self.params})
 
 
-def _p(name: str, type_: str, doc: str = "", default: Any = _REQUIRED, expected: str | None = None) -> Param:
-    return Param(name, type_, doc, default, expected)
+def _p(name: str, type_: str, doc: str = "", default: Any = _REQUIRED, expected: str | None = None,
+       bounds: tuple[int, int] | None = None) -> Param:
+    return Param(name, type_, doc, default, expected, bounds)
+
+
+#: What the store's SQLite integers hold: ids and counts beyond it are refused at the door.
+INT64 = 2**63 - 1
 
 
 # Parameters several commands share.
@@ -82,7 +88,7 @@ PID = _p("pid", "integer|string", "zsup's process id", expected="an integer")
 SIG = _p("sig", "integer|string", "a number or a name (`\"HUP\"`, `\"SIGHUP\"`)", "TERM")
 CONFIG = _p("config", "object", "the job, as a config section: `{name, cmd, args, ...}`")
 ENV = _p("env", "object", "environment variables added to the job's", None)
-TASK_ID = _p("id", "any", "the task's id")
+TASK_ID = _p("id", "any", "the task's id", bounds=(1, INT64))
 
 
 def _c(name: str, doc: str, result: str, *params: Param, persists: bool = False, group: str = "daemon") -> Command:
@@ -181,9 +187,10 @@ _DECLARED = [
        _p("app", "any", "the app (session)"), _p("env", "any", "the environment's name"),
        _p("action", "any", "the process type"), group="tasks"),
     _c("task_get", "One task", "the task, its output from byte `since_output`",
-       TASK_ID, _p("since_output", "any", "output from this byte on", None), group="tasks"),
+       TASK_ID, _p("since_output", "any", "output from this byte on", None, bounds=(0, INT64)), group="tasks"),
     _c("task_list", "Tasks, newest first", "`{tasks, total, limit, offset}`, newest first",
-       _p("limit", "any", "at most this many", 20), _p("offset", "any", "skip this many", 0), group="tasks"),
+       _p("limit", "any", "at most this many", 20, bounds=(0, INT64)),
+       _p("offset", "any", "skip this many", 0, bounds=(0, INT64)), group="tasks"),
     _c("task_kill", "Stop a running task", "the task (it ends as `killed`)", TASK_ID, group="tasks"),
     # -- agent (docs/agent.md)
     _c("agent_create", "Fetch, unpack and run a process type of an app",
@@ -247,7 +254,22 @@ def check_request(cmd: str, args: dict) -> Command:
             continue
         if not type_ok(p.type, value):
             raise BadRequest(f"{p.name}: expected {p.words()}, got {_show(value)}")
+        if p.bounds is not None and not _within(value, *p.bounds):
+            raise BadRequest(f"{p.name}: must be between {p.bounds[0]} and {p.bounds[1]}, got {_show(value)}")
     return spec
+
+
+def _within(value: Any, low: int, high: int) -> bool:
+    """False for a number (or a string of digits) outside [low, high]; other values are the
+    handler's to judge."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit() or len(text) > 40:
+            return not text.lstrip("-").isdigit()
+        value = int(text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return low <= value <= high
+    return True
 
 
 def _show(value: Any) -> str:
