@@ -204,6 +204,7 @@ def test_odd_values_in_any_argument_never_give_an_internal_error(zsupd_factory):
     {"env": {"A=B": "x"}}, {"env": {"": "x"}}, {"env": {"A\x00": "x"}}, {"env": {"A": "x\x00y"}},
     {"cmd": "sle\x00ep"}, {"args": ["a\x00b"]}, {"cwd": "/tmp\x00x"}, {"uid": 2**40}, {"gid": -1},
     {"priority": 2**40}, {"graceful_timeout": 1e300}, {"ring_size": 10**12}, {"max_line": "2G"},
+    {"name": "x" * 101}, {"log_file": "a\x00"}, {"numprocesses": 1.5},
 ])
 def test_bad_fields_are_refused_and_leave_nothing_loaded(zsupd_factory, bad):
     d = zsupd_factory("")

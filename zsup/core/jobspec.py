@@ -37,6 +37,7 @@ MAX_PROCESSES_LIMIT = 1_000_000
 MAX_RING_SIZE = 1_000_000
 MAX_LINE = 64 << 20
 MAX_SECONDS = 7 * 86400.0
+MAX_NAME = 100
 
 
 def split_job_name(name: str, session: str | None = None) -> tuple[str, str]:
@@ -56,7 +57,10 @@ def split_job_name(name: str, session: str | None = None) -> tuple[str, str]:
 
 def check_name(option: str, value: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise BadRequest(f"{option}: {value!r} is not a valid name (letters, digits, '_' and '-', no dots)")
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        raise BadRequest(f"{option}: {shown!r} is not a valid name (letters, digits, '_' and '-', no dots)")
+    if len(value) > MAX_NAME:  # names end up in file names (logs) and topics
+        raise BadRequest(f"{option}: a name has at most {MAX_NAME} characters, got {len(value)}")
     return value
 
 
