@@ -53,6 +53,8 @@ def args_schema(c: Command) -> dict:
     props = {}
     for p in c.params:
         prop = {**_schema(p.type), "description": p.doc}
+        if p.bounds is not None:
+            prop["minimum"], prop["maximum"] = p.bounds
         if not p.required:
             prop["nullable"] = True
             if p.default is not None:

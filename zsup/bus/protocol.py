@@ -8,6 +8,7 @@ or plain data, which keeps it easy to test and to read as the protocol's referen
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -29,9 +30,14 @@ from zsup.bus.topics import (  # noqa: F401  (the events' vocabulary, re-exporte
 )
 from zsup.errors import BadRequest, ZsupError
 
-#: Default upper bound of a request's body, in bytes. A bigger request gets `bad_request`
-#: without being parsed, so a runaway client cannot make the control thread chew on it.
+#: Default upper bound of a request's body, in bytes (`[zsup] max_request_size`). A bigger
+#: request gets `bad_request` without being parsed, so a runaway client cannot make the
+#: control thread chew on it, and the client learns the limit.
 MAX_REQUEST_BYTES = 1 << 20
+#: A frame above FRAME_LIMIT_FACTOR times that limit is not even read: libzmq checks the size
+#: a frame announces before it allocates it (zmq.MAXMSGSIZE) and drops the connection, so
+#: the sender gets no reply. That bounds what one request can cost in memory.
+FRAME_LIMIT_FACTOR = 4
 
 #: Every error code a reply can carry.
 ERROR_CODES = ("bad_request", "not_found", "conflict", "forbidden", "unavailable", "internal")
@@ -49,10 +55,23 @@ def encode_json(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
+def _finite(text: str) -> float:
+    # 1e999 parses to infinity: no more JSON than NaN is, and a timer given it never ends.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is out of range for a number")
+    return value
+
+
 def decode_json(data: bytes) -> Any:
-    """Parse UTF-8 JSON; raises ValueError (including UnicodeDecodeError) on anything else."""
+    """Parse UTF-8 JSON; raises ValueError (including UnicodeDecodeError) on anything else:
+    NaN, Infinity, numbers that overflow a float, integers past Python's digit limit, and
+    nesting deeper than the parser's recursion limit."""
     # Decoding explicitly: json.loads(bytes) would also guess UTF-16/32, which the bus is not.
-    return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    try:
+        return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 # ------------------------------------------------------------------------------ requests

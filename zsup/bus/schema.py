@@ -32,6 +32,7 @@ class Param:
     doc: str = ""
     default: Any = _REQUIRED
     expected: str | None = None  # the words of a type error, when TYPE_WORDS's are not clear
+    bounds: tuple[int, int] | None = None  # a number (or a string of digits) must lie within
 
     @property
     def required(self) -> bool:
@@ -71,8 +72,13 @@ class Command:
         object.__setattr__(self, "param_map", {p.name: p for p in self.params})
 
 
-def _p(name: str, type_: str, doc: str = "", default: Any = _REQUIRED, expected: str | None = None) -> Param:
-    return Param(name, type_, doc, default, expected)
+def _p(name: str, type_: str, doc: str = "", default: Any = _REQUIRED, expected: str | None = None,
+       bounds: tuple[int, int] | None = None) -> Param:
+    return Param(name, type_, doc, default, expected, bounds)
+
+
+#: What the store's SQLite integers hold: ids and counts beyond it are refused at the door.
+INT64 = 2**63 - 1
 
 
 # Parameters several commands share.
@@ -82,7 +88,7 @@ PID = _p("pid", "integer|string", "zsup's process id", expected="an integer")
 SIG = _p("sig", "integer|string", "a number or a name (`\"HUP\"`, `\"SIGHUP\"`)", "TERM")
 CONFIG = _p("config", "object", "the job, as a config section: `{name, cmd, args, ...}`")
 ENV = _p("env", "object", "environment variables added to the job's", None)
-TASK_ID = _p("id", "any", "the task's id")
+TASK_ID = _p("id", "any", "the task's id", bounds=(1, INT64))
 KEY = _p("key", "string", "an API key")
 USERNAME = _p("username", "string", "the user's name")
 PASSWORD = _p("password", "string", "the user's password")
@@ -132,14 +138,16 @@ _DECLARED = [
        "`{added, removed, changed, unchanged}`; a bad file is refused (`bad_request`) and nothing changes"),
     _c("restart_job", "Replace every process of a job", "the job's info (every process replaced, count kept)",
        NAME, SESSION, group="jobs"),
-    _c("restart", "Restart every active job", "the restarted job names (every active job, in priority order)",
+    _c("restart", "Restart every active job",
+       "the restarted job names (every active job, in priority order; zsupd's own are skipped)",
        group="jobs"),
     _c("start_job", "Start a job", "the job's info", NAME, SESSION, persists=True, group="jobs"),
     _c("stop_job", "Stop a job", "the job's info", NAME, SESSION, persists=True, group="jobs"),
-    _c("start_all", "Start every job", "the job names", persists=True, group="jobs"),
-    _c("stop_all", "Stop every job", "the job names", persists=True, group="jobs"),
+    _c("start_all", "Start every job", "the job names (zsupd's own jobs are skipped)", persists=True, group="jobs"),
+    _c("stop_all", "Stop every job", "the job names (zsupd's own jobs are skipped)", persists=True, group="jobs"),
     _c("scale", "Change a job's number of processes",
-       '`{job, numprocesses}`; `n`: an integer is relative (`1`, `-1`), strings `"+N"`, `"-N"`, `"=N"` (or `"N"`)',
+       '`{job, numprocesses}`; `n`: an integer is relative (`1`, `-1`), strings `"+N"`, `"-N"`, `"=N"` (or `"N"`); '
+       'above the job\'s `max_processes` or `[zsup] max_processes_total`: `bad_request`',
        NAME, _p("n", "integer|string", "how many: relative integer, or \"+N\", \"-N\", \"=N\""), SESSION,
        persists=True, group="jobs"),
     _c("commit", "Start a one-shot process of a job",
@@ -188,9 +196,10 @@ _DECLARED = [
        _p("app", "any", "the app (session)"), _p("env", "any", "the environment's name"),
        _p("action", "any", "the process type"), group="tasks"),
     _c("task_get", "One task", "the task, its output from byte `since_output`",
-       TASK_ID, _p("since_output", "any", "output from this byte on", None), group="tasks"),
+       TASK_ID, _p("since_output", "any", "output from this byte on", None, bounds=(0, INT64)), group="tasks"),
     _c("task_list", "Tasks, newest first", "`{tasks, total, limit, offset}`, newest first",
-       _p("limit", "any", "at most this many", 20), _p("offset", "any", "skip this many", 0), group="tasks"),
+       _p("limit", "any", "at most this many", 20, bounds=(0, INT64)),
+       _p("offset", "any", "skip this many", 0, bounds=(0, INT64)), group="tasks"),
     _c("task_kill", "Stop a running task", "the task (it ends as `killed`)", TASK_ID, group="tasks"),
     # -- agent (docs/agent.md)
     _c("agent_create", "Fetch, unpack and run a process type of an app",
@@ -278,7 +287,22 @@ def check_request(cmd: str, args: dict) -> Command:
             continue
         if not type_ok(p.type, value):
             raise BadRequest(f"{p.name}: expected {p.words()}, got {_show(value)}")
+        if p.bounds is not None and not _within(value, *p.bounds):
+            raise BadRequest(f"{p.name}: must be between {p.bounds[0]} and {p.bounds[1]}, got {_show(value)}")
     return spec
+
+
+def _within(value: Any, low: int, high: int) -> bool:
+    """False for a number (or a string of digits) outside [low, high]; other values are the
+    handler's to judge."""
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.lstrip("-").isdigit() or len(text) > 40:
+            return not text.lstrip("-").isdigit()
+        value = int(text)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return low <= value <= high
+    return True
 
 
 def _show(value: Any) -> str:

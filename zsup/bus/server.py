@@ -33,6 +33,7 @@ import zmq
 from zsup.bus import curve as curvekeys
 from zsup.bus.endpoints import Endpoint, check_tcp_security, parse_endpoint, prepare_ipc_path
 from zsup.bus.protocol import (
+    FRAME_LIMIT_FACTOR,
     MAX_REQUEST_BYTES,
     InvalidRequest,
     Request,
@@ -41,6 +42,7 @@ from zsup.bus.protocol import (
     encode_reply,
     error_reply,
     ok_reply,
+    split_envelope,
 )
 from zsup.errors import ZsupError
 
@@ -224,6 +226,10 @@ class BusServer:
             sock.linger = _LINGER_MS
             if kind == zmq.XPUB:
                 sock.sndhwm = self._hwm
+            else:
+                # libzmq checks a frame's announced size before it allocates it, so an
+                # over-long request never reaches Python's memory; it drops the connection.
+                sock.setsockopt(zmq.MAXMSGSIZE, self._max_request_bytes * FRAME_LIMIT_FACTOR)
             if any(":" in (ep.host or "") for ep in group):
                 sock.ipv6 = True
             if with_curve:
@@ -317,10 +323,15 @@ class BusServer:
                 log.warning("bus reply dropped: client %r is not reading", frames[0])
 
     def _answer(self, frames: list[bytes]) -> list[bytes]:
+        """The reply to one request: every request gets one, whatever its frames hold."""
         try:
             request = decode_request(frames, self._max_request_bytes)
         except InvalidRequest as exc:
             return encode_reply(exc.envelope, error_reply(exc.request_id, exc))
+        except Exception as exc:  # noqa: BLE001 - a parser surprise is still the client's bad request
+            envelope = split_envelope(frames)[0]
+            return encode_reply(envelope, error_reply(None, InvalidRequest(
+                f"request cannot be read: {_describe(exc)}", envelope)))
         return self._call_handler(request)
 
     def _call_handler(self, request: Request) -> list[bytes]:

@@ -8,12 +8,14 @@ BadRequest naming the option, before anything is started.
 from __future__ import annotations
 
 import grp
+import math
 import os
 import pwd
 import re
 import shlex
 from dataclasses import dataclass, field, fields
 
+from zsup.bus.parse import parse_size
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -24,6 +26,18 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 LOG_FORMATS = ("text", "json")
 LOG_ROTATIONS = (None, "daily", "hourly")
+
+#: The default per-job cap on `numprocesses` (and on `scale`); a job may set its own.
+MAX_PROCESSES = 1024
+# Upper bounds of the numeric options: beyond them a value is a mistake (or an attack), and
+# refusing it at the door keeps it from reaching a timer, a ring buffer or a syscall.
+MAX_ID = 2**32 - 2  # uid/gid: (uid_t)-1 means "unchanged" to the kernel
+MAX_PRIORITY = 2**31 - 1
+MAX_PROCESSES_LIMIT = 1_000_000
+MAX_RING_SIZE = 1_000_000
+MAX_LINE = 64 << 20
+MAX_SECONDS = 7 * 86400.0
+MAX_NAME = 100
 
 
 def split_job_name(name: str, session: str | None = None) -> tuple[str, str]:
@@ -43,7 +57,10 @@ def split_job_name(name: str, session: str | None = None) -> tuple[str, str]:
 
 def check_name(option: str, value: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise BadRequest(f"{option}: {value!r} is not a valid name (letters, digits, '_' and '-', no dots)")
+        shown = value if not isinstance(value, str) or len(value) <= 40 else value[:37] + "..."
+        raise BadRequest(f"{option}: {shown!r} is not a valid name (letters, digits, '_' and '-', no dots)")
+    if len(value) > MAX_NAME:  # names end up in file names (logs) and topics
+        raise BadRequest(f"{option}: a name has at most {MAX_NAME} characters, got {len(value)}")
     return value
 
 
@@ -57,7 +74,7 @@ def to_bool(option: str, value) -> bool:
     raise BadRequest(f"{option}: expected true or false, got {value!r}")
 
 
-def to_number(option: str, value, kind=float, minimum=None, allow_none=False):
+def to_number(option: str, value, kind=float, minimum=None, allow_none=False, maximum=None):
     if value is None or value == "":
         if allow_none:
             return None
@@ -68,9 +85,54 @@ def to_number(option: str, value, kind=float, minimum=None, allow_none=False):
         number = kind(value) if kind is not int else int(str(value).strip())
     except (TypeError, ValueError):
         raise BadRequest(f"{option}: expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if kind is float and not math.isfinite(number):
+        raise BadRequest(f"{option}: expected a finite number, got {value!r}")
     if minimum is not None and number < minimum:
         raise BadRequest(f"{option}: must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise BadRequest(f"{option}: must be <= {maximum}, got {value!r}")
     return number
+
+
+def to_size(option: str, value, minimum: int = 0, maximum: int | None = None, allow_none: bool = False):
+    """A byte count as the config file and JSON both write it: 1048576, "512k", "10M"."""
+    if value is None or value == "":
+        if allow_none:
+            return None
+        raise BadRequest(f"{option}: a value is required")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadRequest(f"{option}: expected a size such as 10485760 or 10M, got {value!r}")
+    number = parse_size(option, value)
+    if number < minimum:
+        raise BadRequest(f"{option}: must be >= {minimum}, got {value!r}")
+    if maximum is not None and number > maximum:
+        raise BadRequest(f"{option}: must be <= {maximum}, got {value!r}")
+    return number
+
+
+def check_text(option: str, value: str) -> str:
+    """No NUL: the kernel cuts a C string there, so what would run is not what was asked."""
+    if "\0" in value:
+        raise BadRequest(f"{option}: NUL character not allowed")
+    return value
+
+
+def check_env(option: str, env) -> dict[str, str]:
+    """An environment as a mapping of names to values, both strings (numbers are written out).
+
+    A name is non-empty and holds no `=` or NUL; a value holds no NUL."""
+    if env is None:
+        return {}
+    if not isinstance(env, dict):
+        raise BadRequest(f"{option}: expected a mapping of names to values")
+    out = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise BadRequest(f"{option}: invalid variable name {key!r} (non-empty, no '=' or NUL)")
+        if isinstance(value, (dict, list)) or value is None:
+            raise BadRequest(f"{option}: {key}: expected a string, got {value!r}")
+        out[key] = check_text(f"{option}: {key}", value if isinstance(value, str) else str(value))
+    return out
 
 
 def to_list(option: str, value) -> list[str]:
@@ -86,8 +148,12 @@ def to_list(option: str, value) -> list[str]:
 def resolve_uid(value) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_ID:
+        raise BadRequest(f"uid: must be between 0 and {MAX_ID}, got {value!r}")
     try:
-        uid = int(value) if str(value).isdigit() else pwd.getpwnam(str(value)).pw_uid
+        uid = int(value) if str(value).isdigit() else pwd.getpwnam(check_text("uid", str(value))).pw_uid
+        if uid > MAX_ID:
+            raise ValueError
         pwd.getpwuid(uid)
     except (KeyError, ValueError):
         raise BadRequest(f"uid: unknown user {value!r}") from None
@@ -99,14 +165,26 @@ def resolve_uid(value) -> int | None:
 def resolve_gid(value) -> int | None:
     if value is None or value == "":
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= MAX_ID:
+        raise BadRequest(f"gid: must be between 0 and {MAX_ID}, got {value!r}")
     try:
-        gid = int(value) if str(value).isdigit() else grp.getgrnam(str(value)).gr_gid
+        gid = int(value) if str(value).isdigit() else grp.getgrnam(check_text("gid", str(value))).gr_gid
+        if gid > MAX_ID:
+            raise ValueError
         grp.getgrgid(gid)
     except (KeyError, ValueError):
         raise BadRequest(f"gid: unknown group {value!r}") from None
     if gid != os.getegid() and os.geteuid() != 0:
         raise BadRequest(f"gid: only root can run a job as another group ({value!r})")
     return gid
+
+
+def _path(option: str, value) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{option}: expected a path, got {value!r}")
+    return check_text(option, value)
 
 
 @dataclass
@@ -123,6 +201,7 @@ class JobSpec:
     shell: bool = False
     os_env: bool = True
     numprocesses: int = 1
+    max_processes: int = MAX_PROCESSES
     flapping: FlappingRule | None = None
     redirect_output: list = field(default_factory=lambda: ["stdout", "stderr"])
     redirect_input: bool = False
@@ -157,6 +236,7 @@ class JobSpec:
         cmd = data.get("cmd")
         if not isinstance(cmd, str) or not cmd.strip():
             raise BadRequest("cmd: a command is required")
+        check_text("cmd", cmd)
         args = data.get("args") or []
         if isinstance(args, str):
             try:
@@ -165,13 +245,12 @@ class JobSpec:
                 raise BadRequest(f"args: {exc}") from None
         if not isinstance(args, (list, tuple)) or not all(isinstance(a, (str, int, float)) for a in args):
             raise BadRequest("args: expected a list of strings or a string")
-        env = data.get("env") or {}
-        if not isinstance(env, dict):
-            raise BadRequest("env: expected a mapping of names to values")
-        env = {str(k): str(v) for k, v in env.items()}
+        for arg in args:
+            check_text("args", str(arg))
+        env = check_env("env", data.get("env") or {})
         cwd = data.get("cwd") or None
         if cwd is not None:
-            if not isinstance(cwd, str) or not os.path.isdir(cwd):
+            if not isinstance(cwd, str) or not os.path.isdir(check_text("cwd", cwd)):
                 raise BadRequest(f"cwd: no such directory {cwd!r}")
         redirect_output = to_list("redirect_output", data.get("redirect_output", ["stdout", "stderr"]))
         if len(redirect_output) > 2:
@@ -184,6 +263,11 @@ class JobSpec:
         log_rotate = data.get("log_rotate") or None
         if log_rotate not in LOG_ROTATIONS:
             raise BadRequest(f"log_rotate: expected daily or hourly, got {log_rotate!r}")
+        max_processes = to_number("max_processes", data.get("max_processes", MAX_PROCESSES), int, 1,
+                                  maximum=MAX_PROCESSES_LIMIT)
+        numprocesses = to_number("numprocesses", data.get("numprocesses", 1), int, 0)
+        if numprocesses > max_processes:
+            raise BadRequest(f"numprocesses: {numprocesses} is above max_processes ({max_processes})")
         spec = cls(
             name=name,
             session=sess,
@@ -196,20 +280,22 @@ class JobSpec:
             detach=to_bool("detach", data.get("detach", False)),
             shell=to_bool("shell", data.get("shell", False)),
             os_env=to_bool("os_env", data.get("os_env", True)),
-            numprocesses=to_number("numprocesses", data.get("numprocesses", 1), int, 0),
+            numprocesses=numprocesses,
+            max_processes=max_processes,
             flapping=FlappingRule.parse(data.get("flapping")),
             redirect_output=redirect_output,
             redirect_input=to_bool("redirect_input", data.get("redirect_input", False)),
-            graceful_timeout=to_number("graceful_timeout", data.get("graceful_timeout", 30.0), float, 0),
-            priority=to_number("priority", data.get("priority", 999), int, 0),
+            graceful_timeout=to_number("graceful_timeout", data.get("graceful_timeout", 30.0), float, 0,
+                                       maximum=MAX_SECONDS),
+            priority=to_number("priority", data.get("priority", 999), int, 0, maximum=MAX_PRIORITY),
             stop_signal=parse_signal(data.get("stop_signal", "TERM")),
-            ring_size=to_number("ring_size", data.get("ring_size", 1000), int, 1),
-            max_line=to_number("max_line", data.get("max_line", 65536), int, 80),
+            ring_size=to_number("ring_size", data.get("ring_size", 1000), int, 1, maximum=MAX_RING_SIZE),
+            max_line=to_size("max_line", data.get("max_line", 65536), 80, MAX_LINE),
             log=None if data.get("log") is None else to_bool("log", data.get("log")),
-            log_file=data.get("log_file") or None,
-            log_dir=data.get("log_dir") or None,
+            log_file=_path("log_file", data.get("log_file")),
+            log_dir=_path("log_dir", data.get("log_dir")),
             log_format=log_format,
-            log_max_bytes=to_number("log_max_bytes", data.get("log_max_bytes"), int, 0, allow_none=True),
+            log_max_bytes=to_size("log_max_bytes", data.get("log_max_bytes"), allow_none=True),
             log_backups=to_number("log_backups", data.get("log_backups"), int, 0, allow_none=True),
             log_rotate=log_rotate,
         )

@@ -18,6 +18,7 @@ thread only; those that change state check it with `Loop.assert_in_loop()`.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import itertools
@@ -29,7 +30,7 @@ from typing import Any, Callable, Iterable
 from zsup.bus.parse import parse_scale, parse_signal
 from zsup.core.events import EventEmitter
 from zsup.core.job import Job
-from zsup.core.jobspec import JobSpec, split_job_name
+from zsup.core.jobspec import MAX_SECONDS, JobSpec, check_env, split_job_name, to_number
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
@@ -56,6 +57,10 @@ def supervised(method):
 
 class Manager(Supervision):
     """Jobs and their processes, behind gaffer's manager API. Public methods: any thread."""
+
+    #: The cap on the sum of every loaded job's wanted count (`numprocesses`), checked by
+    #: load, update and scale; zsupd sets it from `[zsup] max_processes_total`.
+    max_processes_total: int = 10_000
 
     def run_supervised(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the supervisor thread as one call and return its result (any thread).
@@ -120,12 +125,14 @@ class Manager(Supervision):
         spec = self._make_spec(config, session, env)
         if spec.fullname in self._jobs:
             raise Conflict(f"job {spec.fullname} is already loaded")
+        self._check_total(spec.numprocesses)
         job = Job(spec)
         self._jobs[spec.fullname] = job
-        self._publish_job(job, "create")
-        self._adopt_detached(job)
-        if start:
-            self._start_job(job)
+        with self._undo_load([job]):
+            self._publish_job(job, "create")
+            self._adopt_detached(job)
+            if start:
+                self._start_job(job)
         return job.info()
 
     @supervised
@@ -137,17 +144,38 @@ class Manager(Supervision):
         dupes = {n for n in names if names.count(n) > 1} | {n for n in names if n in self._jobs}
         if dupes:
             raise Conflict(f"job {sorted(dupes)[0]} is already loaded")
-        jobs = []
-        for spec in specs:
-            job = Job(spec)
-            self._jobs[spec.fullname] = job
-            self._publish_job(job, "create")
-            self._adopt_detached(job)
-            jobs.append(job)
-        if start:
-            for job in sorted(jobs, key=lambda j: j.spec.priority):
-                self._start_job(job)
+        self._check_total(sum(s.numprocesses for s in specs))
+        jobs = [Job(spec) for spec in specs]
+        for job in jobs:
+            self._jobs[job.name] = job
+        with self._undo_load(jobs):
+            for job in jobs:
+                self._publish_job(job, "create")
+                self._adopt_detached(job)
+            if start:
+                for job in sorted(jobs, key=lambda j: j.spec.priority):
+                    self._start_job(job)
         return names
+
+    @contextlib.contextmanager
+    def _undo_load(self, jobs: list[Job]):
+        """A load is all or nothing: if starting fails half-way, the jobs just added go."""
+        try:
+            yield
+        except BaseException:
+            for job in jobs:
+                if self._jobs.get(job.name) is job:
+                    self._stop_job(job, "unload", publish=False)
+                    del self._jobs[job.name]
+                    self._publish_job(job, "delete")
+            raise
+
+    def _check_total(self, adding: int, replacing: Job | None = None) -> None:
+        """BadRequest if `adding` more wanted processes would pass max_processes_total."""
+        total = sum(j.numprocesses for j in self._jobs.values() if j is not replacing) + adding
+        if total > self.max_processes_total:
+            raise BadRequest(f"numprocesses: {total} processes in all would be above max_processes_total "
+                             f"({self.max_processes_total})")
 
     @supervised
     def unload(self, name: str, session: str | None = None) -> dict:
@@ -164,6 +192,7 @@ class Manager(Supervision):
         """Replace a job's config; its processes are replaced by new ones."""
         spec = self._make_spec(config, session, env)
         job = self._job(spec.fullname)
+        self._check_total(spec.numprocesses, replacing=job)
         was_active = job.active
         self._stop_job(job, "update", publish=False)
         job.spec = spec
@@ -226,7 +255,12 @@ class Manager(Supervision):
     @supervised
     def scale(self, name: str, n, session: str | None = None) -> dict:
         job = self._job(name, session)
-        job.numprocesses = parse_scale(job.numprocesses, n)
+        target = parse_scale(job.numprocesses, n)
+        if target > job.spec.max_processes:
+            raise BadRequest(f"n: {target} processes is above the job's max_processes ({job.spec.max_processes})")
+        if target > job.numprocesses:
+            self._check_total(target, replacing=job)
+        job.numprocesses = target
         self._manage(job)
         return {"job": job.name, "numprocesses": job.numprocesses}
 
@@ -235,13 +269,12 @@ class Manager(Supervision):
                session: str | None = None) -> int:
         """Start one process of the job that is not restarted and not counted by scale."""
         job = self._job(name, session)
-        if env is not None and not isinstance(env, dict):
-            raise BadRequest("env: expected a mapping of names to values")
+        env = check_env("env", env) if env is not None else None
         if graceful_timeout is not None:
-            try:
-                graceful_timeout = float(graceful_timeout)
-            except (TypeError, ValueError):
-                raise BadRequest("graceful_timeout: expected a number") from None
+            graceful_timeout = to_number("graceful_timeout", graceful_timeout, float, 0, maximum=MAX_SECONDS)
+        if len(self._procs) >= self.max_processes_total:  # one-off processes are not counted by scale
+            raise BadRequest(f"commit: {len(self._procs)} processes run, max_processes_total is "
+                             f"{self.max_processes_total}")
         proc = self._spawn(job, committed=True, env=env, graceful_timeout=graceful_timeout)
         return proc.pid
 
@@ -428,9 +461,7 @@ class Manager(Supervision):
                 config.pop("session", None)
             spec = JobSpec.from_dict(config, session)
         if env:
-            if not isinstance(env, dict):
-                raise BadRequest("env: expected a mapping of names to values")
-            spec.env = {**spec.env, **{str(k): str(v) for k, v in env.items()}}
+            spec.env = {**spec.env, **check_env("env", env)}
         return spec
 
     def _job(self, name, session=None) -> Job:

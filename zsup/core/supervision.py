@@ -28,6 +28,13 @@ BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
 GROUP_CHECK_FIRST = 0.02  # first look at a lingering process group, then twice as late each time
 GROUP_CHECK_MAX = 0.5
+# Spawning a big count is done in slices: at most this long (and this many) per turn of the
+# supervisor loop, which then serves what queued meanwhile (a `status`, an exit, a SIGTERM)
+# before the next slice. One fork+exec costs about a millisecond. A small count (up to
+# SPAWN_MIN) is always spawned at once, so a job of a few processes runs when `load` answers.
+SPAWN_SLICE = 0.02
+SPAWN_MIN = 16
+SPAWN_BATCH = 64
 
 
 class Supervision:
@@ -111,9 +118,22 @@ class Supervision:
         running = job.running()
         for proc in running[: max(0, len(running) - job.numprocesses)]:
             self._stop_proc(proc, "scale")  # the oldest go first
-        for _ in range(job.numprocesses - len(running)):
+        missing = job.numprocesses - len(running)
+        deadline = time.monotonic() + SPAWN_SLICE
+        for done in range(min(missing, SPAWN_BATCH)):
             if self._spawn(job) is None:
+                return
+            if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
+                missing -= done + 1
                 break
+        else:
+            missing -= SPAWN_BATCH
+        if missing > 0:  # the rest in the next turn, after what queued meanwhile
+            self._loop.call_soon(self._manage_rest, job)
+
+    def _manage_rest(self, job: Job) -> None:
+        if self._jobs.get(job.name) is job:
+            self._manage(job)
 
     def _spawn(self, job: Job, committed: bool = False, env: dict | None = None,
                graceful_timeout: float | None = None) -> Process | None:

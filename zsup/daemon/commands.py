@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 from zsup import __version__
 from zsup.bus.schema import COMMANDS as DECLARED
 from zsup.bus.schema import check_request
-from zsup.bus.topics import PROTOCOL_VERSION
-from zsup.core.jobspec import split_job_name
-from zsup.errors import BadRequest, NotFound
+from zsup.bus.topics import INTERNAL_SESSION, PROTOCOL_VERSION, is_internal
+from zsup.core.jobspec import JobSpec, split_job_name
+from zsup.errors import BadRequest, Forbidden, NotFound
 
 #: zsupd's own handlers (this module), by command name.
 HANDLERS: dict[str, Callable] = {}
@@ -52,6 +52,7 @@ class Dispatcher:
         if fn is None:
             raise BadRequest(f"unknown command {cmd!r}")
         check_request(cmd, args)
+        protect(daemon, cmd, args)
         return fn(daemon, **args)
 
 
@@ -65,6 +66,38 @@ def check_handler(name: str, fn: Callable) -> None:
     want = [(p.name, p.required) for p in spec.params]
     if sorted(got) != sorted(want):
         raise ValueError(f"bus command {name!r}: handler takes {got}, the declaration says {want}")
+
+
+# -- protected internals ----------------------------------------------------------------------
+# zsupd's own jobs (session `zsupd`: the HTTP gateway) are its business: no request may stop,
+# scale, unload, restart, signal or replace them, nor add jobs to their session, so no call
+# made through the gateway can take the gateway down. Reading them (status, info, logs) is fine.
+# Bulk commands (start_all, stop_all, restart) skip them instead of refusing.
+_BY_NAME = ("unload", "reload", "restart_job", "start_job", "stop_job", "scale", "commit", "killall")
+_BY_PID = ("stop_process", "kill", "send", "writelines")
+_BY_SESSION = ("load_session", "unload_session")
+
+
+def protect(d, cmd: str, args: dict) -> None:
+    """Forbidden if `cmd` would change one of zsupd's own jobs (args already type-checked)."""
+    job = None
+    if cmd in _BY_NAME and args.get("name") is not None:
+        job = _name(args["name"], args.get("session"))
+    elif cmd in _BY_SESSION:
+        job = f"{args['session']}."
+    elif cmd in ("load", "update"):
+        config = args.get("config") or {}
+        session = args.get("session") or config.get("session")
+        name = config.get("name")
+        if session == INTERNAL_SESSION or (isinstance(name, str) and is_internal(name)):
+            job = f"{INTERNAL_SESSION}.{name}"
+    elif cmd == "task_create" and isinstance(args.get("app"), str):
+        job = f"{args['app']}."
+    elif cmd in _BY_PID:
+        job = d.manager.get_process(args["pid"])["job"]
+    if job is not None and is_internal(job):
+        raise Forbidden(f"{cmd}: {job.rstrip('.')} is run by zsupd itself and cannot be changed "
+                        "over the bus")
 
 
 def _name(name, session=None) -> str:
@@ -146,7 +179,14 @@ def load_session(d, session: str, configs: list, start: bool = True, replace: bo
     unloaded: list[str] = []
 
     def change():
-        if replace:
+        if replace:  # the new jobs are checked before the old ones go: all or nothing
+            specs = [JobSpec.from_dict({k: v for k, v in c.items() if k != "session"} if isinstance(c, dict) else c,
+                                       session) for c in configs]
+            kept = sum(row["numprocesses"] for row in d.manager.status() if not row["job"].startswith(f"{session}."))
+            total = kept + sum(spec.numprocesses for spec in specs)
+            if total > d.manager.max_processes_total:
+                raise BadRequest(f"numprocesses: {total} processes in all would be above max_processes_total "
+                                 f"({d.manager.max_processes_total})")
             for name in d.manager.jobs(session=session):
                 d.manager.unload(name)
                 unloaded.append(name)
@@ -202,7 +242,8 @@ def restart_job(d, name: str, session: str | None = None) -> dict:
 
 @command
 def restart(d) -> list[str]:
-    return d.manager.restart()
+    """Restart every active job but zsupd's own, in priority order."""
+    return d.supervise(_each_job(d, d.manager.restart_job, active_only=True))
 
 
 @command
@@ -217,14 +258,27 @@ def stop_job(d, name: str, session: str | None = None) -> dict:
     return changing(d, lambda: d.manager.stop_job(full), lambda info: [info["job"]])
 
 
+def _each_job(d, act: Callable[[str], Any], active_only: bool = False) -> Callable[[], list[str]]:
+    """Apply `act` to every job but zsupd's own, in priority order (run it supervised)."""
+    def change():
+        jobs = [d.manager.info(n) for n in d.manager.jobs() if not is_internal(n)]
+        names = [i["job"] for i in sorted(jobs, key=lambda i: i["config"]["priority"])
+                 if i["active"] or not active_only]
+        for name in names:
+            act(name)
+        return names
+
+    return change
+
+
 @command
 def start_all(d) -> list[str]:
-    return changing(d, d.manager.start_all, lambda names: names)
+    return changing(d, _each_job(d, d.manager.start_job), lambda names: names)
 
 
 @command
 def stop_all(d) -> list[str]:
-    return changing(d, d.manager.stop_all, lambda names: names)
+    return changing(d, _each_job(d, d.manager.stop_job), lambda names: names)
 
 
 @command

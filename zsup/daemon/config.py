@@ -250,6 +250,10 @@ class _Reader:
                                 "http_endpoints")
         hooks = self.webhooks(webhooks, raw[webhooks]) if webhooks else []
         jobs = self.jobs(raw, processes, envs, settings)
+        total = sum(job.numprocesses for job in jobs)
+        if total > settings["max_processes_total"]:
+            raise self.fail(f"the jobs want {total} processes in all, above max_processes_total "
+                            f"({settings['max_processes_total']})", main or "zsup", "max_processes_total")
         return DaemonConfig(path=self.path, settings=settings, endpoints=endpoints,
                             http_endpoints=list(settings["http_endpoints"]), webhooks=hooks,
                             jobs=jobs, task_envs=task_envs, raw=raw)
@@ -301,6 +305,8 @@ class _Reader:
         out["bus"] = out["bus"] or f"ipc://{os.path.join(state, 'zsupd.sock')}"
         out["pub"] = out["pub"] or f"ipc://{os.path.join(state, 'zsupd-pub.sock')}"
         out["log_dir"] = out["log_dir"] or os.path.join(state, "logs")
+        if out["max_request_size"] < 1024:
+            raise self.fail(f"must be at least 1k, got {out['max_request_size']}", label, "max_request_size")
         if not out["insecure_tcp"] and not out["curve_secret_key_file"]:
             for key in ("bus", "pub", "bus_tcp", "pub_tcp"):
                 if out[key] and out[key].startswith("tcp://"):

@@ -45,6 +45,8 @@ log_backups = integer(min=0, default=10)
 log_format = choice(text, json, default=text)
 log_rotate = rotation(default=none)
 ring_size = integer(min=1, default=1000)
+max_processes_total = integer(min=1, default=10000)  # wanted processes of all jobs together
+max_request_size = size(default=1M)         # bigger: bad_request; 4 times bigger: dropped unread (docs/bus.md)
 pidfile = path(default=None)
 webhook_timeout = seconds(default=5.0)
 webhook_queue = integer(min=1, default=1000)

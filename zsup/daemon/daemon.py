@@ -98,11 +98,13 @@ class Daemon:
         self.log_writer = LogWriter(on_error=self._on_log_error)
         self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
+        self.manager.max_processes_total = self.settings["max_processes_total"]
         self.bus = BusServer(
             handler=self._handle,
             endpoints=self._bus_endpoints(),
             on_subscribe=self._on_subscribe,
             curve=self._curve(),
+            max_request_bytes=self.settings["max_request_size"],
         )
         self.webhooks = Webhooks(self.config.webhooks, self.settings["webhook_timeout"], self.settings["webhook_queue"])
         self.bus.start()  # first: refuses to start when another zsupd owns the socket
@@ -349,6 +351,7 @@ class Daemon:
         # a job the file still has but a run-time unload removed keeps its run-time state
         self.config = new
         self.settings = new.settings
+        self.manager.max_processes_total = new.settings["max_processes_total"]
         self.job_logs.defaults = log_defaults(new.settings)
         self.job_logs._cache.clear()
         self.webhooks.hooks = type(self.webhooks)(new.webhooks).hooks
