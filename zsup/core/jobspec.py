@@ -14,6 +14,7 @@ import re
 import shlex
 from dataclasses import dataclass, field, fields
 
+from zsup.bus.parse import parse_size
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -130,6 +131,7 @@ class JobSpec:
     priority: int = 999
     stop_signal: int = 15
     ring_size: int = 1000
+    ring_max_bytes: int = 4 * 1024 * 1024  # the ring's byte bound (zsup/core/output.py)
     max_line: int = 65536
     # Output kept on disk (see docs/logs.md); None means "the daemon's default".
     log: bool | None = None
@@ -204,6 +206,7 @@ class JobSpec:
             priority=to_number("priority", data.get("priority", 999), int, 0),
             stop_signal=parse_signal(data.get("stop_signal", "TERM")),
             ring_size=to_number("ring_size", data.get("ring_size", 1000), int, 1),
+            ring_max_bytes=parse_size("ring_max_bytes", data.get("ring_max_bytes", 4 * 1024 * 1024)),
             max_line=to_number("max_line", data.get("max_line", 65536), int, 80),
             log=None if data.get("log") is None else to_bool("log", data.get("log")),
             log_file=data.get("log_file") or None,
