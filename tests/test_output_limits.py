@@ -35,3 +35,18 @@ def test_ring_bounded_in_bytes_under_huge_lines(zsupd_factory, tmp_path):
     assert newest[-1]["data"] == "done\n"
     assert newest[-2]["data"].startswith(f"{LINES - 1:08d} xxx")
     assert len(newest[-2]["data"]) == LINE
+
+
+def test_ring_drops_whole_batches_by_bytes_and_keeps_the_newest():
+    from zsup.core.output import OutputStream
+
+    stream = OutputStream("stdout", ring_size=1000, ring_max_bytes=1000)
+    for i in range(50):
+        stream.feed(b"".join(b"%04d %s\n" % (i * 10 + k, b"y" * 44) for k in range(10)))  # 500 bytes
+    lines = stream.read()
+    assert [seq for seq, _ in lines] == list(range(481, 501))  # the two newest batches: 1000 bytes
+    assert lines[-1][1].startswith(b"0499 ")
+    big = b"z" * 5000 + b"\n"  # a batch larger than the bound is kept whole, alone
+    stream.feed(big)
+    assert stream.read() == [(501, big)]
+    assert stream.read(limit=1) == [(501, big)]

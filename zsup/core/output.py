@@ -73,7 +73,8 @@ class OutputStream:
         return chunk
 
     def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
-        """Lines with seq > since still in the ring, oldest first (at most ring_size)."""
+        """Lines with seq > since still in the ring, oldest first (at most ring_size, and about
+        ring_max_bytes)."""
         first_kept = max(since, self.last_seq - self.ring_size) + 1
         lines: list[tuple[int, bytes]] = []
         for first, count, payload in list(self._chunks):  # list(): a snapshot under the GIL
