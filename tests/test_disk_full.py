@@ -25,15 +25,16 @@ def tiny_disk(tmp_path):
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
-def fill(disk, n=[0]):
+def fill(disk):
     """Take every free page of the disk, one file per page (so one can be given back)."""
+    n = max([int(name.split(".")[1]) for name in os.listdir(disk) if name.startswith("filler.")], default=0)
     while True:
-        n[0] += 1
+        n += 1
         try:
-            with open(disk / f"filler.{n[0]}", "wb") as f:
+            with open(disk / f"filler.{n}", "wb") as f:
                 f.write(b"x" * PAGE)
         except OSError:
-            os.unlink(disk / f"filler.{n[0]}")
+            os.unlink(disk / f"filler.{n}")
             return
 
 

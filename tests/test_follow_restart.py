@@ -74,3 +74,25 @@ def test_followers_say_when_zsupd_goes_away_and_resume_when_it_is_back(zsupd_fac
     finally:
         for f in everyone:
             f.close()
+
+
+def test_tail_through_a_stalled_zsupd_loses_and_repeats_nothing(zsupd_factory):
+    d = zsupd_factory(TALK)
+    wait_running(d, "talk", 1)
+    tail = Follower(d, "tail", "talk", "-n", "1000")
+    try:
+        tail.wait_for(lambda lines: len(lines) >= 10, message="lines before")
+        os.kill(d.proc.pid, signal.SIGSTOP)  # alive but not answering: the same processes after
+        try:
+            tail.wait_error("zsupd is not answering")
+        finally:
+            os.kill(d.proc.pid, signal.SIGCONT)
+        tail.wait_error("zsupd is back; resuming")
+        count = len(tail.texts())
+        tail.wait_for(lambda lines: len(lines) >= count + 20, message="lines after")
+        lines = tail.texts()
+        first = int(lines[0].split()[1])
+        assert lines == [f"line {i}" for i in range(first, first + len(lines))]
+        assert tail.stop(signal.SIGINT) == 0
+    finally:
+        tail.close()
