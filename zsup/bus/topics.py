@@ -16,7 +16,7 @@ INTERNAL_SESSION = "zsupd"
 
 JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete"})
 PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error"})
-SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "stop"})
+SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "log_resumed", "stop"})
 
 #: The first part of every topic; "<kind>." subscribes to all of a kind.
 KINDS = ("job", "proc", "io", "stats", "sys", "task", "agent")
@@ -44,7 +44,7 @@ def stats_topic(session: str, name: str, pid: int) -> str:
 
 
 def sys_topic(event: str) -> str:
-    """`sys.<event>`: daemon start, reload, reload_error, log_error, stop."""
+    """`sys.<event>`: daemon start, reload, reload_error, log_error, log_resumed, stop."""
     return f"sys.{event}"
 
 

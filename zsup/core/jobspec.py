@@ -36,6 +36,7 @@ MAX_PRIORITY = 2**31 - 1
 MAX_PROCESSES_LIMIT = 1_000_000
 MAX_RING_SIZE = 1_000_000
 MAX_LINE = 64 << 20
+MAX_RING_BYTES = 1 << 40  # a sanity bound; memory is what really limits it
 MAX_SECONDS = 7 * 86400.0
 MAX_NAME = 100
 
@@ -209,6 +210,7 @@ class JobSpec:
     priority: int = 999
     stop_signal: int = 15
     ring_size: int = 1000
+    ring_max_bytes: int = 4 * 1024 * 1024  # the ring's byte bound (zsup/core/output.py)
     max_line: int = 65536
     # Output kept on disk (see docs/logs.md); None means "the daemon's default".
     log: bool | None = None
@@ -290,6 +292,7 @@ class JobSpec:
             priority=to_number("priority", data.get("priority", 999), int, 0, maximum=MAX_PRIORITY),
             stop_signal=parse_signal(data.get("stop_signal", "TERM")),
             ring_size=to_number("ring_size", data.get("ring_size", 1000), int, 1, maximum=MAX_RING_SIZE),
+            ring_max_bytes=to_size("ring_max_bytes", data.get("ring_max_bytes", 4 * 1024 * 1024), 1024, MAX_RING_BYTES),
             max_line=to_size("max_line", data.get("max_line", 65536), 80, MAX_LINE),
             log=None if data.get("log") is None else to_bool("log", data.get("log")),
             log_file=_path("log_file", data.get("log_file")),

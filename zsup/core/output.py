@@ -4,19 +4,29 @@ The IO thread must keep up with a child writing as fast as a pipe allows, so not
 touches lines one by one: a read is split once at its last newline, its lines are counted
 with `bytes.count`, and the whole batch travels as one chunk (one event, one ring entry,
 one log write). Only a reader of the ring pays for splitting.
+
+The ring is bounded twice: by lines (`ring_size`) and by bytes (`ring_max_bytes`), so a child
+writing long lines cannot grow the daemon's memory without bound. Both trim whole chunks from
+the old end; the newest chunk is always kept, so the ring can briefly hold one read's worth
+(at most the pipe read size plus `max_line`) beyond the byte bound, and `read` always answers
+the newest lines.
 """
 
 from __future__ import annotations
 
 from collections import deque
 
+RING_MAX_BYTES = 4 * 1024 * 1024  # per stream; `ring_max_bytes` in [zsup] and per job
+
 
 class OutputStream:
     """One labelled stream of one process: sequence numbers, partial line, ring buffer."""
 
-    def __init__(self, label: str, ring_size: int = 1000, max_line: int = 65536):
+    def __init__(self, label: str, ring_size: int = 1000, max_line: int = 65536,
+                 ring_max_bytes: int = RING_MAX_BYTES):
         self.label = label
         self.ring_size = ring_size
+        self.ring_max_bytes = ring_max_bytes
         self.max_line = max_line
         self.last_seq = 0  # seq of the newest line; the first line gets 1
         self._partial = b""
@@ -24,6 +34,7 @@ class OutputStream:
         # piece of an over-long line without its newline.
         self._chunks: deque = deque()
         self._ring_lines = 0
+        self._ring_bytes = 0
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Take raw bytes; return the chunks of lines they completed."""
@@ -49,14 +60,21 @@ class OutputStream:
     def _add(self, payload: bytes, count: int) -> tuple[int, int, bytes]:
         chunk = (self.last_seq + 1, count, payload)
         self.last_seq += count
-        self._chunks.append(chunk)
+        chunks = self._chunks
+        chunks.append(chunk)
         self._ring_lines += count
-        while self._chunks and self._ring_lines - self._chunks[0][1] >= self.ring_size:
-            self._ring_lines -= self._chunks.popleft()[1]
+        self._ring_bytes += len(payload)
+        # Per chunk, not per line: a trim drops whole batches, oldest first, never the newest.
+        while len(chunks) > 1 and (self._ring_lines - chunks[0][1] >= self.ring_size
+                                   or self._ring_bytes > self.ring_max_bytes):
+            _, dropped, old = chunks.popleft()
+            self._ring_lines -= dropped
+            self._ring_bytes -= len(old)
         return chunk
 
     def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, bytes]]:
-        """Lines with seq > since still in the ring, oldest first (at most ring_size)."""
+        """Lines with seq > since still in the ring, oldest first (at most ring_size, and about
+        ring_max_bytes)."""
         first_kept = max(since, self.last_seq - self.ring_size) + 1
         lines: list[tuple[int, bytes]] = []
         for first, count, payload in list(self._chunks):  # list(): a snapshot under the GIL

@@ -179,7 +179,7 @@ class Process:
         """A pipe for one labelled stream: its read end goes to the IO loop, the write end
         (returned) to the child."""
         r, w = os.pipe2(os.O_CLOEXEC)
-        stream = OutputStream(label, self.spec.ring_size, self.spec.max_line)
+        stream = OutputStream(label, self.spec.ring_size, self.spec.max_line, self.spec.ring_max_bytes)
         self.streams[label] = stream
         self.out_fds.append((r, stream))
         child_fds.append(w)

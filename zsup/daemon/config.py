@@ -376,6 +376,7 @@ class _Reader:
         if data.get("log_dir"):
             data["log_dir"] = self.resolve(data["log_dir"])
         data.setdefault("ring_size", settings["ring_size"])
+        data.setdefault("ring_max_bytes", settings["ring_max_bytes"])
         if data.get("stop_signal"):
             try:  # parse_signal's message does not name the option
                 parse_signal(data["stop_signal"])

@@ -47,6 +47,7 @@ log_rotate = rotation(default=none)
 ring_size = integer(min=1, default=1000)
 max_processes_total = integer(min=1, default=10000)  # wanted processes of all jobs together
 max_request_size = size(default=1M)         # bigger: bad_request; 4 times bigger: dropped unread (docs/bus.md)
+ring_max_bytes = size(default=4M)          # and bytes kept per output stream (docs/logs.md)
 pidfile = path(default=None)
 webhook_timeout = seconds(default=5.0)
 webhook_queue = integer(min=1, default=1000)

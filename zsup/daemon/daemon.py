@@ -95,7 +95,7 @@ class Daemon:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         self.store = Store(os.path.join(self.state_dir, "zsupd.db"))
-        self.log_writer = LogWriter(on_error=self._on_log_error)
+        self.log_writer = LogWriter(on_error=self._on_log_error, on_resumed=self._on_log_resumed)
         self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
@@ -227,9 +227,11 @@ class Daemon:
             sys.stdout.buffer.write(b"".join(prefix + l if l.endswith(b"\n") else prefix + l + b"\n" for l in lines))
             sys.stdout.flush()
 
-    def _on_log_error(self, message: str) -> None:
-        log.error("log files: %s", message)
+    def _on_log_error(self, message: str) -> None:  # the writer logged it: once an episode
         self.events.publish("sys.log_error", {"event": "log_error", "message": message})
+
+    def _on_log_resumed(self, message: str) -> None:
+        self.events.publish("sys.log_resumed", {"event": "log_resumed", "message": message})
 
     # ------------------------------------------------------------------ jobs and the store
     # ------------------------------------------------------------------ detached processes

@@ -1,5 +1,14 @@
 """zsupctl watch, tail and logs: live events and output joined with stored output (see the
-package's doc for how gaps and duplicates are avoided)."""
+package's doc for how gaps and duplicates are avoided).
+
+A SUB socket cannot tell that zsupd died: it just receives nothing, and reconnects quietly to
+a zsupd started again at the same endpoint. So `follow` pings zsupd over the command socket
+whenever no event came for `HEARTBEAT` seconds. When the ping fails it says so on stderr,
+waits for zsupd to answer again (ZeroMQ reconnects both sockets by itself), says so, and lets
+the command catch up: `tail` and `logs -f` read what was missed from the ring (`read_output`
+since the last seq shown). A process is known by (pid, os_pid): a zsupd started again numbers
+its processes from 1 again, and their lines must not be taken for ones already shown.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +16,56 @@ import datetime as dt
 import json
 import sys
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from zsup.bus.client import Subscriber
 from zsup.bus.parse import signal_name
 from zsup.bus.protocol import Event
 from zsup.bus.topics import job_io_prefix
-from zsup.cli.zsupctl.context import EVENT_KINDS, LIVE_WAIT, Ctl, _full_name, _name_args
+from zsup.cli.zsupctl.context import EVENT_KINDS, LIVE_WAIT, PROG, Ctl, _full_name, _name_args
 from zsup.cli.zsupctl.format import human_bytes
 from zsup.core.logfiles import LogRecord, read_log
-from zsup.errors import NotFound, ZsupError
+from zsup.errors import NotFound, Unavailable, ZsupError
+
+HEARTBEAT = 1.0  # seconds without an event after which zsupd is asked whether it is there
+PING_TIMEOUT = 2.0  # zsupd answers ping within milliseconds, even while busy
+
+
+# ------------------------------------------------------------------------------ liveness
+
+
+def follow(ctl: Ctl, sub: Subscriber, handle: Callable[[Event], None],
+           on_back: Callable[[], None] | None = None) -> int:
+    """Pass every event to `handle`, for ever (Ctrl-C ends it). When zsupd stops answering,
+    say so on stderr and wait for it; when it answers again, say so and call `on_back`."""
+    while True:
+        event = sub.recv(timeout=HEARTBEAT)
+        if event is not None:
+            handle(event)
+            continue
+        if _answers(ctl, PING_TIMEOUT):
+            continue
+        _say(f"zsupd is not answering at {ctl.bus}; waiting for it to come back (Ctrl-C to stop)")
+        while not _answers(ctl, PING_TIMEOUT):
+            pass
+        _say("zsupd is back; resuming" + ("" if on_back else " (events meanwhile are not shown)"))
+        if on_back is not None:
+            on_back()
+
+
+def _answers(ctl: Ctl, timeout: float) -> bool:
+    try:
+        return ctl.client.request("ping", timeout=timeout) == "pong"
+    except Unavailable:
+        return False
+    except ZsupError:  # e.g. the endpoint cannot be connected to now: not a busy loop
+        time.sleep(timeout)
+        return False
+
+
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
 
 # ------------------------------------------------------------------------------ watch
 
@@ -32,16 +81,18 @@ def cmd_watch(ctl: Ctl) -> int:
     sessions = set(ctl.call("sessions")) | {"default"}
     patterns = [gaffer_pattern(p, sessions) for p in patterns]
     want_io = any(p.startswith("io") for p in patterns)
+
+    def show(event: Event) -> None:
+        if event.topic.startswith("io.") and not want_io:
+            return
+        for line in describe_event(event):
+            if ctl.json:
+                print(json.dumps(_event_json(event)), flush=True)
+                break
+            print(line, flush=True)
+
     with ctl.subscribe(patterns) as sub:
-        for event in sub:
-            if event.topic.startswith("io.") and not want_io:
-                continue
-            for line in describe_event(event):
-                if ctl.json:
-                    print(json.dumps(_event_json(event)), flush=True)
-                    break
-                print(line, flush=True)
-    return 0
+        return follow(ctl, sub, show)
 
 
 def gaffer_pattern(pattern: str, sessions: set[str]) -> str:
@@ -139,6 +190,7 @@ class LiveFollower:
     `last[(pid, label)]` is the seq of the last line printed. A live line at or below it is
     dropped; one beyond `last + 1` first fetches the missing lines from the ring
     (`read_output`), which covers lines published before the subscription was live.
+    `os_pids[pid]` tells processes apart across a restart of zsupd (pids start at 1 again).
     """
 
     def __init__(self, ctl: Ctl, printer: LinePrinter, labels: set[str] | None):
@@ -146,6 +198,16 @@ class LiveFollower:
         self.printer = printer
         self.labels = labels
         self.last: dict[tuple[int, str], int] = {}
+        self.os_pids: dict[int, int] = {}
+
+    def know(self, pid: int, os_pid: int | None) -> None:
+        """Record which OS process `pid` is; another one than before starts from seq 0."""
+        if os_pid is None:
+            return
+        if self.os_pids.setdefault(pid, os_pid) != os_pid:
+            self.os_pids[pid] = os_pid
+            for key in [k for k in self.last if k[0] == pid]:
+                del self.last[key]
 
     def seen(self, pid: int, label: str, seq: int) -> None:
         key = (pid, label)
@@ -157,6 +219,7 @@ class LiveFollower:
         pid, label, seq = event.msg["pid"], event.msg["label"], event.msg["seq"]
         if self.labels is not None and label not in self.labels:
             return
+        self.know(pid, event.msg.get("os_pid"))
         last = self.last.get((pid, label), 0)
         if seq > last + 1:
             self._fill(pid, label, last, seq)
@@ -176,12 +239,30 @@ class LiveFollower:
                 self.printer.print(pid, label, line["seq"], line["data"])
                 self.seen(pid, label, line["seq"])
 
-    def run(self, sub: Subscriber, first: Event | None) -> int:
+    def catch_up(self, info: dict) -> None:
+        """After zsupd was away: print what the job's processes wrote meanwhile (what their
+        rings still hold), as `info` (the job's info) shows them now."""
+        for proc in info["processes"]:
+            pid = proc["pid"]
+            self.know(pid, proc.get("os_pid"))
+            for label, newest in proc.get("last_seq", {}).items():
+                if self.labels is not None and label not in self.labels:
+                    continue
+                last = self.last.get((pid, label), 0)
+                if newest > last:
+                    self._fill(pid, label, last, newest + 1)
+
+    def run(self, sub: Subscriber, first: Event | None, name_args: dict) -> int:
         if first is not None:
             self.handle(first)
-        for event in sub:
-            self.handle(event)
-        return 0
+
+        def on_back() -> None:
+            try:
+                self.catch_up(self.ctl.call("info", **name_args))
+            except NotFound:
+                pass  # not loaded (yet) in this zsupd: its lines come live when it is
+
+        return follow(self.ctl, sub, self.handle, on_back)
 
 
 def _wait_live(sub: Subscriber) -> Event | None:
@@ -202,6 +283,7 @@ def cmd_tail(ctl: Ctl) -> int:
         printer = LinePrinter(ctl.json, (p["pid"] for p in procs))
         follower = LiveFollower(ctl, printer, labels)
         for proc in procs:
+            follower.know(proc["pid"], proc["os_pid"])
             for label in proc["labels"]:
                 if labels is not None and label not in labels:
                     continue
@@ -214,7 +296,7 @@ def cmd_tail(ctl: Ctl) -> int:
                     follower.seen(proc["pid"], label, ring[-1]["seq"])
         if ctl.args.no_follow:
             return 0
-        return follower.run(sub, first)
+        return follower.run(sub, first, _name_args(ctl))
 
 
 def _read_ring(ctl: Ctl, pid: int, label: str, limit: int) -> list[dict]:
@@ -236,19 +318,27 @@ def cmd_logs(ctl: Ctl) -> int:
         if not found.get("log", True) and not args.follow:
             raise ZsupError(f"logging is off for {found.get('job', args.name)}")
         records = read_job_logs(found["paths"], args.since, args.lines)
-        running: set[int] = set()
+        running: list[dict] = []
         if sub is not None:
-            running = set(ctl.call("pids", name=args.name, session=args.session))
-        printer = LinePrinter(ctl.json, {r.pid for r, _ in records} | running, args.timestamps)
+            running = [p for p in ctl.call("info", name=args.name, session=args.session)["processes"]
+                       if p["state"] != "exited"]
+        printer = LinePrinter(ctl.json, {r.pid for r, _ in records} | {p["pid"] for p in running},
+                              args.timestamps)
         labels = {args.label} if args.label else None
         follower = LiveFollower(ctl, printer, labels)
+        for proc in running:
+            follower.know(proc["pid"], proc["os_pid"])
+        # A line older than the running process of its pid is another process's (a zsupd
+        # started again numbers from 1 again): it says nothing of what that process has shown.
+        started = {p["pid"]: p["started"] for p in running}
         for record, label in records:
             printer.print(record.pid, label, record.seq, record.line, record.time)
-            if record.seq is not None:  # unknown only in the oldest lines (docs/logs.md)
+            # seq is unknown only in the oldest lines (docs/logs.md)
+            if record.seq is not None and record.time >= started.get(record.pid, 0) - 1:
                 follower.seen(record.pid, label, record.seq)
         if sub is None:
             return 0
-        return follower.run(sub, first)
+        return follower.run(sub, first, {"name": args.name, "session": args.session})
     finally:
         if sub is not None:
             sub.close()

@@ -29,8 +29,9 @@ Why it is built this way:
   set, never a file twice nor a gap.
 - Disk trouble (ENOSPC, EROFS, EACCES, EFBIG, a deleted folder) is an episode, not a flood:
   `on_error` is called once per directory per episode, the lost lines are counted, a write is
-  retried at most once a second and the episode ends by itself (logged) when a write works
-  again. A deleted log folder is noticed within a second and created again.
+  retried at most once a second and the episode ends by itself (logged, `on_resumed` called)
+  once writes have worked for a few seconds in a row (a nearly full disk stays one episode).
+  A deleted log folder is noticed within a second and created again.
 - A write that fails half-way (a full disk) is cut back with `ftruncate`, so a file only ever
   holds whole lines.
 

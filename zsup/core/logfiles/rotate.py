@@ -33,7 +33,9 @@ class Rotation:
     readers take too, so they never see a file twice nor a gap."""
 
     def _housekeeping(self, now: float) -> None:
-        """Once a second: notice files moved or folders deleted behind our back; close idle files."""
+        """Once a second: notice files moved or folders deleted behind our back; close idle
+        files; end the disk-trouble episodes that are over."""
+        self._end_episodes(now)
         for path, f in list(self._files.items()):
             if f.fd is None:
                 if not f.failing and not f.pending and now - f.last_write > IDLE_CLOSE:

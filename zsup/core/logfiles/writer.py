@@ -85,11 +85,13 @@ class LogWriter(Rotation, DiskTrouble):
     def __init__(
         self,
         on_error: Callable[[str], None] | None = None,
+        on_resumed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
         max_queue_batches: int = MAX_QUEUE_BATCHES,
         max_queue_bytes: int = MAX_QUEUE_BYTES,
     ):
         self._on_error = on_error
+        self._on_resumed = on_resumed
         self._clock = clock
         self._max_batches = max_queue_batches
         self._max_bytes = max_queue_bytes
@@ -111,7 +113,7 @@ class LogWriter(Rotation, DiskTrouble):
         self._files: dict[str, _File] = {}
         self._routes: dict[tuple, str] = {}
         self._dirty: set[_File] = set()
-        self._failing_dirs: dict[str, set[str]] = {}
+        self._episodes: dict = {}  # log folder -> trouble._Episode
         self._bad_routes: set[tuple] = set()
         self._ts_sec = -1
         self._ts_text = b""
