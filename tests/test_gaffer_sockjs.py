@@ -1,0 +1,105 @@
+"""gaffer's channels over SockJS (zsup.http.sockjs), driven by the real sockjs-client (npm,
+installed by ``make sockjs-client`` into .cache/sockjs) in headless Chromium. The page is a
+site plugin of the gateway, so the browser talks to it same-origin. Without chromium or the
+npm package the tests skip, saying which; under CI=true they fail instead."""
+
+import json
+import os
+
+import pytest
+from browser import Browser, chromium_or_skip, need
+from conftest import ROOT
+from test_http_support import echo_job, gw  # noqa: F401
+
+SOCKJS_JS = os.path.join(ROOT, ".cache", "sockjs", "node_modules", "sockjs-client", "dist",
+                         "sockjs.min.js")
+
+# run(prefix, transport, frames): opens a SockJS connection with only that transport, sends
+# each of `frames` in turn, each after the previous answer; resolves to what it saw.
+PAGE = """<!doctype html><html><head><script src="sockjs.min.js"></script><script>
+function run(url, transport, frames, want) {
+  return new Promise(function (resolve) {
+    var seen = [], sock = new SockJS(url, null, {transports: [transport]}), i = 0, over = false;
+    function finish(why) {
+      if (over) return; over = true;
+      resolve(JSON.stringify({why: why, transport: sock.transport, seen: seen}));
+      try { sock.close(); } catch (e) {}
+    }
+    function next() { if (i < frames.length) sock.send(frames[i++]); }
+    sock.onopen = function () { next(); };
+    sock.onmessage = function (e) {
+      seen.push(e.data);
+      if (seen.length >= want) finish("enough"); else next();
+    };
+    sock.onclose = function (e) { finish("closed " + e.code); };
+    setTimeout(function () { finish("timeout"); }, 20000);
+  });
+}
+</script></head><body>sockjs</body></html>"""
+
+TRANSPORTS = ["websocket", "xhr-streaming", "xhr-polling", "eventsource"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    binary = chromium_or_skip()
+    need("sockjs-client", os.path.exists(SOCKJS_JS), "make sockjs-client")
+    b = Browser(binary)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+@pytest.fixture
+def page(gw, browser):  # noqa: F811
+    site = gw.tmp_path / "plugins" / "sockjs"
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "index.html").write_text(PAGE)
+    (site / "sockjs.min.js").write_bytes(open(SOCKJS_JS, "rb").read())
+    browser.goto(f"{gw.base}/_plugin/sockjs/index.html")
+
+    def run(prefix, transport, frames, want):
+        out = browser.evaluate(f"run({json.dumps(gw.base + prefix)}, {json.dumps(transport)}, "
+                               f"{json.dumps(frames)}, {want})")
+        return json.loads(out)
+    return run
+
+
+def test_info(gw):  # noqa: F811
+    info = gw.get("/channel/info")
+    assert info.status == 200 and info.json["websocket"] is True
+    assert info.json["cookie_needed"] is False
+    assert gw.get("/channel/a/b/jsonp").status == 404
+    assert gw.post("/channel/a/b/xhr_send", "[\"x\"]").status == 404  # no such session
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_event_channel(gw, page, transport):  # noqa: F811
+    gw.load(echo_job())
+    frames = [json.dumps({"event": "SUB", "data": {"topic": "EVENTS"}}),
+              json.dumps({"event": "CMD", "data": {"identity": "1", "name": "jobs"}}),
+              json.dumps({"event": "CMD", "data": {"identity": "2", "name": "scale",
+                                                   "args": ["default.echo", "+1"]}})]
+    out = page("/channel", transport, frames, 6)
+    assert out["transport"] == transport, out
+    seen = [json.loads(m) for m in out["seen"]]
+    assert seen[0] == {"event": "gaffer:subscription_success", "topic": "EVENTS"}, out
+    assert seen[1] == {"event": "gaffer:command_success",
+                       "data": {"id": "1", "result": {"jobs": ["default.echo"]}}}, out
+    answers = [m for m in seen if m["event"] == "gaffer:command_success"]
+    assert answers[1]["data"] == {"id": "2", "result": {"numprocesses": 2}}, out
+    events = [m["data"]["event"] for m in seen if m["event"] == "gaffer:event"]
+    assert "spawn" in events, out
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_io_channel(gw, page, transport):  # noqa: F811
+    gw.load(echo_job())
+    pid = gw.pid_of("default.echo")[0]
+    out = page(f"/{pid}/channel?mode=3", transport, ["V1 message m1\u0000hello sockjs\n"], 2)
+    assert out["transport"] == transport, out
+    kinds = sorted(m.split("\u0000")[0].split(" ")[1] for m in out["seen"])
+    assert kinds == ["message", "response"], out
+    assert "V1 response m1\u0000OK" in out["seen"], out
+    assert any(m.endswith("\u0000hello sockjs\n") for m in out["seen"]), out
