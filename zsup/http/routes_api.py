@@ -25,17 +25,22 @@ from zsup.http.web import HTTPError, json_response, read_json
 class _Table(RouteTable):
     """The route table, plus gaffer's short per-pid routes, which are matched first (HEAD
     /{pid} must not fall back to GET) and kept out of ``routes`` (so out of /openapi.json:
-    docs/http.md lists them)."""
+    docs/http.md lists them). ``fallback`` routes are tried last, only for a path no other
+    route has under any method (pulsar-rest-api's paths: zsup.http.pulsar_api); they are kept
+    out of ``routes`` too (docs/tasks.md lists them)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gaffer = RouteTable()
+        self.fallback = RouteTable()
 
     def resolve(self, method: str, path: str):
         found, params, allowed = self.gaffer.resolve(method, path)
         if found is not None:
             return found, params, []
         found, params, more = super().resolve(method, path)
+        if found is None and not allowed and not more:
+            return self.fallback.resolve(method, path)
         return found, params, (allowed + more) if found is None else []
 
 
@@ -339,3 +344,4 @@ def process_stats(ctx, req, pid):
 
 
 gaffer_keys_api.register(gaffer_route)  # gaffer's /auth, /keys, /users
+from zsup.http import pulsar_api  # noqa: E402,F401  (registers pulsar-rest-api's paths)

@@ -383,12 +383,12 @@ def _register() -> None:
             return base.replace("{pid:int}", str(kw.get("pid"))).replace(
                 "{label}", str(kw.get("label")))
 
-        api.route("GET", base + "/info", "SockJS: the channel's info (gaffer's SockJS)",
+        api.gaffer.route("GET", base + "/info", "SockJS: the channel's info (gaffer's SockJS)",
                   tag="gaffer")(_info)
         for method in ("GET", "POST"):
             def handler(ctx, req, server, session, transport, prefix_of=prefix_of, **kw):
                 return _transport(ctx, req, prefix_of(kw), server, session, transport)
-            api.route(method, base + "/{server}/{session}/{transport}",
+            api.gaffer.route(method, base + "/{server}/{session}/{transport}",
                       "SockJS transports: xhr, xhr_streaming, xhr_send (POST), eventsource (GET)",
                       tag="gaffer")(handler)
 
