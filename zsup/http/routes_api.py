@@ -16,8 +16,8 @@ from zsup import __version__
 from zsup.bus.docgen import add_bus_openapi
 from zsup.bus.parse import scale_order
 from zsup.errors import ZsupError
+from zsup.http import gaffer_commands, gaffer_keys_api
 from zsup.http import gaffer_compat as gaffer
-from zsup.http import gaffer_keys_api
 from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, json_response, read_json
 
@@ -201,6 +201,8 @@ def set_job_state(ctx, req, session, name):
     action = _STATE_ACTIONS.get(str(value).lower()) if value is not None else None
     if action is None:
         raise HTTPError(400, "body: expected 1/\"start\", 0/\"stop\", 2/\"restart\" or \"reload\"")
+    if action == "stop_job" and gaffer.is_gaffer_request(req):  # gafferd's: one-shots too
+        return gaffer_commands.stop_job(ctx.gate, name=name, session=session)
     return ctx.gate.call(action, name=name, session=session)
 
 
