@@ -24,11 +24,15 @@ PLUGIN = textwrap.dedent('''
             manager.load({"name": "web", "cmd": "sleep", "args": ["300"]}, sessionid="default")
             self.write("jobs", manager.jobs())
             self.write("loop", repr(loop))
+            try:
+                manager.walk(None)
+            except AttributeError as exc:
+                self.write("walk", str(exc))
 
         def on_any(self, evtype, msg):
             if evtype == "spawn":
                 self.write("spawn-" + str(msg["pid"]), msg["name"])
-                if len(self.manager.pids("default")["pids"]) == 1:
+                if len(self.manager.pids("default")) == 1:
                     self.manager.scale("default.web", 1)
 
         def on_web(self, evtype, msg):
@@ -69,8 +73,9 @@ def test_gafferd_plugin_runs_through_the_shim(zsupd_factory, tmp_path):
     wait_for(lambda: len([k for k in seen() if k.startswith("spawn-")]) == 2, timeout=20,
              message="two spawns (the load, then the plugin's scale)")
     got = seen()
-    assert got["jobs"] == {"jobs": ["default.web"]}
+    assert got["jobs"] == ["default.web"]
     assert got["loop"] == "None"
+    assert "manager.walk is not available" in got["walk"]
     assert set(v for k, v in got.items() if k.startswith("spawn-")) == {"default.web"}
     assert got["web:spawn"] == "job.default.web.spawn"
     assert isinstance(got["first"], int)

@@ -6,13 +6,11 @@
 - An app whose ``start`` takes two arguments is gaffer-style: it is started in its own thread
   (so it may call the manager at once: zsupd answers the bus meanwhile) with ``loop=None``
   (zsupd has no pyuv loop; a plugin that puts timers or handles on it must use a thread) and
-  ``manager``, a GafferManager: gaffer's controller commands over zsupd's bus.
-- ``manager.<command>(*args, **kwargs)`` runs gaffer's controller command of that name
-  (zsup.http.gaffer_commands: ``sessions``, ``jobs``, ``pids``, ``load``, ``update``,
-  ``unload``, ``reload``, ``start_job``, ``stop_job``, ``stopall``, ``scale``, ``commit``,
-  ``info``, ``stats``, ``killall``, ``process_info``, ``process_stats``, ``stop_process``,
-  ``kill``, ``send``) and answers as the ``CMD`` frames of gaffer's channel do (e.g.
-  ``{"jobs": [...]}``, not gafferd's bare list). Errors raise ZsupError or ValueError.
+  ``manager``, a GafferManager: gafferd's Manager methods over zsupd's bus.
+- ``manager.<method>(...)`` takes gafferd's Manager arguments (job names as
+  ``session.name``, ``sessionid=``) and answers with the bus command's result (zsup's
+  shapes: docs/bus.md), e.g. ``jobs()`` the list of names, ``scale(name, n)``
+  ``{"job", "numprocesses"}``. The methods: MANAGER_METHODS. Errors raise ZsupError.
 - ``manager.events.subscribe(evtype, listener)`` (``unsubscribe``, ``subscribe_once``) calls
   ``listener(evtype, msg)`` for gaffer's manager events (names as on gaffer's channel:
   zsup.http.gaffer_compat.channel_event), ``"."`` for all, a prefix such as ``"job.S.N"`` for
@@ -29,8 +27,7 @@ import threading
 import types
 from typing import Callable
 
-from zsup.http.gaffer_commands import run_command
-from zsup.http.gaffer_compat import channel_event
+from zsup.bus.gaffer_events import channel_event
 
 log = logging.getLogger("zsupd.plugins")
 
@@ -118,6 +115,46 @@ class GafferEvents:
             self._thread.join(5)
 
 
+def _job(pname: str) -> dict:
+    session, _, name = str(pname).rpartition(".")
+    return {"name": name, "session": session or "default"}
+
+
+def _session(kw: dict) -> dict:
+    return {"session": kw["sessionid"]} if kw.get("sessionid") else {}
+
+
+#: gafferd Manager method -> its bus call (args, kwargs -> (command, bus arguments)).
+MANAGER_METHODS: dict[str, Callable[..., tuple[str, dict]]] = {
+    "sessions": lambda: ("sessions", {}),
+    "jobs": lambda sessionid=None: ("jobs", _session({"sessionid": sessionid})),
+    "pids": lambda sessionid=None: ("pids", _session({"sessionid": sessionid})),
+    "load": lambda config, sessionid=None, env=None, start=True: (
+        "load", {"config": dict(config), "session": sessionid or "default", "env": env,
+                 "start": start}),
+    "update": lambda config, sessionid=None, env=None, start=False: (
+        "update", {"config": dict(config), "session": sessionid or "default", "env": env,
+                   "start": start}),
+    "unload": lambda name, sessionid=None: (
+        "unload", {"name": name, "session": sessionid or "default"} if sessionid else _job(name)),
+    "reload": lambda name, sessionid=None: (
+        "reload", {"name": name, "session": sessionid or "default"} if sessionid else _job(name)),
+    "start_job": lambda name: ("start_job", _job(name)),
+    "stop_job": lambda name: ("stop_job", _job(name)),
+    "scale": lambda name, n: ("scale", {**_job(name), "n": n}),
+    "commit": lambda name, graceful_timeout=None, env=None: (
+        "commit", {**_job(name), "graceful_timeout": graceful_timeout, "env": env}),
+    "info": lambda name: ("info", _job(name)),
+    "stats": lambda name: ("stats", _job(name)),
+    "killall": lambda name, sig: ("killall", {**_job(name), "sig": sig}),
+    "get_process": lambda pid: ("get_process", {"pid": int(pid)}),
+    "process_stats": lambda pid: ("process_stats", {"pid": int(pid)}),
+    "stop_process": lambda pid: ("stop_process", {"pid": int(pid)}),
+    "kill": lambda pid, sig: ("kill", {"pid": int(pid), "sig": sig}),
+    "send": lambda pid, data, stream=None: ("send", {"pid": int(pid), "data": data}),
+}
+
+
 class GafferManager:
     """What a gafferd plugin's ``start(loop, manager)`` gets as `manager` (module doc)."""
 
@@ -126,19 +163,19 @@ class GafferManager:
         self._lock = threading.Lock()
         self.events = GafferEvents(ctx.subscriber)
 
-    def call(self, cmd: str, **args):
-        """One bus command (the gate run_command needs); any thread."""
-        with self._lock:
-            return self._client.call(cmd, **args)
-
     def __getattr__(self, name: str):
-        if name.startswith("_"):
-            raise AttributeError(name)
+        to_bus = MANAGER_METHODS.get(name)
+        if to_bus is None:
+            raise AttributeError(f"gafferd's manager.{name} is not available in zsup "
+                                 f"(docs/config.md, 'Plugins written for gafferd')")
 
-        def command(*args, **kwargs):
-            return run_command(self, name, list(args), kwargs)
-        command.__name__ = name
-        return command
+        def method(*args, **kwargs):
+            cmd, bus_args = to_bus(*args, **kwargs)
+            bus_args = {k: v for k, v in bus_args.items() if v is not None}
+            with self._lock:
+                return self._client.call(cmd, **bus_args)
+        method.__name__ = name
+        return method
 
     def close(self) -> None:
         self.events.close()
