@@ -41,6 +41,7 @@ def test_remaining_client_methods(gw):  # noqa: F811
         sock.unbind("subscription_success", ack)
         sock.bind_all(lambda ev, msg: other.append(ev))
         sock.unbind_all(lambda ev, msg: None)
+        sock.ping()  # WebSocket.ping: answered, the socket keeps serving
         done = []
         cmd = sock.send_command("commit", "m.cat")
         cmd.add_done_callback(lambda c: done.append(c.result()))

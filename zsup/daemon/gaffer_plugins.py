@@ -13,7 +13,7 @@
   ``{"job", "numprocesses"}``. The methods: MANAGER_METHODS. Errors raise ZsupError.
 - ``manager.events.subscribe(evtype, listener)`` (``unsubscribe``, ``subscribe_once``) calls
   ``listener(evtype, msg)`` for gaffer's manager events (names as on gaffer's channel:
-  zsup.http.gaffer_compat.channel_event), ``"."`` for all, a prefix such as ``"job.S.N"`` for
+  zsup.bus.gaffer_events.channel_event), ``"."`` for all, a prefix such as ``"job.S.N"`` for
   every event under it; from one thread per manager, which a slow listener holds up.
 """
 
