@@ -5,11 +5,14 @@ npm package the tests skip, saying which; under CI=true they fail instead."""
 
 import json
 import os
+import threading
 
 import pytest
 from browser import Browser, chromium_or_skip, need
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from test_http_support import echo_job, gw  # noqa: F401
+
+from zsup.http import sockjs
 
 SOCKJS_JS = os.path.join(ROOT, ".cache", "sockjs", "node_modules", "sockjs-client", "dist",
                          "sockjs.min.js")
@@ -103,3 +106,34 @@ def test_io_channel(gw, page, transport):  # noqa: F811
     assert kinds == ["message", "response"], out
     assert "V1 response m1\u0000OK" in out["seen"], out
     assert any(m.endswith("\u0000hello sockjs\n") for m in out["seen"]), out
+
+
+def test_xhr_protocol_edges(gw):  # noqa: F811
+    """Plain HTTP, no browser: framing, a second receiver, bad payloads, the reaper."""
+    base = "/channel/000/sess1"
+    assert gw.post(f"{base}/xhr", "").body == b"o\n"
+    sub = json.dumps([json.dumps({"event": "SUB", "data": {"topic": "EVENTS"}})])
+    assert gw.post(f"{base}/xhr_send", sub).status == 204
+    first = gw.post(f"{base}/xhr", "").body
+    assert first.startswith(b"a[") and b"subscription_success" in first
+    # a receiver waits (a long poll); a second one is turned away meanwhile
+    held = {}
+    waiter = threading.Thread(target=lambda: held.update(a=gw.post(f"{base}/xhr", "", timeout=40)))
+    waiter.start()
+    cmd = json.dumps([json.dumps({"event": "CMD", "data": {"identity": "x", "name": "sessions"}})])
+    try:
+        table = gw.g.apps[0].sockjs_sessions
+        wait_for(lambda: table.get(("/channel", "sess1")).receiving, message="a receiver")
+        second = gw.post(f"{base}/xhr", "")
+        assert second.body == b'c[2010, "Another connection still open"]\n', second
+        assert gw.post(f"{base}/xhr_send", "not json").body == b"Broken JSON encoding."
+        assert gw.post(f"{base}/xhr_send", "").body == b"Payload expected."
+        assert gw.post(f"{base}/xhr_send", cmd).status == 204
+    finally:
+        waiter.join(40)
+    assert b"command_success" in held["a"].body
+    # without a receiver, the session is closed (its subscription ends) after DISCONNECT_DELAY
+    wait_for(lambda: gw.post(f"{base}/xhr_send", cmd).status == 404,
+             timeout=sockjs.DISCONNECT_DELAY + 5, message="the session reaped")
+    # an IO channel of a pid that does not exist: 404
+    assert gw.post("/999999/channel/000/s/xhr", "").status == 404

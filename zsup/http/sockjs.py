@@ -70,6 +70,14 @@ class Session:
         self.channel = make_channel(self)
         self.channel.opened()
 
+    def claim(self) -> bool:
+        """Become the session's one receiving request: False when another one is."""
+        with self._cond:
+            if self.receiving:
+                return False
+            self.receiving = True
+            return True
+
     def push(self, text: str) -> bool:
         with self._cond:
             if self.closed:
@@ -124,7 +132,7 @@ class Session:
             messages = [messages]
         if not isinstance(messages, list) or not all(isinstance(m, str) for m in messages):
             raise ValueError("Broken JSON encoding.")
-        self.last_seen = time.monotonic()
+        # (only receiving requests keep a session alive, as SockJS says: not sends)
         for text in messages:
             if self.closed:
                 return
@@ -342,6 +350,13 @@ def _receive(session: Session, first: str | None, kind: str):
         session.receiving = False
 
 
+def _turned_away(first: str | None, kind: str):
+    """A second receiver's answer while the session has one (a generator of bytes)."""
+    text = close_frame(2010, "Another connection still open")
+    yield (first or "").encode() + (f"data: {text}\r\n\r\n" if kind == "eventsource"
+                                    else text + "\n").encode()
+
+
 def _transport(ctx, req, prefix: str, server: str, session: str, transport: str):
     if transport not in TRANSPORTS or not server or "." in server or "." in session:
         raise HTTPError(404, f"no SockJS transport {transport!r} (or a bad server/session id)")
@@ -365,12 +380,10 @@ def _transport(ctx, req, prefix: str, server: str, session: str, transport: str)
     current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound)))
     release = ctx.acquire_stream()
     first = {"xhr_streaming": "h" * 2048 + "\n", "eventsource": "\r\n"}.get(transport)
-    if current.receiving:
-        gen = iter([(first or "").encode() + (close_frame(2010, "Another connection still open")
-                                              + "\n").encode()])
-    else:
-        current.receiving = True
+    if current.claim():
         gen = _receive(current, first, transport)
+    else:
+        gen = _turned_away(first, transport)
     ctype = "text/event-stream; charset=UTF-8" if transport == "eventsource" else _JS
     return StreamResponse(StreamBody(gen, release, _waitress_channel(req)), ctype,
                           headers={"Cache-Control": _NO_CACHE})
