@@ -3,6 +3,7 @@ installed by ``make sockjs-client`` into .cache/sockjs) in headless Chromium. Th
 site plugin of the gateway, so the browser talks to it same-origin. Without chromium or the
 npm package the tests skip, saying which; under CI=true they fail instead."""
 
+import base64
 import json
 import os
 import threading
@@ -10,6 +11,7 @@ import threading
 import pytest
 from browser import Browser, chromium_or_skip, need
 from conftest import ROOT, wait_for
+from test_gaffer_keys import keyed  # noqa: F401
 from test_http_support import echo_job, gw  # noqa: F401
 
 from zsup.http import sockjs
@@ -137,3 +139,27 @@ def test_xhr_protocol_edges(gw):  # noqa: F811
              timeout=sockjs.DISCONNECT_DELAY + 5, message="the session reaped")
     # an IO channel of a pid that does not exist: 404
     assert gw.post("/999999/channel/000/s/xhr", "").status == 404
+
+
+def test_keys_over_sockjs(keyed):  # noqa: F811
+    """With require_key, SockJS paths need no X-Api-Key header; the first frame must be
+    AUTH:<key> that may manage everything, as on gaffer's websocket."""
+    gw = keyed
+    basic = "Basic " + base64.b64encode(b"root:pw").decode()
+    admin = gw.get("/auth", headers={"Authorization": basic}).json["api_key"]
+    reader = gw.post("/keys", {"permissions": {"read": ["*"]}},
+                     headers={"X-Api-Key": admin}).json["api_key"]
+    assert gw.get("/channel/info").status == 200
+    sessions = json.dumps({"event": "CMD", "data": {"identity": "1", "name": "sessions"}})
+
+    def session(sid, frames):
+        base = f"/channel/000/{sid}"
+        assert gw.post(f"{base}/xhr", "").body == b"o\n"
+        assert gw.post(f"{base}/xhr_send", json.dumps(frames)).status == 204
+        return gw.post(f"{base}/xhr", "").body
+
+    refused = session("noauth", [sessions])
+    assert b"AUTH_REQUIRED" in refused, refused
+    assert session("reader", [f"AUTH:{reader}", sessions]).count(b"forbidden") >= 1
+    ok = session("admin", [f"AUTH:{admin}", sessions])
+    assert b"command_success" in ok, ok
