@@ -184,15 +184,21 @@ class SessionTable:
             return self._sessions.get(key)
 
     def get_or_create(self, key, make: Callable[[], Session]) -> Session:
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
-                session = self._sessions[key] = make()
-                if self._reaper is None:
-                    self._reaper = threading.Thread(target=self._reap, daemon=True,
-                                                    name="zsup-sockjs-reaper")
-                    self._reaper.start()
+        """The session at `key`, made by `make()` (outside the lock: it may call the bus)
+        when there is none."""
+        session = self.get(key)
+        if session is not None:
             return session
+        made = make()
+        with self._lock:
+            session = self._sessions.setdefault(key, made)
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._reap, daemon=True,
+                                                name="zsup-sockjs-reaper")
+                self._reaper.start()
+        if session is not made:  # another request made it first
+            made.close()
+        return session
 
     def _reap(self) -> None:
         while True:
@@ -376,8 +382,10 @@ def _transport(ctx, req, prefix: str, server: str, session: str, transport: str)
         resp = Response(status=204, content_type="text/plain")
         resp.headers["Cache-Control"] = _NO_CACHE
         return resp
-    cls, bound = _channel(ctx.gate, prefix, req.query_string)
-    current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound)))
+    current = table.get(key)
+    if current is None:
+        cls, bound = _channel(ctx.gate, prefix, req.query_string)
+        current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound)))
     release = ctx.acquire_stream()
     first = {"xhr_streaming": "h" * 2048 + "\n", "eventsource": "\r\n"}.get(transport)
     if current.claim():
