@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv gaffer-venv run test lint bench clean stop
+.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench clean stop
 
 # gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
 # 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
@@ -32,7 +32,24 @@ $(GAFFER_STAMP): $(STAMP)
 	$(GAFFER_VENV)/bin/python -c 'import gaffer.httpclient, gaffer.cli.main'
 	touch $(GAFFER_STAMP)
 
-test: $(STAMP) $(GAFFER_STAMP)
+# SockJS's browser client for tests/test_gaffer_sockjs.py: the npm package, installed from the
+# npm registry into a cache folder (not vendored), and Debian's chromium to run it headless.
+SOCKJS_VERSION ?= 1.6.1
+SOCKJS_DIR ?= .cache/sockjs
+SOCKJS_STAMP := $(SOCKJS_DIR)/node_modules/sockjs-client/dist/sockjs.min.js
+
+sockjs-client: $(SOCKJS_STAMP)
+
+$(SOCKJS_STAMP):
+	@command -v npm >/dev/null || { echo "no npm (apt-get install npm)"; exit 1; }
+	mkdir -p $(SOCKJS_DIR)
+	npm install --no-audit --no-fund --prefix $(SOCKJS_DIR) sockjs-client@$(SOCKJS_VERSION)
+
+browser-deps:
+	@command -v chromium >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: $(STAMP) $(GAFFER_STAMP) $(SOCKJS_STAMP) browser-deps
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)
@@ -52,4 +69,4 @@ bench: $(STAMP)
 	$(PY) scripts/bench.py
 
 clean:
-	rm -rf $(VENV) $(GAFFER_VENV) .run build *.egg-info
+	rm -rf $(VENV) $(GAFFER_VENV) $(SOCKJS_DIR) .run build *.egg-info

@@ -94,8 +94,8 @@ def test_server_and_job_methods(gw):
         job2 = s.get_job("app.cat")
         out([job2.config["cmd"], job2.config["redirect_input"]])
         job.stop()
-        # zsup's stop_job leaves one-shot (committed) processes alone: they end by themselves
-        out(until(lambda: not job.active and job.running == job.running_out == 1)
+        # as gafferd: the one-shot (committed) process is stopped too
+        out(until(lambda: not job.active and job.running == job.running_out == 0)
             or [job.active, job.running, job.running_out])
         job.restart()
         out(until(lambda: job.active))

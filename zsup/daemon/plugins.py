@@ -3,6 +3,8 @@
 A plugin is a folder in the plugin dir (`[zsup] plugin_dir`, `-p`). Its Python modules are
 imported; every class named in a module's `__all__` that subclasses `Plugin` is a plugin,
 whose `app(cfg)` returns an object with `start(ctx)`, `stop()` and optionally `restart()`.
+gafferd's own plugins (`from gaffer import Plugin`, `start(loop, manager)`) run through the
+shim in zsup.daemon.gaffer_plugins.
 A plugin talks to zsupd like anyone else, over the bus (`ctx.client()`, `ctx.subscriber()`):
 nothing reaches into the Manager from the side. A `mandatory` list names plugins that must be
 present too, or zsupd refuses to start.
@@ -66,7 +68,12 @@ def plugin_folders(plugin_dir: str | None) -> list[str]:
 def discover(plugin_dir: str | None) -> list[Plugin]:
     """Import every plugin folder's modules and instantiate the Plugin classes they export."""
     found: list[Plugin] = []
-    for folder in plugin_folders(plugin_dir):
+    folders = plugin_folders(plugin_dir)
+    if folders:
+        from zsup.daemon import gaffer_plugins
+
+        gaffer_plugins.install_shim(Plugin)  # `from gaffer import Plugin` in gafferd plugins
+    for folder in folders:
         base = os.path.basename(folder)
         for root, dirs, files in os.walk(folder):
             dirs[:] = [d for d in dirs if d != "_site" and not d.startswith(".")]
@@ -111,6 +118,10 @@ class PluginHost:
         for plugin in self.found:
             app = plugin.app(self.ctx.config)
             try:
+                from zsup.daemon import gaffer_plugins
+
+                if gaffer_plugins.is_gaffer_style(app):  # start(loop, manager): the shim
+                    app = gaffer_plugins.GafferApp(app, plugin.name)
                 app.start(self.ctx)
             except Exception:
                 log.exception("plugin %s failed to start", plugin.name)

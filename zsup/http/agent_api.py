@@ -69,8 +69,7 @@ class AgentApp(SubApp):
             self.gate.agent_status(slug=rest[0])  # 404 for an unknown process
             resp = json_response({"error": {"code": "upgrade_required",
                                             "message": "attach-console is a websocket: connect with ws://"}}, 426)
-            resp.headers["Upgrade"] = "websocket"
-            return resp
+            return resp  # no Upgrade header: WSGI forbids hop-by-hop headers (waitress: 500)
         raise NotFound(f"no such resource: {req.path_info}")
 
     def create(self, req: Request, base: str) -> Response:

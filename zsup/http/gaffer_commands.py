@@ -3,7 +3,7 @@ with results in gaffer's shapes. Pure request/answer over the gate: any thread."
 
 from __future__ import annotations
 
-from zsup.errors import ZsupError
+from zsup.errors import NotFound, ZsupError
 from zsup.http import gaffer_compat as gaffer
 
 
@@ -11,6 +11,19 @@ def split_name(pname: str) -> tuple[str, str]:
     """gaffer's ``session.name`` (``default`` when there is no session)."""
     session, _, name = str(pname).rpartition(".")
     return session or "default", name
+
+
+def stop_job(gate, name: str, session: str):
+    """gafferd's stop_job: zsup's (the job's kept processes), then the job's one-shot
+    (committed) processes too, which zsup's stop_job leaves to end by themselves."""
+    result = gate.call("stop_job", name=name, session=session)
+    for proc in gate.call("info", name=name, session=session).get("processes") or []:
+        if proc.get("committed") and proc.get("state") != "exited":
+            try:
+                gate.call("stop_process", pid=proc["pid"])
+            except NotFound:
+                pass  # it ended meanwhile
+    return result
 
 
 def run_command(gate, name: str, args: list, kwargs: dict):
@@ -51,8 +64,11 @@ def run_command(gate, name: str, args: list, kwargs: dict):
         session = kwargs.get("sessionid") or session
         gate.call(name, name=job_name, session=session)
         return {"ok": True}
-    if name in ("start_job", "stop_job", "stopall"):
-        gate.call("stop_job" if name == "stopall" else name, **job())
+    if name in ("stop_job", "stopall"):
+        stop_job(gate, **job())
+        return {"ok": True}
+    if name == "start_job":
+        gate.call(name, **job())
         return {"ok": True}
     if name == "commit":
         extra = {k: v for k, v in zip(("graceful_timeout", "env"), args[1:]) if v is not None}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from zsup.bus.gaffer_events import channel_event  # noqa: F401  (gaffer_ws uses it from here)
 from zsup.http.web import HTTPError
 
 #: gaffer's job options zsup does not have, accepted when empty (gaffer's client sends them
@@ -101,32 +102,4 @@ def process_info(proc: dict, config: dict | None, gaffer: bool) -> dict:
     out["active"] = proc.get("state") != "exited"
     if gaffer:
         out["name"] = proc["job"]
-    return out
-
-
-def channel_event(topic: str, msg: dict) -> list[tuple[str, dict]]:
-    """gaffer's manager events for one zsup bus event: [(gaffer event name, fields)].
-
-    zsup ``job.S.N.create`` is gaffer's ``load``, ``delete`` is ``unload``; ``start``,
-    ``stop``, ``update`` keep their names; process events (``spawn``, ``exit``, ``reap``,
-    ``flap``; ``stop_pid`` as gaffer's ``stop_process``) come as ``E``, ``job.S.N.E`` and
-    (with a pid) ``proc.PID.E``. ``name`` is ``session.name`` as in gaffer.
-    """
-    parts = topic.split(".")
-    if len(parts) < 4 or parts[0] not in ("job", "proc"):
-        return []
-    kind, event = parts[0], parts[-1]
-    pname = msg.get("job") or ".".join(parts[1:-1])
-    fields = dict(msg, name=pname)
-    fields.pop("event", None)
-    if kind == "job":
-        event = {"create": "load", "delete": "unload"}.get(event, event)
-        out = [(event, fields)]
-        if event in ("start", "stop", "update"):
-            out.append((f"job.{pname}.{event}", fields))
-        return out
-    event = {"stop_pid": "stop_process"}.get(event, event)
-    out = [(event, fields), (f"job.{pname}.{event}", fields)]
-    if fields.get("pid") is not None:
-        out.append((f"proc.{fields['pid']}.{event}", fields))
     return out

@@ -129,7 +129,7 @@ def enforce(ctx, req, path: str) -> None:
     """Called by the app for every request after zsup's own authentication: with
     ``require_key``, the request's ``X-Api-Key`` must allow it (401 without a valid key, 403
     when the key lacks the right). Leaves the key's Permissions in the environ."""
-    if path in _OPEN:
+    if path in _OPEN or sockjs_path(path):  # SockJS channels check their AUTH: frame
         return
     check = _checker(ctx)
     perms = check.permissions(req.headers.get("X-Api-Key"))
@@ -145,6 +145,12 @@ def enforce(ctx, req, path: str) -> None:
         raise HTTPError(403, f"this API key may not {kind} {what or 'this'}".rstrip())
 
 
+def sockjs_path(path: str) -> bool:
+    from zsup.http.sockjs import is_sockjs_path  # imported late: sockjs needs the routes
+
+    return is_sockjs_path(path)
+
+
 def websocket_allowed(ctx, path: str, headers) -> bool:
     """zsup's own websockets with ``require_key``: an ``X-Api-Key`` header that can read
     everything. gaffer's (``/channel/websocket``, ``/<pid>/channel``) check their ``AUTH:``
@@ -153,7 +159,7 @@ def websocket_allowed(ctx, path: str, headers) -> bool:
     if not check.required():
         return True
     parts = [p for p in path.split("/") if p]
-    if parts == ["channel", "websocket"] or (len(parts) >= 2 and parts[0].isdigit()
+    if parts == ["channel", "websocket"] or sockjs_path(path) or (len(parts) >= 2 and parts[0].isdigit()
                                              and parts[1] == "channel"):
         return True
     try:

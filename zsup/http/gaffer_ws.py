@@ -427,14 +427,15 @@ def _factory(cls, **bound):
     return make
 
 
-def websocket_route(gate, path: str, query: str):
-    """The factory for gaffer's websockets at `path`, or None when `path` is not one of them.
+def channel_for(gate, path: str, query: str) -> tuple[type, dict] | None:
+    """(channel class, its keyword arguments) for gaffer's channel at `path`, or None when
+    `path` is not one of them. Used for websockets here and for SockJS (zsup.http.sockjs).
 
     Bus errors (no such process) propagate: the caller answers 404.
     """
     parts = path.strip("/").split("/")
-    if parts == ["channel", "websocket"]:
-        return _factory(GafferChannel, gate=gate)
+    if parts == ["channel", "websocket"] or parts == ["channel"]:
+        return GafferChannel, {"gate": gate}
     if len(parts) in (2, 3) and parts[0].isdigit() and parts[1] == "channel":
         params = parse_qs(query or "")
         try:
@@ -446,5 +447,21 @@ def websocket_route(gate, path: str, query: str):
         label = parts[2] if len(parts) == 3 else (labels[0] if labels else None)
         if mode & READABLE and label not in labels:
             return None
-        return _factory(IOChannel, gate=gate, proc=proc, label=label, mode=mode & 3)
+        return IOChannel, {"gate": gate, "proc": proc, "label": label, "mode": mode & 3}
     return None
+
+
+def websocket_route(gate, path: str, query: str):
+    """The factory for gaffer's websockets at `path` (``/channel/websocket``,
+    ``/<pid>/channel[/<label>]``, and SockJS's ``.../<server>/<session>/websocket`` under
+    either), or None when `path` is not one of them. Bus errors propagate (404)."""
+    session_socket = sockjs.websocket_route(gate, path, query)
+    if session_socket is not None:
+        return session_socket
+    if path.strip("/") == "channel":
+        return None  # /channel is zsup's own event websocket
+    found = channel_for(gate, path, query)
+    return _factory(found[0], **found[1]) if found else None
+
+
+from zsup.http import sockjs  # noqa: E402  (it uses this module; importing it registers its routes)

@@ -16,8 +16,8 @@ from zsup import __version__
 from zsup.bus.docgen import add_bus_openapi
 from zsup.bus.parse import scale_order
 from zsup.errors import ZsupError
+from zsup.http import gaffer_commands, gaffer_keys_api
 from zsup.http import gaffer_compat as gaffer
-from zsup.http import gaffer_keys_api
 from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, json_response, read_json
 
@@ -25,17 +25,22 @@ from zsup.http.web import HTTPError, json_response, read_json
 class _Table(RouteTable):
     """The route table, plus gaffer's short per-pid routes, which are matched first (HEAD
     /{pid} must not fall back to GET) and kept out of ``routes`` (so out of /openapi.json:
-    docs/http.md lists them)."""
+    docs/http.md lists them). ``fallback`` routes are tried last, only for a path no other
+    route has under any method (pulsar-rest-api's paths: zsup.http.pulsar_api); they are kept
+    out of ``routes`` too (docs/tasks.md lists them)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.gaffer = RouteTable()
+        self.fallback = RouteTable()
 
     def resolve(self, method: str, path: str):
         found, params, allowed = self.gaffer.resolve(method, path)
         if found is not None:
             return found, params, []
         found, params, more = super().resolve(method, path)
+        if found is None and not allowed and not more:
+            return self.fallback.resolve(method, path)
         return found, params, (allowed + more) if found is None else []
 
 
@@ -196,6 +201,8 @@ def set_job_state(ctx, req, session, name):
     action = _STATE_ACTIONS.get(str(value).lower()) if value is not None else None
     if action is None:
         raise HTTPError(400, "body: expected 1/\"start\", 0/\"stop\", 2/\"restart\" or \"reload\"")
+    if action == "stop_job" and gaffer.is_gaffer_request(req):  # gafferd's: one-shots too
+        return gaffer_commands.stop_job(ctx.gate, name=name, session=session)
     return ctx.gate.call(action, name=name, session=session)
 
 
@@ -339,3 +346,4 @@ def process_stats(ctx, req, pid):
 
 
 gaffer_keys_api.register(gaffer_route)  # gaffer's /auth, /keys, /users
+from zsup.http import pulsar_api  # noqa: E402,F401  (registers pulsar-rest-api's paths)

@@ -12,6 +12,7 @@ from zsup import __version__
 from zsup.cli.zsupctl.context import DEFAULT_TIMEOUT, PROG, Ctl, UsageError, resolve_endpoints
 from zsup.cli.zsupctl.follow import cmd_logs, cmd_tail, cmd_watch
 from zsup.cli.zsupctl.format import parse_env, parse_since
+from zsup.cli.zsupctl.gafferctl import cmd_numprocesses, cmd_running, cmd_update
 from zsup.cli.zsupctl.jobs import (
     cmd_add,
     cmd_commit,
@@ -86,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("processes", cmd_processes, "list the loaded jobs")
     p.add_argument("--session", help="only this session's jobs")
     p = add("load_process", cmd_load_process, "load a job (JSON object) or jobs (JSON list) from FILE or stdin",
-            aliases=["load-process", "load"])
+            aliases=["load-process", "load", "add_process"])
     p.add_argument("file", metavar="FILE", help="a JSON file, or - for stdin")
     p.add_argument("--session", help="load the jobs into this session")
     p.add_argument("--no-start", action="store_true", help="load without starting")
-    job(add("unload", cmd_unload, "stop a job's processes and remove the job"))
+    job(add("unload", cmd_unload, "stop a job's processes and remove the job",
+            aliases=["del_process", "unload_process"]))
     job(add("start", cmd_start, "start a job's processes"))
     job(add("stop", cmd_stop, "stop a job's processes (the job stays loaded)"))
     p = add("scale", cmd_scale, "set (N, =N) or change (+N, -N) a job's number of processes")
@@ -103,7 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("reload", cmd_reload, "restart a job's processes; without NAME, reload zsupd's config file")
     job(p, optional=True)
     job(add("info", cmd_info, "a job's state, command and processes"))
-    job(add("get", cmd_get, "a job's config as JSON (what load_process reads)"))
+    job(add("get", cmd_get, "a job's config as JSON (what load_process reads)", aliases=["get_process"]))
+    # gafferctl's older names with no zsupctl twin (zsup.cli.zsupctl.gafferctl)
+    p = add("update", cmd_update, "replace a loaded job's config with FILE's (one JSON object)",
+            aliases=["update_process"])
+    p.add_argument("file", metavar="FILE", help="a JSON file, or - for stdin")
+    p.add_argument("--session", help="the job's session (default: its own, else default)")
+    job(add("numprocesses", cmd_numprocesses, "how many processes a job keeps"))
+    job(add("running", cmd_running, "how many of a job's processes run now"))
     job(add("stats", cmd_stats, "CPU and memory of each process of a job, and their totals"))
     job(add("pids", cmd_pids, "zsup's pids of a job's processes (of every job without NAME)"), optional=True)
     add("sessions", cmd_sessions, "list the sessions")
