@@ -269,6 +269,21 @@ def test_sigterm_stops_children_gracefully(zsupd_factory):
     assert not any(alive(p) for p in kids)
 
 
+def test_a_signal_that_lands_on_another_thread_still_stops_zsupd(zsupd_factory):
+    """The kernel may deliver SIGTERM to any thread of zsupd; the main thread must still wake.
+    tgkill aims it at a thread that is not the main one, as a busy daemon sees it."""
+    import ctypes
+
+    d = zsupd_factory('[process:one]\ncmd = sleep 300\n')
+    d.call("status")
+    others = [int(t) for t in os.listdir(f"/proc/{d.proc.pid}/task") if int(t) != d.proc.pid]
+    assert others, "zsupd runs threads"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.tgkill(d.proc.pid, others[-1], signal.SIGTERM) == 0, os.strerror(ctypes.get_errno())
+    d.proc.wait(20)
+    assert d.proc.returncode == 0
+
+
 def test_no_orphans_when_zsupd_is_sigkilled(zsupd_factory):
     d = zsupd_factory(SLEEP.format(name="web", n=3))
     wait_for(lambda: running(d, "default.web") == 3)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -75,7 +76,7 @@ class Daemon:
         self.settings = config.settings
         self.state_dir = self.settings["state_dir"]
         self.events = EventEmitter()
-        self._wake = threading.Event()
+        self._wake_w = -1  # run()'s wake-up pipe
         self._ready = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -155,15 +156,23 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; SIGHUP reloads the config, SIGUSR1 reopens logs."""
+        # A signal sent to the process may land on any of its threads. The C-level handler
+        # then only sets a flag, and a main thread asleep on a lock would sleep on: so the
+        # main thread sleeps on a pipe that the handler writes to, whichever thread ran it.
+        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        previous_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         self.start()
         try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
+            while not self._stop_requested:
+                select.select([wake_r], [], [])
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
                 if self._stop_requested:
                     break
                 if self._reload_requested:
@@ -176,7 +185,11 @@ class Daemon:
                     self._reopen_requested = False
                     self.reopen_logs()
         finally:
+            signal.set_wakeup_fd(previous_fd)
             self.stop()
+            os.close(wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
         return 0
 
     def _on_signal(self, signum, frame) -> None:
@@ -187,11 +200,18 @@ class Daemon:
             self._reopen_requested = True
         else:
             self._stop_requested = True
-        self._wake.set()
+        self._wake()
 
     def request_stop(self) -> None:
+        """Any thread: make run() return (it stops everything first)."""
         self._stop_requested = True
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass  # a full pipe wakes the loop anyway; a closed one means run() is over
 
     # ------------------------------------------------------------------ bus wiring
     def _handle(self, cmd: str, args: dict):
