@@ -79,22 +79,31 @@ def systemd_quote(value: str) -> str:
 
 
 def systemd_env_file(env: dict[str, str]) -> str:
-    """An EnvironmentFile= for systemd: KEY="value", with \\ " $ and newlines escaped."""
+    """An EnvironmentFile= for systemd: KEY="value", with \\ " $ and ` escaped (systemd
+    expands $VAR in these files). It has no escape for a newline: such a value is refused."""
     lines = ["# exported by zsup"]
     for key, value in env.items():
-        value = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        if "\n" in value or "\r" in value:
+            raise BadRequest(f"cannot write {key} to a systemd EnvironmentFile (its value has a line break)")
+        for char in '\\"$`':
+            value = value.replace(char, "\\" + char)
         lines.append(f'{key}="{value}"')
     return "\n".join(lines) + "\n"
 
 
 def supervisord_value(value: str) -> str:
-    """A value in supervisord's `environment=`: quoted, `%` doubled (its own expansions)."""
-    value = value.replace("%", "%%")
-    if '"' not in value:
-        return f'"{value}"'
-    if "'" not in value:
-        return f"'{value}'"
-    raise BadRequest(f"cannot write {value!r} to supervisord's environment= (both quote characters)")
+    """A value in supervisord's `environment=`: quoted, `%` doubled (its own expansions).
+
+    supervisord splits that line with a non-POSIX shlex (no escapes) and then strips every
+    quote character from both ends of a value, so a value with both quote characters, or
+    starting or ending with one, cannot be written."""
+    if '"' not in value and "'" not in value[:1] + value[-1:]:
+        quoted = f'"{value}"'
+    elif "'" not in value and '"' not in value[:1] + value[-1:]:
+        quoted = f"'{value}'"
+    else:
+        raise BadRequest(f"cannot write {value!r} to supervisord's environment= (its quoting cannot carry it)")
+    return quoted.replace("%", "%%")
 
 
 def export_services(procfile: Procfile, fmt: str, insts: list[Instance], args: argparse.Namespace) -> dict[str, str]:
@@ -172,9 +181,10 @@ def write_files(folder: str, files: dict[str, str], out: TextIO) -> None:
                 f.write(text)
             if os.path.basename(name) == "run":
                 os.chmod(path, 0o755)
-            print(f"wrote {path}", file=out)
     except OSError as exc:
         raise BadRequest(f"{exc.filename or folder}: {exc.strerror or exc}") from None
+    for name in files:
+        print(f"wrote {os.path.join(folder, name)}", file=out)
 
 
 def check_ini_reads_back(text: str, jobs: list[dict]) -> None:

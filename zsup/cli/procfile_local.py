@@ -76,6 +76,8 @@ class Foreground:
         self.restarts: dict[str, int] = dict.fromkeys(names, 0)
         self.first_exit: int | None = None  # exit status of the first process that exited
         self.stopping = False
+        # Called (in the manager's thread, inline) when a first process exits on its own.
+        self.on_first_exit: Any = None
 
     def on_proc(self, topic: str, msg: dict, data: bytes | None) -> None:
         event, name, pid = msg.get("event"), msg.get("name"), msg.get("pid")
@@ -91,10 +93,12 @@ class Foreground:
             else:
                 how = f"exit code {msg.get('exit_code')}"
                 status = msg.get("exit_code") or 0
-            if not self.stopping:
+            if not self.stopping and not msg.get("reason"):
                 self.restarts[name] = self.restarts.get(name, 0) + 1
                 if self.first_exit is None:
                     self.first_exit = status
+                    if self.on_first_exit:
+                        self.on_first_exit()
             self.lines.put((name, self.instances.pop(pid, pid), f"exit process with pid {msg['os_pid']} ({how})"))
         elif event == "spawn_error":
             self.lines.put((name, self.instances.get(pid, pid), f"cannot spawn: {msg.get('error')}"))
@@ -168,6 +172,10 @@ def cmd_start(args: argparse.Namespace, out: TextIO) -> int:
                       names=[job["name"] for job in jobs], width=width)
     previous = {sig: signal.signal(sig, view.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     manager = Manager(subreaper=True)
+    if not args.keep_going:
+        # foreman: the first exit stops the app. stop_all runs inline here (we are in the
+        # manager's thread, inside the exit event), before the job would restart the process.
+        view.on_first_exit = lambda: manager.stop_all()
     manager.events.subscribe("proc.", view.on_proc)
     manager.events.subscribe("io.", view.on_io)
     stopper: threading.Thread | None = None

@@ -119,8 +119,8 @@ class Supervision:
                graceful_timeout: float | None = None) -> Process | None:
         self._loop.assert_in_loop()
         proc = Process(next(self._pid_counter), job.spec, committed, graceful_timeout)
-        if not committed:  # ZSUP_INSTANCE: the lowest slot (1..) no kept process of the job holds
-            taken = {p.instance for p in job.processes.values()}
+        if not committed:  # ZSUP_INSTANCE: the lowest slot (1..) no running process of the job
+            taken = {p.instance for p in job.running()}  # holds; one being stopped hands it on
             proc.instance = next(n for n in range(1, len(taken) + 2) if n not in taken)
             env = {**(env or {}), "ZSUP_INSTANCE": str(proc.instance)}
         try:
