@@ -114,3 +114,16 @@ def test_honcho_port_cases(tmp_path):
 def test_port_option_wins_over_env_a_documented_difference(tmp_path):
     # honcho lets PORT in .env override --port; in zsup the explicit option wins.
     assert ports_and_names(tmp_path, [("foo", "x")], env={"PORT": "5000"}, port=8000) == {"foo.1": "8000"}
+
+
+def test_unquoted_backslashes_other_than_escapes_are_kept_a_documented_difference():
+    # honcho's shell lexer drops them (C:path); zsup keeps a Windows-style path as written.
+    assert parse_env("P=C:\\path\\x\nQ=a\\\\b\n") == {"P": "C:\\path\\x", "Q": "a\\b"}
+
+
+def test_unreadable_lines_warn_and_the_rest_is_read():
+    warnings: list[str] = []
+    env = parse_env("A=1\nA B\nC='open\nD=4\n", "app/.env", warn=warnings.append)
+    assert env == {"A": "1", "D": "4"}
+    assert warnings == ["app/.env:2: expected KEY=value, got 'A B'; line skipped",
+                        "app/.env:3: unterminated single-quoted value for C; line skipped"]
