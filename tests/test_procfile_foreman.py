@@ -155,6 +155,24 @@ def test_attach_shows_a_loaded_apps_output(shop, zsupd_factory, capsys):
         stop_tool(proc)
 
 
+def test_attach_names_processes_that_were_already_running(tmp_path, zsupd_factory, capsys):
+    root = tmp_path / "ticker"
+    root.mkdir()
+    (root / "Procfile").write_text('tick: while true; do echo "tick $PS"; sleep 0.2; done\n')
+    d = zsupd_factory()
+    assert run_main(capsys, "--endpoint", d.bus, "-d", str(root), "load", "-c", "tick=2")[0] == 0
+    proc = tool("--endpoint", d.bus, "start", "--attach", cwd=str(root))
+    try:
+        out = Lines(proc.stdout)
+        for name in ("tick.1", "tick.2"):
+            wait_for(lambda: out.matching(rf"^\S+ {re.escape(name)} +\| tick {re.escape(name)}$"), timeout=20,
+                     message=f"{name}'s lines, got {out.lines[-5:]}")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(20) == 0
+    finally:
+        stop_tool(proc)
+
+
 # ============================================================================ check
 def test_check_prints_what_would_run_and_warns_about_skipped_lines(shop, capsys):
     (shop / "Procfile").write_text(PORT_PROCFILE + "not a process line\n")

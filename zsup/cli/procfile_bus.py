@@ -231,13 +231,24 @@ def pub_endpoint(args: argparse.Namespace) -> str:
     raise BadRequest(f"--attach: cannot tell zsupd's event socket from {endpoint}; set ZSUP_PUB")
 
 
+def running_instance(os_pid: int | None) -> int | None:
+    """ZSUP_INSTANCE from a live process's environment (same machine and user), else None."""
+    import psutil
+
+    try:
+        value = psutil.Process(os_pid).environ().get("ZSUP_INSTANCE") if os_pid else None
+        return int(value) if value else None
+    except (psutil.Error, ValueError, OSError):
+        return None
+
+
 def attach(args: argparse.Namespace, out: TextIO) -> int:
     """`zsup start --attach [APP]`: print the output and process events of an app loaded in
     zsupd, as `zsup start` prints its own, until Ctrl-C; the app keeps running.
 
     Lines come from zsupd's event socket (zsup.bus.client.Subscriber); the process's
-    instance number is known from its spawn event, so a process already running when we
-    attach is labelled with zsup's process id until it is restarted.
+    instance number comes with its spawn event, or, for a process already running, from its
+    environment when this machine lets us read it (else it is labelled with zsup's id).
     """
     import signal
 
@@ -247,10 +258,14 @@ def attach(args: argparse.Namespace, out: TextIO) -> int:
     app = app_name(args, args.name)
     conn = connect(args)
     try:
-        jobs = [n.partition(".")[2] for n in session_jobs(conn, app)]
+        names = session_jobs(conn, app)
+        running = [proc for name in names for proc in conn.info(name=name)["processes"]]
     finally:
         conn.close()
-    view = Foreground(out, colour=out.isatty() and not os.environ.get("NO_COLOR"), names=jobs)
+    view = Foreground(out, colour=out.isatty() and not os.environ.get("NO_COLOR"),
+                      names=[n.partition(".")[2] for n in names])
+    for proc in running:
+        view.instances[proc["pid"]] = running_instance(proc.get("os_pid")) or proc["pid"]
     previous = {sig: signal.signal(sig, view.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     curve = None
     if args.curve_key and args.server_key:
