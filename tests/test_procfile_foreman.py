@@ -339,3 +339,11 @@ def test_export_supervisord_refuses_what_its_parser_would_change(shop, tmp_path,
     (shop / ".env").write_text("""QUOTED='"edge"'\n""")
     code, _, err = run_main(capsys, "-d", str(shop), "export", "--format", "supervisord", "--out", str(tmp_path / "s"))
     assert code == 1 and "supervisord" in err and not (tmp_path / "s").exists()
+
+
+def test_new_options_have_help(capsys):
+    for argv in (["check", "--help"], ["start", "--help"], ["export", "--help"]):
+        code, out, _ = run_main(capsys, *argv)
+        assert code == 0
+    assert "--keep-going" in run_main(capsys, "start", "--help")[1]
+    assert "launchd" in run_main(capsys, "export", "--help")[1]
