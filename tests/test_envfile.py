@@ -40,7 +40,8 @@ def test_double_quotes_decode_newline_quote_and_backslash_escapes():
 
 
 def test_double_quotes_keep_other_backslashes_and_single_quotes():
-    assert parse_env(r'''P="C:\temp\x it's"''') == {"P": "C:\\temp\\x it's"}
+    # \t is an escape (python-dotenv), so the path avoids it
+    assert parse_env(r'''P="C:\data\x it's"''') == {"P": "C:\\data\\x it's"}
 
 
 def test_unquoted_values_lose_a_trailing_comment_but_keep_inner_hashes():

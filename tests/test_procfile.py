@@ -8,7 +8,14 @@ from configobj import ConfigObj
 
 from zsup.core.jobspec import JobSpec
 from zsup.errors import BadRequest
-from zsup.services.procfile import Procfile, app_name_for, ini_value, parse_concurrency
+from zsup.services.procfile import (
+    Procfile,
+    app_name_for,
+    ini_value,
+    instance_prefix,
+    parse_concurrency,
+    strip_instance_prefix,
+)
 
 PROCFILE = """\
 # the web front
@@ -134,14 +141,7 @@ def test_folder_name_with_odd_characters_becomes_a_valid_session(tmp_path):
 @pytest.mark.parametrize(
     "line, reason",
     [
-        ("just some text", "expected 'name: command', got 'just some text'"),
-        ("two words: cmd", "expected 'name: command'"),
-        (": cmd", "expected 'name: command'"),
-        ("we.b: cmd", "invalid process type 'we.b'"),
         ("-web: cmd", "invalid process type '-web'"),
-        ("wéb: cmd", "invalid process type 'wéb'"),
-        ("empty:", "process type 'empty' has no command"),
-        ("empty:    ", "process type 'empty' has no command"),
         ("web: again", "duplicate process type 'web'"),
     ],
 )
@@ -153,11 +153,31 @@ def test_bad_lines_name_the_file_and_line(tmp_path, line, reason):
     assert info.value.code == "bad_request"
 
 
-def test_a_procfile_without_types_is_an_error(tmp_path):
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("just some text", "not 'name: command'"),
+        ("two words: cmd", "not 'name: command'"),
+        (": cmd", "not 'name: command'"),
+        ("we.b: cmd", "not 'name: command'"),
+        ("+web: cmd", "not 'name: command'"),
+        ("wéb: cmd", "not 'name: command'"),
+        ("empty:", "no command"),
+        ("empty:    ", "no command"),
+    ],
+)
+def test_lines_honcho_skips_are_skipped_with_a_warning(tmp_path, line, reason):
+    path = write(tmp_path / "Procfile", f"# comment\nweb: run\n\n{line}\n")
+    warnings: list[str] = []
+    assert Procfile.load(path, warn=warnings.append).processes == {"web": "run"}
+    assert warnings == [f"{path}:4: {reason}, line skipped: {line.strip()!r}"]
+    assert Procfile.load(path).processes == {"web": "run"}  # no warn: skipped quietly
+
+
+def test_a_procfile_of_only_comments_is_an_empty_app(tmp_path):
     path = write(tmp_path / "Procfile", "# nothing here\n\n")
-    with pytest.raises(BadRequest) as info:
-        Procfile.load(path)
-    assert info.value.message == f"{path}: no process types defined"
+    proc = Procfile.load(path)
+    assert proc.processes == {} and proc.job_dicts() == []
 
 
 def test_a_missing_procfile_is_an_error(tmp_path):
@@ -206,7 +226,7 @@ def test_job_dicts_shape(app_dir):
     assert jobs[0] == {
         "name": "web",
         "session": "myapp",
-        "cmd": "python -u app.py --port $PORT",
+        "cmd": instance_prefix("web", None) + "python -u app.py --port $PORT",
         "shell": True,
         "cwd": str(app_dir),
         "env": {"PORT": "5000"},
@@ -218,10 +238,12 @@ def test_job_dicts_shape(app_dir):
 
 def test_job_dicts_are_accepted_by_jobspec(app_dir):
     write(app_dir / ".env", "PORT=5000\n")
+    proc_cmds = load(app_dir).processes
     for job in load(app_dir).job_dicts({"worker": 0}):
         spec = JobSpec.from_dict(job)
         assert spec.session == "myapp" and spec.shell and spec.cwd == str(app_dir)
         assert spec.cmd == job["cmd"] and spec.env == {"PORT": "5000"}
+        assert strip_instance_prefix(spec.cmd) == proc_cmds[job["name"]]
         assert spec.numprocesses == (0 if job["name"] == "worker" else 1)
 
 
@@ -280,7 +302,7 @@ def test_export_ini_sections_and_keys(app_dir):
         "process:myapp:worker", "env:myapp:worker",
     ]
     assert dict(config["process:myapp:web"]) == {
-        "cmd": "python -u app.py --port $PORT",
+        "cmd": instance_prefix("web", None) + "python -u app.py --port $PORT",
         "cwd": str(app_dir),
         "shell": "true",
         "numprocesses": "2",
@@ -291,7 +313,7 @@ def test_export_ini_sections_and_keys(app_dir):
     with pytest.raises(BadRequest, match="myapp.clock-1: cannot write the command .* --format json"):
         load(app_dir).export_ini(names=["clock-1"])
     assert dict(config["env:myapp:worker"]) == {"PORT": "5000", "lower_key": "x"}
-    assert "[process:myapp:web]\ncmd = python -u app.py --port $PORT\n" in text
+    assert f"[process:myapp:web]\ncmd = {instance_prefix('web', None)}python -u app.py --port $PORT\n" in text
 
 
 def test_export_ini_without_env_has_no_env_sections(app_dir):

@@ -329,7 +329,7 @@ def test_export_json_loads_back_as_the_same_jobs(tmp_path, zsupd_factory, capsys
                             "-c", "web=2")
     assert code == 0, err
     jobs = json.loads(out_file.read_text())
-    assert jobs == Procfile.load(str(root / "Procfile")).job_dicts({"web": 2})
+    assert jobs == Procfile.load(str(root / "Procfile")).job_dicts({"web": 2}, port=5000)  # PORT from .env
     d = zsupd_factory()
     for job in jobs:
         d.call("load", config=job)
@@ -348,7 +348,7 @@ def test_export_ini_in_a_zsupd_config_gives_the_same_jobs(tmp_path, zsupd_factor
     d = zsupd_factory(ini)
     # zsupd may answer ping a moment before it has loaded its config's jobs
     wait_for(lambda: d.call("jobs", session="shop") == ["shop.web", "shop.worker"], message="the exported jobs")
-    assert_same_jobs(d, Procfile.load(str(root / "Procfile")).job_dicts({"worker": 0}))
+    assert_same_jobs(d, Procfile.load(str(root / "Procfile")).job_dicts({"worker": 0}, port=5000))
 
 
 def test_export_ini_refuses_what_zsupd_would_read_differently(tmp_path, capsys):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
-from zsup.services.procfile import Procfile, app_name_for
+from zsup.services.procfile import Procfile, app_name_for, base_port
 
 
 def app_root(args: argparse.Namespace) -> str:
@@ -39,8 +40,18 @@ def app_name(args: argparse.Namespace, name: str | None) -> str:
     return app_name_for(os.path.basename(app_root(args).rstrip(os.sep)))
 
 
+def warn(message: str) -> None:
+    """A line honcho would skip: skipped, and said on stderr so a typo does not go unseen."""
+    print(f"zsup: warning: {message}", file=sys.stderr)
+
+
 def load_procfile(args: argparse.Namespace, name: str | None = None) -> Procfile:
     root = args.directory and os.path.abspath(args.directory)
     return Procfile.load(procfile_path(args), root=root, env_files=args.env,
-                         app_name=app_name(args, name) if name else None)
+                         app_name=app_name(args, name) if name else None, warn=warn)
+
+
+def app_port(args: argparse.Namespace, procfile: Procfile) -> int:
+    """The base PORT: -p, else PORT from the env files, else from the environment, else 5000."""
+    return base_port(getattr(args, "port", None), procfile.env)
 

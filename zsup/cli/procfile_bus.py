@@ -17,9 +17,9 @@ from typing import Any, TextIO
 
 from zsup.bus.client import Client, default_endpoints
 from zsup.bus.typed import BusCommands
-from zsup.cli.procfile_app import app_name, load_procfile
+from zsup.cli.procfile_app import app_name, app_port, load_procfile
 from zsup.errors import BadRequest, NotFound, Unavailable, ZsupError, error_from_dict
-from zsup.services.procfile import parse_concurrency
+from zsup.services.procfile import parse_concurrency, strip_instance_prefix
 
 PING_TIMEOUT = 3.0  # how long "is zsupd there?" may take before we say it is not
 COMMAND_TIMEOUT = 30.0  # a load_session of many jobs is still well within this
@@ -116,7 +116,9 @@ def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
     any and starts them in priority order, so a bad job leaves nothing half-loaded."""
     concurrency = parse_concurrency(args.concurrency)
     procfile = load_procfile(args, args.name)
-    jobs = procfile.job_dicts(concurrency)
+    if not procfile.processes:
+        raise BadRequest(f"{procfile.path}: no process types to load")
+    jobs = procfile.job_dicts(concurrency, port=app_port(args, procfile))
     conn = connect(args)
     try:
         names = conn.load_session(session=procfile.app, configs=jobs)
@@ -200,7 +202,7 @@ def cmd_ps(args: argparse.Namespace, out: TextIO) -> int:
                 stats = conn.stats(name=job)
             except NotFound:
                 continue  # unloaded between the two calls
-            print(f"=== {info['name']}: `{info['config']['cmd']}`", file=out)
+            print(f"=== {info['name']}: `{strip_instance_prefix(info['config']['cmd'])}`", file=out)
             print(f"Total CPU: {stats.get('cpu', 0.0):f} Total MEM: {stats.get('mem', 0.0):.2f}", file=out)
             print(file=out)
             for proc in info["processes"]:
@@ -215,45 +217,73 @@ def cmd_ps(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def check_ini_reads_back(text: str, jobs: list[dict]) -> None:
-    """Refuse an ini export that zsupd would read as different jobs.
+def pub_endpoint(args: argparse.Namespace) -> str:
+    """zsupd's event socket: `$ZSUP_PUB`, else the one beside an ipc:// bus socket."""
+    from zsup.bus.client import COMMAND_SOCKET, PUB_SOCKET
 
-    zsupd's config reader has its own rules (a ` #` in a value starts a comment, `cmd` keeps
-    its quotes, values are single lines, env names are upper-cased), so a value with those
-    characters may not survive the trip. Reading the export back the way zsupd will, before
-    anyone relies on it, turns a silently different job into a clear error.
-    """
-    from zsup.daemon.config import parse_config
+    endpoint = args.endpoint or default_endpoints()[0]
+    if os.environ.get("ZSUP_PUB") and not args.endpoint:
+        return os.environ["ZSUP_PUB"]
+    if endpoint.startswith("ipc://") and endpoint.endswith(COMMAND_SOCKET):
+        return endpoint[: -len(COMMAND_SOCKET)] + PUB_SOCKET
+    if os.environ.get("ZSUP_PUB"):
+        return os.environ["ZSUP_PUB"]
+    raise BadRequest(f"--attach: cannot tell zsupd's event socket from {endpoint}; set ZSUP_PUB")
+
+
+def running_instance(os_pid: int | None) -> int | None:
+    """ZSUP_INSTANCE from a live process's environment (same machine and user), else None."""
+    import psutil
 
     try:
-        config = parse_config(text, "<export>")
-    except ZsupError as exc:
-        raise BadRequest(f"cannot export as ini ({exc.message}); use --format json") from None
-    read_back = {(job["session"], job["name"]): job for job in config.job_dicts()}
-    for job in jobs:
-        got = read_back.get((job["session"], job["name"]), {})
-        for key, value in job.items():
-            if got.get(key) != value:
-                what = f"{key} {value!r}" if key != "env" else "its environment"
-                raise BadRequest(f"cannot export {job['session']}.{job['name']} as ini: zsupd would not read "
-                                 f"{what} back unchanged; use --format json")
+        value = psutil.Process(os_pid).environ().get("ZSUP_INSTANCE") if os_pid else None
+        return int(value) if value else None
+    except (psutil.Error, ValueError, OSError):
+        return None
 
 
-def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
-    """Write the jobs as zsupd config sections or as the JSON job list that `load` takes."""
-    procfile = load_procfile(args, args.name)
-    concurrency = parse_concurrency(args.concurrency)
-    if args.format == "json":
-        text = procfile.export_json(concurrency)
-    else:
-        text = procfile.export_ini(concurrency)
-        check_ini_reads_back(text, procfile.job_dicts(concurrency))
-    if args.out:
-        try:
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise BadRequest(f"{args.out}: {exc.strerror or exc}") from None
-    else:
-        out.write(text)
+def attach(args: argparse.Namespace, out: TextIO) -> int:
+    """`zsup start --attach [APP]`: print the output and process events of an app loaded in
+    zsupd, as `zsup start` prints its own, until Ctrl-C; the app keeps running.
+
+    Lines come from zsupd's event socket (zsup.bus.client.Subscriber); the process's
+    instance number comes with its spawn event, or, for a process already running, from its
+    environment when this machine lets us read it (else it is labelled with zsup's id).
+    """
+    import signal
+
+    from zsup.bus.client import Subscriber
+    from zsup.cli.procfile_local import Foreground
+
+    app = app_name(args, args.name)
+    conn = connect(args)
+    try:
+        names = session_jobs(conn, app)
+        running = [proc for name in names for proc in conn.info(name=name)["processes"]]
+    finally:
+        conn.close()
+    view = Foreground(out, colour=out.isatty() and not os.environ.get("NO_COLOR"),
+                      names=[n.partition(".")[2] for n in names])
+    for proc in running:
+        view.instances[proc["pid"]] = running_instance(proc.get("os_pid")) or proc["pid"]
+    previous = {sig: signal.signal(sig, view.request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    curve = None
+    if args.curve_key and args.server_key:
+        from zsup.bus.curve import client_curve
+        curve = client_curve(args.curve_key, args.server_key)
+    try:
+        with Subscriber(pub_endpoint(args), [f"proc.{app}.", f"io.{app}."], curve=curve) as sub:
+            view.lines.put(("zsup", None, f"attached to {app} in zsupd (Ctrl-C detaches; the app keeps running)"))
+            while not view.stop_requests:
+                event = sub.recv(timeout=0.1)
+                if event is not None:
+                    handler = view.on_io if event.topic.startswith("io.") else view.on_proc
+                    handler(event.topic, event.msg, event.data)
+                view.drain(0)
+        view.drain(0)
+        view.write("zsup", None, view.summary())
+        out.flush()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0

@@ -7,7 +7,8 @@ This is gaffer's `gaffer` tool (seeds/001, "Manage your Procfile applications"):
     zsup scale [APP] web=3 worker+2 other-1    change process counts in zsupd
     zsup ps [APP]                              what the app's processes are doing in zsupd
     zsup run [-c ...] COMMAND...               a one-off command with the app's environment
-    zsup export [--format ini|json] [--out FILE] [APP]
+    zsup export [--format ini|json|systemd|supervisord|runit|upstart|launchd] [--out PATH] [APP]
+    zsup check [-c ...]                        validate Procfile and .env, print what would run
 
 `start` embeds the supervisor core (zsup.core.manager.Manager) in this process: nothing else needs
 to run, and Ctrl-C stops everything. Every other command that touches zsupd speaks the bus
@@ -16,8 +17,9 @@ sends the same commands through the HTTP gateway instead. Errors are one line on
 `zsup: <message>`, and a non-zero exit code.
 
 This module holds the command line (parser and `main`); the commands are in
-zsup.cli.procfile_local (start, run) and zsup.cli.procfile_bus (load, unload, scale, ps,
-export), the application's root and name in zsup.cli.procfile_app.
+zsup.cli.procfile_local (start, run), zsup.cli.procfile_bus (load, unload, scale, ps, and
+`start --attach`), zsup.cli.procfile_export (export, check), the application's root and name
+in zsup.cli.procfile_app.
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ from typing import Callable
 
 from zsup import __version__
 from zsup.cli.procfile_bus import (
-    cmd_export,
     cmd_load,
     cmd_ps,
     cmd_scale,
@@ -36,6 +37,7 @@ from zsup.cli.procfile_bus import (
     format_uptime,
     parse_scale_specs,
 )
+from zsup.cli.procfile_export import EXPORT_FORMATS, cmd_check, cmd_export
 from zsup.cli.procfile_local import cmd_run, cmd_start, silence_stdout
 from zsup.errors import ZsupError
 
@@ -94,13 +96,22 @@ def build_parser() -> ToolParser:
         sp.set_defaults(func=func)
         return sp
 
-    def concurrency(sp: ToolParser) -> None:
+    def concurrency(sp: ToolParser, port: bool = True) -> None:
         sp.add_argument("-c", "--concurrency", metavar="TYPE=N,...", default="",
                         help="how many processes of each type, e.g. web=2,worker=1 (default: 1 each)")
+        if port:
+            sp.add_argument("-p", "--port", type=int, metavar="PORT",
+                            help="base PORT: +100 per process type, +1 per instance (default: PORT "
+                                 "from the env files, else from the environment, else 5000)")
 
     sp = add("start", cmd_start, "Start all process types of the Procfile, or one, in the foreground.")
     concurrency(sp)
-    sp.add_argument("name", nargs="?", metavar="TYPE", help="run only this process type")
+    sp.add_argument("name", nargs="?", metavar="TYPE", help="run only this process type (with --attach: APP)")
+    sp.add_argument("--keep-going", action="store_true",
+                    help="restart a process that exits (zsupd's behaviour) instead of stopping everything "
+                         "(foreman's)")
+    sp.add_argument("--attach", action="store_true",
+                    help="show the output of the app already loaded in zsupd (session APP) until Ctrl-C")
 
     sp = add("load", cmd_load, "Load the Procfile application into zsupd as a session, and start it.")
     concurrency(sp)
@@ -123,11 +134,21 @@ def build_parser() -> ToolParser:
                     help="one argument: a shell line (like a Procfile line); several: a program and its "
                          "arguments, run as they are")
 
-    sp = add("export", cmd_export, "Export the Procfile as zsupd config sections (ini) or JSON jobs.")
+    sp = add("export", cmd_export, "Export the Procfile as zsupd config (ini, json) or as service files "
+                                   "for systemd, supervisord, runit, upstart or launchd.")
     concurrency(sp)
-    sp.add_argument("--format", choices=("ini", "json"), default="ini", help="output format (default: ini)")
-    sp.add_argument("--out", metavar="FILE", help="write to FILE instead of standard output")
+    sp.add_argument("--format", choices=EXPORT_FORMATS, default="ini", help="output format (default: ini)")
+    sp.add_argument("--out", metavar="PATH",
+                    help="ini, json: write to FILE instead of standard output; other formats: the "
+                         "folder to write into (required)")
+    sp.add_argument("--template", metavar="DIR", help="a folder of templates overriding zsup's own")
+    sp.add_argument("-u", "--user", help="the user the services run as (default: none set)")
+    sp.add_argument("-l", "--log", metavar="DIR", help="supervisord, upstart, launchd: the log folder "
+                                                      "(default: /var/log/APP)")
     sp.add_argument("name", nargs="?", metavar="APP", help="session name (default: as for load)")
+
+    sp = add("check", cmd_check, "Check the Procfile and .env files, and print what would run.")
+    concurrency(sp)
     return p
 
 

@@ -7,51 +7,61 @@ so one `.env` works with all of them:
     PORT=5000
     export DEBUG=1                  # the `export` prefix lets the file be sourced by sh
     GREETING='literal $text, \n'    # single quotes: taken as written
-    MOTD="two\nlines \"quoted\""     # double quotes: \n, \" and \\ are escapes
+    MOTD="two\nlines \"quoted\""     # double quotes: \n \t \r \" \' \\ (and \a \b \f \v) are escapes
     URL=http://host/a#b             # unquoted: ' # ...' ends the value, 'a#b' does not
+    QUOTE=\"bare\"                  # unquoted: \" \' and \\ are escapes (honcho), other \ kept
 
 Each variable sits on one line. Values are kept literal: `$VAR` inside a value is not
 expanded while parsing, because the same text would mean different things to different tools;
 callers that want expansion call `substitute` on purpose. A line that cannot be read is an
 error (`BadRequest "<file>:<line>: <reason>"`), never silently skipped: a typo in a `.env`
-otherwise shows up much later as a process running with the wrong setting.
+otherwise shows up much later as a process running with the wrong setting. Callers that must
+read what honcho reads (the `zsup` Procfile tool) pass `warn`: such a line is then skipped and
+reported through it instead.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from zsup.errors import BadRequest
 
 KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 EXPORT_RE = re.compile(r"^export\s+")
 TRAILING_COMMENT_RE = re.compile(r"\s+#.*$")
-DOUBLE_QUOTE_ESCAPES = {"n": "\n", '"': '"', "\\": "\\"}
+# python-dotenv's set for double quotes; unquoted values decode only quotes and backslashes.
+DOUBLE_QUOTE_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "'": "'", "\\": "\\",
+                        "a": "\a", "b": "\b", "f": "\f", "v": "\v"}
+UNQUOTED_ESCAPE_RE = re.compile(r"\\([\\\"'])")
 SUBSTITUTION_RE = re.compile(r"\$(?:(\$)|([A-Za-z_][A-Za-z0-9_]*)|\{([A-Za-z_][A-Za-z0-9_]*)\})")
 
 
-def parse_env(text: str, source: str = "<env>") -> dict[str, str]:
+def parse_env(text: str, source: str = "<env>", warn: Callable[[str], None] | None = None) -> dict[str, str]:
     """Parse the text of a `.env` file; `source` names it in error messages.
 
-    A key given twice keeps its last value, as it would in a shell.
+    A key given twice keeps its last value, as it would in a shell. A bad line is a
+    BadRequest, or, with `warn`, skipped after `warn("<source>:<line>: <reason>")`.
     """
     env: dict[str, str] = {}
     for lineno, line in enumerate(text.lstrip("\ufeff").split("\n"), 1):
         try:
             item = _parse_line(line)
         except ValueError as exc:
-            raise BadRequest(f"{source}:{lineno}: {exc}") from None
+            if warn is None:
+                raise BadRequest(f"{source}:{lineno}: {exc}") from None
+            warn(f"{source}:{lineno}: {exc}; line skipped")
+            continue
         if item is not None:
             env[item[0]] = item[1]
     return env
 
 
-def load_env_files(paths: list[str]) -> dict[str, str]:
+def load_env_files(paths: list[str], warn: Callable[[str], None] | None = None) -> dict[str, str]:
     """Read `.env` files in order and merge them; a later file wins over an earlier one."""
     env: dict[str, str] = {}
     for path in paths:
-        env.update(parse_env(read_text(path, "env file"), path))
+        env.update(parse_env(read_text(path, "env file"), path, warn))
     return env
 
 
@@ -108,7 +118,7 @@ def _parse_line(line: str) -> tuple[str, str] | None:
         value, rest = _read_double_quoted(quoted, key)
     else:
         # Cut the comment before stripping: in 'KEY= # note' the blank before '#' counts.
-        return key, TRAILING_COMMENT_RE.sub("", raw).strip()
+        return key, UNQUOTED_ESCAPE_RE.sub(r"\1", TRAILING_COMMENT_RE.sub("", raw).strip())
     rest = rest.strip()
     if rest and not rest.startswith("#"):
         raise ValueError(f"unexpected text after the quoted value of {key}: {rest!r}")

@@ -99,6 +99,7 @@ class Process:
         self.out_fds: list[tuple[int, OutputStream]] = []
         self.stdin_fd = -1
         self.adopted = False  # a detached process started by a previous zsupd, found again
+        self.instance: int | None = None  # slot among the job's kept processes (ZSUP_INSTANCE)
 
     @property
     def job(self) -> str:

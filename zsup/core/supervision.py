@@ -139,6 +139,10 @@ class Supervision:
                graceful_timeout: float | None = None) -> Process | None:
         self._loop.assert_in_loop()
         proc = Process(next(self._pid_counter), job.spec, committed, graceful_timeout)
+        if not committed:  # ZSUP_INSTANCE: the lowest slot (1..) no running process of the job
+            taken = {p.instance for p in job.running()}  # holds; one being stopped hands it on
+            proc.instance = next(n for n in range(1, len(taken) + 2) if n not in taken)
+            env = {**(env or {}), "ZSUP_INSTANCE": str(proc.instance)}
         try:
             proc.spawn(env)
         except SpawnError as exc:
@@ -154,7 +158,8 @@ class Supervision:
         self._all_gone.clear()
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
         self._pipes.add(proc)
-        self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed)
+        self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed,
+                           instance=proc.instance)
         if not committed and job.last_error is not None:
             self._spawn_recovered(job)
         return proc

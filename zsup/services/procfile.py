@@ -17,12 +17,16 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 
 from zsup.core.envfile import load_env_files, read_text
 from zsup.core.jobspec import NAME_RE
 from zsup.errors import BadRequest
 
-LINE_RE = re.compile(r"^([^:\s]+)\s*:\s*(.*)$")
+LINE_RE = re.compile(r"^([A-Za-z0-9_\-]+)\s*:(.*)$")
+PREFIX_RE = re.compile(r"^(PORT=\$\(\(\d+ \+ \$\{ZSUP_INSTANCE:-1\} - 1\)\); export PORT; )?"
+                       r"PS=[A-Za-z0-9_\-]+\.\$\{ZSUP_INSTANCE:-1\}; HONCHO_PROCESS_NAME=\$PS; "
+                       r"export PS HONCHO_PROCESS_NAME; ")
 APP_BAD_CHARS_RE = re.compile(r"[^A-Za-z0-9_\-]")
 REDIRECT_OUTPUT = ["stdout", "stderr"]
 # configobj splits its input with str.splitlines(), which breaks lines at all of these.
@@ -46,36 +50,50 @@ class Procfile:
         root: str | None = None,
         env_files: list[str] | None = None,
         app_name: str | None = None,
+        warn: Callable[[str], None] | None = None,
     ) -> "Procfile":
         """Read a Procfile and its environment.
 
         root defaults to the Procfile's folder; app_name to the root's folder name. With no
         env_files (None or empty), `<root>/.env` is read when it exists; given files are read
-        in order, a later one winning, and a missing one is an error.
+        in order, a later one winning, and a missing one is an error. With `warn`, lines
+        honcho would skip are skipped and reported through it (else they are errors in .env
+        files and silently skipped in the Procfile).
         """
         path = os.path.abspath(path)
-        processes = parse_procfile(read_text(path, "Procfile"), path)
+        processes = parse_procfile(read_text(path, "Procfile"), path, warn)
         root = os.path.abspath(root) if root else os.path.dirname(path)
         if not os.path.isdir(root):
             raise BadRequest(f"{root}: no such application root directory")
         if not env_files:
             default_env = os.path.join(root, ".env")
             env_files = [default_env] if os.path.isfile(default_env) else []
-        env = load_env_files(env_files)
+        env = load_env_files(env_files, warn)
         app = app_name_for(app_name or os.path.basename(root.rstrip(os.sep)))
         return cls(path, root, app, env, processes)
 
-    def job_dicts(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None) -> list[dict]:
-        """One job dict per process type (all, or those in names), in Procfile order."""
+    def ports(self, base: int | None) -> dict[str, int]:
+        """Each type's base PORT: base + 100 per type in Procfile order (foreman, honcho)."""
+        return {} if base is None else {name: base + 100 * i for i, name in enumerate(self.processes)}
+
+    def job_dicts(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None,
+                  port: int | None = None) -> list[dict]:
+        """One job dict per process type (all, or those in names), in Procfile order.
+
+        Each command is preceded by `instance_prefix`: the instance's name, and its PORT when
+        `port` (the app's base port) is given. The ports do not move when `names` leaves
+        types out: `web` keeps its port whichever types run.
+        """
         concurrency = concurrency or {}
         self.check_types(concurrency)
         self.check_types(names or [])
         wanted = list(self.processes) if not names else [n for n in self.processes if n in names]
+        ports = self.ports(port)
         return [
             {
                 "name": name,
                 "session": self.app,
-                "cmd": self.processes[name],
+                "cmd": instance_prefix(name, ports.get(name)) + self.processes[name],
                 "shell": True,
                 "cwd": self.root,
                 "env": dict(self.env),
@@ -92,18 +110,20 @@ class Procfile:
                 known = ", ".join(self.processes)
                 raise BadRequest(f"unknown process type {name!r} (known: {known})")
 
-    def export_json(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None) -> str:
+    def export_json(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None,
+                    port: int | None = None) -> str:
         """The jobs as a JSON list, ready for the bus's `load` command or the HTTP API."""
-        return json.dumps(self.job_dicts(concurrency, names), indent=2) + "\n"
+        return json.dumps(self.job_dicts(concurrency, names, port), indent=2) + "\n"
 
-    def export_ini(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None) -> str:
+    def export_ini(self, concurrency: dict[str, int] | None = None, names: list[str] | None = None,
+                   port: int | None = None) -> str:
         """The jobs as zsupd config sections, to include in or append to a zsupd config file.
 
         Each type gets `[process:<app>:<type>]` and, when the app has an environment,
         `[env:<app>:<type>]` (an empty env section would only be noise).
         """
         lines = [f"# exported by zsup from {self.path}"]
-        for job in self.job_dicts(concurrency, names):
+        for job in self.job_dicts(concurrency, names, port):
             section = f"{self.app}:{job['name']}"
             try:
                 cmd = ini_command(job["cmd"])
@@ -124,30 +144,55 @@ class Procfile:
         return "\n".join(lines) + "\n"
 
 
-def parse_procfile(text: str, source: str = "<Procfile>") -> dict[str, str]:
-    """Parse Procfile text into {type: command}, in file order; `source` names it in errors."""
+def parse_procfile(text: str, source: str = "<Procfile>", warn: Callable[[str], None] | None = None) -> dict[str, str]:
+    """Parse Procfile text into {type: command}, in file order; `source` names it in messages.
+
+    As honcho does, a line that is not `name: command` (or has no command) is skipped, with
+    `warn("<source>:<line>: ...")` when warn is given; a file of only comments is an empty
+    app. A name zsup cannot use as a job name (honcho accepts a leading '-') and a type given
+    twice are errors: skipping them would silently drop or replace a process honcho runs.
+    """
     processes: dict[str, str] = {}
     for lineno, line in enumerate(text.lstrip("\ufeff").split("\n"), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
             continue
         match = LINE_RE.match(stripped)
-        if not match:
-            raise BadRequest(f"{source}:{lineno}: expected 'name: command', got {stripped!r}")
+        if not match or not match.group(2).strip():
+            if warn:
+                why = "no command" if match else "not 'name: command'"
+                warn(f"{source}:{lineno}: {why}, line skipped: {stripped!r}")
+            continue
         name, cmd = match.group(1), match.group(2).strip()
         if not NAME_RE.match(name):
             raise BadRequest(
                 f"{source}:{lineno}: invalid process type {name!r} "
                 "(letters, digits, '_' and '-', not starting with '-')"
             )
-        if not cmd:
-            raise BadRequest(f"{source}:{lineno}: process type {name!r} has no command")
         if name in processes:
             raise BadRequest(f"{source}:{lineno}: duplicate process type {name!r}")
         processes[name] = cmd
-    if not processes:
-        raise BadRequest(f"{source}: no process types defined")
     return processes
+
+
+def instance_prefix(ptype: str, port: int | None) -> str:
+    """The shell statements put before a type's command to give each instance its own
+    name (`PS`, `HONCHO_PROCESS_NAME`: `web.2`) and, with a port, `PORT` (type base + N - 1).
+
+    N is `ZSUP_INSTANCE`, the slot zsup's supervisor gives each kept process of a job
+    (1, 2, ...; a restarted process takes the slot back), so scaling in zsupd keeps the
+    numbering foreman and honcho use.
+    """
+    names = f"PS={ptype}.${{ZSUP_INSTANCE:-1}}; HONCHO_PROCESS_NAME=$PS; export PS HONCHO_PROCESS_NAME; "
+    if port is None:
+        return names
+    return f"PORT=$(({port} + ${{ZSUP_INSTANCE:-1}} - 1)); export PORT; " + names
+
+
+def strip_instance_prefix(cmd: str) -> str:
+    """The command as the user wrote it, without what `instance_prefix` put before it."""
+    match = PREFIX_RE.match(cmd)
+    return cmd[match.end():] if match else cmd
 
 
 def parse_concurrency(value: str) -> dict[str, int]:
@@ -173,6 +218,24 @@ def parse_concurrency(value: str) -> dict[str, int]:
             raise BadRequest(f"concurrency: bad entry {part!r} ({name!r} is given twice)")
         result[name] = number
     return result
+
+
+def base_port(option: int | None, env: dict[str, str], os_env: dict[str, str] | None = None) -> int:
+    """The app's base PORT: `-p/--port`, else PORT from the .env files, else from zsup's own
+    environment, else 5000. A PORT that is not a port number is a BadRequest."""
+    os_env = os.environ if os_env is None else os_env
+    for value, where in ((option, "--port"), (env.get("PORT"), "PORT in the env file"),
+                         (os_env.get("PORT"), "PORT in the environment"), (5000, "")):
+        if value is None or value == "":
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise BadRequest(f"{where}: {value!r} is not a port number") from None
+        if not 1 <= number <= 65535:
+            raise BadRequest(f"{where}: {value!r} is not a port number (1-65535)")
+        return number
+    raise AssertionError("unreachable")
 
 
 def app_name_for(name: str) -> str:
