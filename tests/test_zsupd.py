@@ -368,7 +368,17 @@ def test_stats_are_published_only_while_someone_subscribes(zsupd_factory):
             assert key in ev.msg
     # nobody listens to stats any more (a catch-all subscriber does not count): no sampling
     with Subscriber(d.pub, [""]) as everything:
-        wait_for(lambda: d.call("ping") and everything.recv(0.05) is None, timeout=10)
+        def quiet_for_a_sampling_interval():
+            # The unsubscription reaches the publisher asynchronously, and a sample already
+            # taken may still be on its way: wait for one whole interval without stats.
+            end = time.monotonic() + 1.2
+            while time.monotonic() < end:
+                ev = everything.recv(0.1)
+                if ev is not None and ev.topic.startswith("stats."):
+                    return False
+            return True
+
+        wait_for(lambda: d.call("ping") and quiet_for_a_sampling_interval(), timeout=15)
         seen = []
         end = time.monotonic() + 2.5  # more than two sampling intervals
         while time.monotonic() < end:
