@@ -218,6 +218,15 @@ class Daemon:
             sys.stdout.buffer.write(b"".join(prefix + l if l.endswith(b"\n") else prefix + l + b"\n" for l in lines))
             sys.stdout.flush()
 
+    @staticmethod
+    def _gateway_output(topic: str, msg: dict, data: bytes | None) -> None:
+        """On the IO thread (quick): zsup-http's ``zsup-http: error: ...`` lines, logged."""
+        if data and b"zsup-http: error:" in data:
+            for line in data.decode("utf-8", "replace").splitlines():
+                if line.startswith("zsup-http: error:"):
+                    log.error("HTTP gateway (pid %s): %s", msg.get("pid"),
+                              line[len("zsup-http: error:"):].strip())
+
     def _on_log_error(self, message: str) -> None:
         log.error("log files: %s", message)
         self.events.publish("sys.log_error", {"event": "log_error", "message": message})
@@ -353,6 +362,9 @@ class Daemon:
             for key, value in self.http_bind.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
+        # The gateway's own error lines (it cannot listen, a bad endpoint) reach zsupd's log.
+        self.events.subscribe(f"{topics.IO}{INTERNAL_SESSION}.http.",
+                              self._gateway_output)
         self.manager.load({"name": "http", "session": INTERNAL_SESSION, "cmd": sys.executable, "args": args,
                            "graceful_timeout": 5, "priority": 0,
                            "env": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})

@@ -40,6 +40,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from waitress.channel import HTTPChannel
@@ -51,6 +52,8 @@ from ws4py.websocket import WebSocket
 
 __all__ = [
     "Channel",
+    "ClientCap",
+    "Limits",
     "SafeTrigger",
     "WebSocketManager",
     "call_in_loop",
@@ -58,6 +61,7 @@ __all__ = [
     "make_loop",
     "make_server",
     "prepend_unread",
+    "quiet_resets",
     "waitress_channel",
     "wants_websocket",
 ]
@@ -109,18 +113,80 @@ class SafeTrigger(_WaitressTrigger):
                     pass
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one endpoint allows a client (docs/http.md, "Limits").
+
+    ``header_timeout``: seconds for a complete request head, counted from the connection's
+    opening (after its TLS handshake) or from the first byte of a later request on it; then
+    the connection is closed. ``max_client_connections``: HTTP connections open at once from
+    one client IP address (TCP endpoints only); more are closed as soon as they are accepted.
+    ``max_websockets``: websockets open at once on the endpoint; more are refused with 503.
+    """
+
+    name: str = "default"
+    header_timeout: float = 10.0
+    max_client_connections: int = 64
+    max_websockets: int = 256
+
+
+class ClientCap:
+    """Connections per client IP of one server, and the "over the cap" log, once per episode.
+
+    An episode starts with a client's first refused connection and lasts while it keeps
+    trying: it ends once ``quiet`` seconds pass without a refusal. Only the loop thread uses
+    this object.
+    """
+
+    def __init__(self, endpoint: str, cap: int, quiet: float = 60.0) -> None:
+        self.endpoint, self.cap, self.quiet = endpoint, cap, quiet
+        self.open: dict[str, int] = {}
+        self.refusing: dict[str, list] = {}  # host -> [last refusal (monotonic), refused]
+
+    def admit(self, host: str) -> bool:
+        """Count a new connection of ``host``; False (and not counted) when it is over the cap."""
+        count = self.open.get(host, 0)
+        if count < self.cap:
+            self.open[host] = count + 1
+            return True
+        now = time.monotonic()
+        episode = self.refusing.get(host)
+        if episode is None or now - episode[0] > self.quiet:
+            if episode is not None:
+                logger.info("endpoint %s: %d more connections of %s were refused", self.endpoint,
+                            episode[1], host)
+            logger.warning("endpoint %s: client %s has %d connections open "
+                           "(max_client_connections): closing its new ones (logged once until it "
+                           "stops trying for %gs)", self.endpoint, host, count, self.quiet)
+            self.refusing[host] = [now, 0]
+        else:
+            episode[0] = now
+            episode[1] += 1
+        if len(self.refusing) > 1024:  # many hosts: forget the episodes that ended
+            self.refusing = {h: e for h, e in self.refusing.items() if now - e[0] <= self.quiet}
+        return False
+
+    def release(self, host: str) -> None:
+        count = self.open.get(host, 0) - 1
+        if count > 0:
+            self.open[host] = count
+        else:
+            self.open.pop(host, None)
+
+
 def call_in_loop(servers: Sequence[Any], thunk: Callable[[], None]) -> bool:
     """Have waitress's loop thread run ``thunk``: False when no trigger of ``servers`` is open."""
     return any(server.trigger.pull_trigger(thunk) for server in servers)
 
 
 def make_server(app, sock, *, map: dict, dispatcher, adj, upgrader,
-                tls_handshake_timeout: float):
+                tls_handshake_timeout: float, limits: Limits | None = None):
     """A waitress server on ``sock``, already bound and listening, in the shared ``map``."""
     cls = UnixServer if sock.family == socket.AF_UNIX else TcpServer
     return cls(app, map=map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
                sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
-               upgrader=upgrader, tls_handshake_timeout=tls_handshake_timeout)
+               upgrader=upgrader, tls_handshake_timeout=tls_handshake_timeout,
+               limits=limits or Limits())
 
 
 def make_loop(map: dict, adj, servers: Sequence[Any], dispatcher) -> MultiSocketServer:
@@ -178,17 +244,47 @@ class Channel(HTTPChannel):
     _tls_deadline = 0.0
     _upgrade: tuple[Any, bytes] | None = None  # (request, bytes after its head)
     _detached = False
+    #: When the request head being read must be complete (monotonic); None between requests
+    #: (idle keep-alive connections are waitress's ``channel_timeout``'s business).
+    _head_deadline: float | None = None
+    _client: str | None = None  # the host counted in server.client_cap, until released
 
-    def __init__(self, server, sock, addr, adj, map=None):
+    def __init__(self, server, sock, addr, adj, map=None, client: str | None = None):
         if isinstance(sock, ssl.SSLSocket):
             self._tls = self._tls_handshaking = True
             self._tls_deadline = time.monotonic() + server.tls_handshake_timeout
+        self._client = client
         super().__init__(server, sock, addr, adj, map)
+        if not self._tls:
+            self._start_head_clock()
+
+    def _start_head_clock(self) -> None:
+        timeout = self.server.limits.header_timeout
+        self._head_deadline = time.monotonic() + timeout if timeout else None
+
+    def _head_expired(self) -> bool:
+        """In readable(): a request head that took too long closes the connection."""
+        if (self._head_deadline is None or self.requests or self.total_outbufs_len
+                or time.monotonic() <= self._head_deadline):
+            return False
+        logger.debug("closing %s: no complete request head within %gs", self.addr,
+                     self.server.limits.header_timeout)
+        self._head_deadline = None
+        self.will_close = True  # writable() now says yes; handle_write() closes
+        return True
+
+    def del_channel(self, map=None):
+        client, self._client = self._client, None
+        if client is not None:
+            self.server.client_cap.release(client)
+        super().del_channel(map)
 
     # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
 
     def readable(self):
         if self._detached or self._upgrade is not None:
+            return False
+        if self._head_expired():
             return False
         if self._tls_handshaking:
             if time.monotonic() > self._tls_deadline:
@@ -248,6 +344,7 @@ class Channel(HTTPChannel):
             return
         self._tls_handshaking = self._tls_want_write = False
         self.last_activity = time.time()
+        self._start_head_clock()
         # The request may already sit decrypted in the SSL buffer, where poll cannot see it.
         self._read_tls()
 
@@ -301,6 +398,7 @@ class Channel(HTTPChannel):
                 if self.request is None:
                     self.request = self.parser_class(self.adj)
                 n = self.request.received(data)
+                self._time_head(self.request)
                 if (self.request.expect_continue and self.request.headers_finished
                         and not self.requests and not self.sent_continue):
                     self.send_continue()
@@ -322,6 +420,13 @@ class Channel(HTTPChannel):
         if self._upgrade_ready():
             self._begin_upgrade()
         return True
+
+    def _time_head(self, request) -> None:
+        """Start the head clock at a request's first byte; stop it once its head is read."""
+        if request.headers_finished or request.completed or request.error is not None:
+            self._head_deadline = None
+        elif self._head_deadline is None:
+            self._start_head_clock()
 
     def _upgrade_ready(self) -> bool:
         # Earlier requests on this connection are answered and flushed first.
@@ -348,7 +453,8 @@ class Channel(HTTPChannel):
                 except Exception:
                     pass
         request.close()
-        self.server.add_task(self.server.upgrader.task(sock, environ, leftover))
+        self.server.add_task(self.server.upgrader.task(sock, environ, leftover,
+                                                       self.server.limits))
 
 
 class ServerMixin:
@@ -356,9 +462,16 @@ class ServerMixin:
 
     channel_class = Channel
 
-    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float, **kw):
+    #: Connections accepted at most per readiness of the listening socket: a flood of
+    #: connects is drained quickly, without starving the other channels of the loop.
+    accept_burst = 64
+
+    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float,
+                 limits: Limits, **kw):
         self.upgrader = upgrader
         self.tls_handshake_timeout = tls_handshake_timeout
+        self.limits = limits
+        self.client_cap = ClientCap(limits.name, limits.max_client_connections)
         super().__init__(*args, map=map, **kw)
         waitress_trigger, self.trigger = self.trigger, SafeTrigger(map)
         waitress_trigger.close()
@@ -366,6 +479,40 @@ class ServerMixin:
     def accept_connections(self):
         # waitress would listen() again with one backlog for every socket.
         self.accepting = True
+
+    def handle_accept(self):
+        """waitress's accept, plus the per-client cap, several connections at a time."""
+        for _ in range(self.accept_burst):
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
+            except OSError as exc:  # EMFILE and the like: the next readiness tries again
+                logger.warning("endpoint %s: accept failed: %s", self.limits.name, exc)
+                return
+            client = addr[0] if isinstance(addr, tuple) and addr else None
+            if client is not None and not self.client_cap.admit(client):
+                close_socket(conn)
+                continue
+            try:
+                self.set_socket_options(conn)
+            except OSError:  # the client is already gone
+                if client is not None:
+                    self.client_cap.release(client)
+                close_socket(conn)
+                continue
+            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map,
+                               client=client)
+            if len(self._map) >= self.adj.connection_limit:  # waitress's own limit: it stops
+                return                                       # listening in readable()
+
+
+def close_socket(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class TcpServer(ServerMixin, TcpWSGIServer):
@@ -384,6 +531,21 @@ def prepend_unread(ws: WebSocket, data: bytes) -> None:
     """Give ``ws`` bytes that arrived before it existed (frames sent with the request head)."""
     if data:
         ws.buf = data + ws.buf
+
+
+def quiet_resets(ws: WebSocket) -> None:
+    """A client that resets or drops its connection: one debug line, not ws4py's traceback.
+
+    ws4py's ``WebSocket.unhandled_error`` (called for a socket error while reading) logs the
+    exception with its traceback; a websocket class that overrides it keeps its own.
+    """
+    if type(ws).unhandled_error is not WebSocket.unhandled_error:
+        return
+
+    def unhandled_error(error: BaseException) -> None:
+        logger.debug("websocket %s: connection lost: %s", getattr(ws, "path", "?"), error)
+
+    ws.unhandled_error = unhandled_error
 
 
 def finish(ws: WebSocket) -> None:

@@ -35,6 +35,11 @@ __all__ = [
 
 DEFAULT_BIND = "127.0.0.1:5000"
 DEFAULT_BACKLOG = 128
+#: Limits of an endpoint (docs/http.md, "Limits"): seconds for a complete request head,
+#: HTTP connections open at once per client IP, websockets open at once.
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_MAX_CLIENT_CONNECTIONS = 64
+DEFAULT_MAX_WEBSOCKETS = 256
 
 #: sun_path holds 108 bytes on Linux, the last one a NUL.
 _UNIX_PATH_MAX = 107
@@ -129,6 +134,9 @@ class Endpoint:
     backlog: int = DEFAULT_BACKLOG
     certfile: str | None = None
     keyfile: str | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
+    max_websockets: int = DEFAULT_MAX_WEBSOCKETS
 
     def __post_init__(self) -> None:
         try:
@@ -140,6 +148,15 @@ class Endpoint:
                              f"not {self.backlog!r}")
         if self.keyfile and not self.certfile:
             raise ValueError(f"endpoint {self.name!r}: keyfile given without certfile")
+        for key in ("max_client_connections", "max_websockets"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"endpoint {self.name!r}: {key} must be a positive integer, "
+                                 f"not {value!r}")
+        value = self.header_timeout
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"endpoint {self.name!r}: header_timeout must be a number of "
+                             f"seconds > 0, not {value!r}")
 
     @property
     def address(self) -> BindAddress:
