@@ -32,8 +32,8 @@ from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, strip_access_token
 from zsup.http.busgate import BusGate
-from zsup.http.routes_api import api
 from zsup.http.openapi import gateway_openapi
+from zsup.http.routes_api import api
 from zsup.http.streams import Cursors
 from zsup.http.web import HTTPError, StreamResponse, error_response, json_response
 from zsup.http.websockets import websocket_route
