@@ -3,6 +3,8 @@ their cap, clients that reset, an address already taken. A real zsupd, a real zs
 process, real sockets."""
 
 import base64
+import http.client
+import json
 import os
 import re
 import resource
@@ -15,6 +17,7 @@ import time
 
 import pytest
 from conftest import PYTHON, ROOT, wait_for
+from test_http_support import ticker_job
 
 #: Where the flood comes from: on Linux all of 127.0.0.0/8 is the loopback, so the attacker
 #: (127.0.0.2) and the honest client (127.0.0.1) are two clients of one gateway.
@@ -28,9 +31,10 @@ class Gateway:
         self.log_path = str(tmp_path / "zsup-http.log")
         self._log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONPATH=ROOT)
+        bind = [] if "-c" in args else ["--bind", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "zsup.cli.http_gateway", "--bus", daemon.bus, "--pub", daemon.pub,
-             "--bind", "127.0.0.1:0", *args], stdout=self._log, stderr=self._log, env=env)
+             *bind, *args], stdout=self._log, stderr=self._log, env=env)
         found = wait_for(lambda: self._port(), timeout=15, message="zsup-http to listen")
         self.host, self.port = "127.0.0.1", found
 
@@ -222,19 +226,65 @@ def test_websockets_are_capped_before_the_upgrade(gateway):
         second.close()
 
 
+def test_limits_from_the_config_file(gateway, tmp_path):
+    config = tmp_path / "gw.ini"
+    config.write_text(f"[zsup]\nstate_dir = {tmp_path / 'gwstate'}\nhttp_endpoints = w\n\n"
+                      "[endpoint:w]\nbind = 127.0.0.1:0\nmax_websockets = 1\n"
+                      "header_timeout = 1\nmax_client_connections = 3\n")
+    g = gateway("-c", str(config))
+    first, status, _ = ws_open(g)
+    try:
+        assert status == b"HTTP/1.1 101 Switching Protocols"
+        second, status, body = ws_open(g)
+        second.close()
+        assert status == b"HTTP/1.1 503 Service Unavailable" and b"(1)" in body, body
+    finally:
+        first.close()
+    socks = [socket.create_connection((g.host, g.port), 5, (ATTACKER, 0)) for _ in range(5)]
+    try:
+        start = time.monotonic()
+        wait_for(lambda: sum(closed_by_peer(s) for s in socks) == 2, timeout=5,
+                 message="connections over the cap closed")
+        wait_for(lambda: all(closed_by_peer(s) for s in socks), timeout=5,
+                 message="the others at the head deadline")
+        assert time.monotonic() - start >= 0.8
+    finally:
+        for s in socks:
+            s.close()
+
+
 def test_a_websocket_client_that_resets_is_one_debug_line(gateway):
+    """A reset noticed by the manager's read (an idle /channel) or by the thread sending
+    output (/wstreams of a busy process), or by both: one debug line per websocket."""
     g = gateway("-vv")
-    s, status, _ = ws_open(g)
-    assert status == b"HTTP/1.1 101 Switching Protocols"
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    s.close()  # RST
-    wait_for(lambda: "connection lost" in g.log(), timeout=10, message="the reset noticed")
+    conn = http.client.HTTPConnection(g.host, g.port, timeout=10)
+    conn.request("POST", "/jobs/default", json.dumps(ticker_job()))
+    assert conn.getresponse().status == 201
+    conn.close()
+
+    def pid():
+        conn = http.client.HTTPConnection(g.host, g.port, timeout=10)
+        conn.request("GET", "/jobs/default/ticker/pids")
+        pids = json.loads(conn.getresponse().read())["pids"]
+        conn.close()
+        return pids[0] if pids else None
+
+    sockets = [ws_open(g), ws_open(g, f"/wstreams/{wait_for(pid)}")]
+    for s, status, _ in sockets:
+        assert status == b"HTTP/1.1 101 Switching Protocols"
+    sockets[1][0].recv(100)  # output is flowing
+    for s, _, _ in sockets:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST
+    wait_for(lambda: g.log().count("connection lost") >= 2, timeout=10,
+             message="the resets noticed")
+    time.sleep(0.5)  # the ticker keeps printing: a second line would come now
     assert g.ping()[0] == b"HTTP/1.1 200 OK"
     log = g.log()
-    assert log.count("connection lost") == 1, log[-3000:]
-    assert "Traceback" not in log and " ERROR " not in log, log[-3000:]
     lost = [line for line in log.splitlines() if "connection lost" in line]
-    assert " DEBUG " in lost[0]
+    assert len(lost) == 2 and all(" DEBUG " in line for line in lost), log[-3000:]
+    assert "Traceback" not in log and " ERROR " not in log and " WARNING " not in log.replace(
+        "WARNING zsup-http listening", ""), log[-3000:]
 
 
 # -- an address already taken -----------------------------------------------------------------

@@ -54,6 +54,7 @@ __all__ = [
     "Channel",
     "ClientCap",
     "Limits",
+    "connection_lost",
     "SafeTrigger",
     "WebSocketManager",
     "call_in_loop",
@@ -541,11 +542,20 @@ def quiet_resets(ws: WebSocket) -> None:
     """
     if type(ws).unhandled_error is not WebSocket.unhandled_error:
         return
+    ws.unhandled_error = lambda error: connection_lost(ws, error)
 
-    def unhandled_error(error: BaseException) -> None:
-        logger.debug("websocket %s: connection lost: %s", getattr(ws, "path", "?"), error)
 
-    ws.unhandled_error = unhandled_error
+_lost_lock = threading.Lock()
+
+
+def connection_lost(ws: WebSocket, error: BaseException) -> None:
+    """Log a websocket's lost connection once (debug), whichever thread notices it first:
+    the manager's read, or a thread that was sending to it."""
+    with _lost_lock:
+        if getattr(ws, "_zsup_lost", False):
+            return
+        ws._zsup_lost = True
+    logger.debug("websocket %s: connection lost: %s", getattr(ws, "path", "?"), error)
 
 
 def finish(ws: WebSocket) -> None:
