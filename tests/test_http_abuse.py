@@ -319,6 +319,15 @@ def test_zsupd_logs_why_its_gateway_cannot_listen(zsupd_factory, tmp_path):
         wait_for(lambda: wanted in daemon.log(), timeout=20, message="the error in zsupd's log")
         line = next(line for line in daemon.log().splitlines() if wanted in line)
         assert "ERROR" in line and "HTTP gateway" in line, line
+        # zsupd restarts its gateway: the same error is not logged again at each restart
+        def spawned():  # zsup's pids count up: the gateway's third process means two restarts
+            pids = daemon.call("info", name="zsupd.http")["pids"]
+            return pids and max(pids) >= 3
+
+        wait_for(spawned, timeout=20, interval=0.1, message="the gateway restarted twice")
+        time.sleep(0.5)  # its error line reaches zsupd's log
+        errors = [line for line in daemon.log().splitlines() if wanted in line and "ERROR" in line]
+        assert len(errors) == 1, errors
     finally:
         taken.close()
 

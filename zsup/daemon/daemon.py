@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from zsup.bus import curve as curvekeys
 from zsup.bus import topics
@@ -218,14 +219,20 @@ class Daemon:
             sys.stdout.buffer.write(b"".join(prefix + l if l.endswith(b"\n") else prefix + l + b"\n" for l in lines))
             sys.stdout.flush()
 
-    @staticmethod
-    def _gateway_output(topic: str, msg: dict, data: bytes | None) -> None:
-        """On the IO thread (quick): zsup-http's ``zsup-http: error: ...`` lines, logged."""
+    _gateway_error = ("", 0.0)  # the last error line of the gateway logged, and when
+
+    def _gateway_output(self, topic: str, msg: dict, data: bytes | None) -> None:
+        """On the IO thread (quick): zsup-http's ``zsup-http: error: ...`` lines, logged as
+        errors; the same line again within 10 minutes (the job restarting) only at debug."""
         if data and b"zsup-http: error:" in data:
             for line in data.decode("utf-8", "replace").splitlines():
                 if line.startswith("zsup-http: error:"):
-                    log.error("HTTP gateway (pid %s): %s", msg.get("pid"),
-                              line[len("zsup-http: error:"):].strip())
+                    text, now = line[len("zsup-http: error:"):].strip(), time.monotonic()
+                    again = text == self._gateway_error[0] and now - self._gateway_error[1] < 600
+                    if not again:
+                        self._gateway_error = (text, now)
+                    log.log(logging.DEBUG if again else logging.ERROR, "HTTP gateway (pid %s): %s%s",
+                            msg.get("pid"), text, "" if again else " (repeats within 10 min: debug only)")
 
     def _on_log_error(self, message: str) -> None:
         log.error("log files: %s", message)
