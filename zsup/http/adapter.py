@@ -20,10 +20,16 @@ waitress (3.0.x), assumed:
   ``dispatcher``; ``accept_connections()`` is where they listen; each makes ``self.trigger``
   (a ``waitress.trigger.trigger``) in its ``__init__``; ``MultiSocketServer(map, adj,
   effective_listen, dispatcher, log_info)`` runs one loop over a shared map;
-- ``environ["waitress.client_disconnected"]`` is a bound method of the channel.
+- ``environ["waitress.client_disconnected"]`` is a bound method of the channel;
+- ``ServerMixin.handle_accept`` replaces waitress's (``accept()``, ``set_socket_options``,
+  ``fix_addr``, ``channel_class(server, conn, addr, adj, map=)``; waitress stops accepting
+  when ``len(map) >= adj.connection_limit``), and a channel leaves the per-client count in
+  ``del_channel``, which ``close()`` calls; the request-head clock reads the parser's
+  ``headers_finished``, ``completed`` and ``error``.
 
 ws4py (0.6.x), assumed: a ``WebSocket`` keeps bytes read but not yet parsed in ``buf``, has
-``sock``, ``stream`` (None once terminated), ``once()`` and ``terminate()``; the
+``sock``, ``stream`` (None once terminated), ``once()``, ``terminate()`` and the
+``unhandled_error(error)`` hook (its socket errors while reading; ``quiet_resets``); the
 ``WebSocketManager`` is a thread with ``lock``, ``websockets`` (fd -> websocket), ``poller``
 (``register``/``unregister``/``poll``/``release``) and ``running``.
 
