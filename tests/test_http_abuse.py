@@ -177,6 +177,49 @@ def test_head_deadline_closes_a_slow_head_but_not_a_slow_stream(gateway, zsupd_f
             s.close()
 
 
+def test_head_deadline_over_tls_starts_after_the_handshake(tmp_path):
+    """HTTPServer alone (no zsupd needed): a TLS client that handshakes and then sends half a
+    head is closed at the deadline; one that sends a whole request is answered."""
+    import shutil
+    import ssl
+
+    from zsup.http.server import Endpoint, HTTPServer
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl command not found")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True,
+                   timeout=60)
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"hello"]
+
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    srv = HTTPServer(app, [Endpoint("tls", "127.0.0.1:0", certfile=cert, keyfile=key,
+                                    header_timeout=1.0)], None, threads=2)
+    with srv:
+        address = srv.addresses[0]
+        raw = socket.create_connection((address.host, address.port), 5)
+        slow = context.wrap_socket(raw)
+        start = time.monotonic()
+        slow.sendall(b"GET / HTTP/1.1\r\n")
+        quick = context.wrap_socket(socket.create_connection((address.host, address.port), 5))
+        quick.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert b"hello" in quick.recv(4096) + quick.recv(4096)
+        quick.close()
+        try:
+            assert slow.recv(4096) == b""  # closed by the server
+        except (ConnectionResetError, ssl.SSLError):
+            pass
+        assert 0.8 <= time.monotonic() - start < 5
+        slow.close()
+
+
 # -- websockets -------------------------------------------------------------------------------
 
 def ws_open(g, path="/channel?pattern=job."):
