@@ -220,6 +220,67 @@ def test_head_deadline_over_tls_starts_after_the_handshake(tmp_path):
         slow.close()
 
 
+EMFILE_SERVER = """
+import logging, resource, signal, sys, threading
+from zsup.http.server import Endpoint, HTTPServer
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+resource.setrlimit(resource.RLIMIT_NOFILE, (60, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello"]
+srv = HTTPServer(app, [Endpoint("t", "127.0.0.1:0", max_client_connections=1000)], None,
+                 threads=2)
+srv.start()
+print(srv.addresses[0].port, flush=True)
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+stop.wait(60)
+srv.stop()
+"""
+
+
+def test_out_of_file_descriptors_pauses_accepting_and_logs_once(tmp_path):
+    """accept() failing (EMFILE) must neither spin the loop nor log per attempt; the server
+    accepts again once descriptors are free."""
+    import psutil
+
+    log_path = tmp_path / "server.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([PYTHON, "-c", EMFILE_SERVER], stdout=subprocess.PIPE,
+                                stderr=log, env=dict(os.environ, PYTHONPATH=ROOT))
+    socks = []
+    try:
+        port = int(proc.stdout.readline())
+        for _ in range(80):  # more than the server has descriptors for
+            socks.append(socket.create_connection(("127.0.0.1", port), 5))
+        wait_for(lambda: "cannot accept" in log_path.read_text(), timeout=10,
+                 message="accept failing")
+        cpu = psutil.Process(proc.pid)
+        before = sum(cpu.cpu_times()[:2])
+        time.sleep(1.0)
+        assert sum(cpu.cpu_times()[:2]) - before < 0.5  # not spinning
+        for s in socks:
+            s.close()
+        socks = []
+
+        def hello():
+            with socket.create_connection(("127.0.0.1", port), 5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+                return data.endswith(b"hello")
+
+        wait_for(hello, timeout=20, interval=0.2, message="serving again")
+        text = log_path.read_text()
+        assert text.count("cannot accept") == 1 and "accepting connections again" in text, text
+    finally:
+        for s in socks:
+            s.close()
+        proc.terminate()
+        proc.wait(10)
+
+
 # -- websockets -------------------------------------------------------------------------------
 
 def ws_open(g, path="/channel?pattern=job."):

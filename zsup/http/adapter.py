@@ -261,7 +261,11 @@ class Channel(HTTPChannel):
             self._tls = self._tls_handshaking = True
             self._tls_deadline = time.monotonic() + server.tls_handshake_timeout
         self._client = client
-        super().__init__(server, sock, addr, adj, map)
+        try:
+            super().__init__(server, sock, addr, adj, map)
+        except BaseException:
+            self._release_client(server)
+            raise
         if not self._tls:
             self._start_head_clock()
 
@@ -280,10 +284,13 @@ class Channel(HTTPChannel):
         self.will_close = True  # writable() now says yes; handle_write() closes
         return True
 
-    def del_channel(self, map=None):
+    def _release_client(self, server) -> None:
         client, self._client = self._client, None
         if client is not None:
-            self.server.client_cap.release(client)
+            server.client_cap.release(client)
+
+    def del_channel(self, map=None):
+        self._release_client(self.server)
         super().del_channel(map)
 
     # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
@@ -472,6 +479,10 @@ class ServerMixin:
     #: Connections accepted at most per readiness of the listening socket: a flood of
     #: connects is drained quickly, without starving the other channels of the loop.
     accept_burst = 64
+    #: Seconds without accepting after accept() failed (out of file descriptors, mostly).
+    accept_pause = 0.5
+    _accept_failing = False
+    _accept_paused_until = 0.0
 
     def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float,
                  limits: Limits, **kw):
@@ -487,6 +498,10 @@ class ServerMixin:
         # waitress would listen() again with one backlog for every socket.
         self.accepting = True
 
+    def readable(self):
+        wanted = super().readable()  # waitress's maintenance and connection_limit
+        return wanted and time.monotonic() >= self._accept_paused_until
+
     def handle_accept(self):
         """waitress's accept, plus the per-client cap, several connections at a time."""
         for _ in range(self.accept_burst):
@@ -495,9 +510,17 @@ class ServerMixin:
                 if accepted is None:
                     return
                 conn, addr = accepted
-            except OSError as exc:  # EMFILE and the like: the next readiness tries again
-                logger.warning("endpoint %s: accept failed: %s", self.limits.name, exc)
+            except OSError as exc:  # EMFILE and the like: pause, so the loop does not spin
+                if not self._accept_failing:
+                    logger.warning("endpoint %s: cannot accept connections: %s (retrying "
+                                   "every %gs; logged once)", self.limits.name, exc,
+                                   self.accept_pause)
+                self._accept_failing = True
+                self._accept_paused_until = time.monotonic() + self.accept_pause
                 return
+            if self._accept_failing:
+                self._accept_failing = False
+                logger.warning("endpoint %s: accepting connections again", self.limits.name)
             client = addr[0] if isinstance(addr, tuple) and addr else None
             if client is not None and not self.client_cap.admit(client):
                 close_socket(conn)
@@ -509,8 +532,13 @@ class ServerMixin:
                     self.client_cap.release(client)
                 close_socket(conn)
                 continue
-            self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map,
-                               client=client)
+            try:
+                self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map,
+                                   client=client)
+            except OSError as exc:  # gone before its channel was made
+                logger.debug("endpoint %s: connection from %s lost at once: %s",
+                             self.limits.name, addr, exc)
+                close_socket(conn)  # the channel gave its count back
             if len(self._map) >= self.adj.connection_limit:  # waitress's own limit: it stops
                 return                                       # listening in readable()
 
