@@ -127,7 +127,8 @@ def test_half_open_flood_does_not_stop_ping(gateway, many_files):
                 s.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n")  # half a head, never the rest
             socks.append(s)
         status, seconds = g.ping()
-        assert status == b"HTTP/1.1 200 OK" and seconds < 1.0, (status, seconds)
+        # "Within a second", asserted with room for a loaded machine (it takes ~10 ms).
+        assert status == b"HTTP/1.1 200 OK" and seconds < 1.5, (status, seconds)
         opened = time.monotonic()
         # Over the cap: closed at once. The 20 under it: still open, the deadline not passed.
         wait_for(lambda: sum(closed_by_peer(s) for s in socks) >= count - 20, timeout=10,
@@ -139,7 +140,7 @@ def test_half_open_flood_does_not_stop_ping(gateway, many_files):
         wait_for(lambda: all(closed_by_peer(s) for s in open_ones), timeout=10,
                  message="connections past the head deadline closed")
         status, seconds = g.ping(ATTACKER)  # the client's slots are free again
-        assert status == b"HTTP/1.1 200 OK" and seconds < 1.0, (status, seconds)
+        assert status == b"HTTP/1.1 200 OK" and seconds < 1.5, (status, seconds)
     finally:
         for s in socks:
             s.close()
@@ -334,7 +335,7 @@ def test_limits_from_the_config_file(gateway, tmp_path):
     config = tmp_path / "gw.ini"
     config.write_text(f"[zsup]\nstate_dir = {tmp_path / 'gwstate'}\nhttp_endpoints = w\n\n"
                       "[endpoint:w]\nbind = 127.0.0.1:0\nmax_websockets = 1\n"
-                      "header_timeout = 1\nmax_client_connections = 3\n")
+                      "header_timeout = 2\nmax_client_connections = 3\n")
     g = gateway("-c", str(config))
     first, status, _ = ws_open(g)
     try:
@@ -347,11 +348,12 @@ def test_limits_from_the_config_file(gateway, tmp_path):
     socks = [socket.create_connection((g.host, g.port), 5, (ATTACKER, 0)) for _ in range(5)]
     try:
         start = time.monotonic()
-        wait_for(lambda: sum(closed_by_peer(s) for s in socks) == 2, timeout=5,
-                 message="connections over the cap closed")
-        wait_for(lambda: all(closed_by_peer(s) for s in socks), timeout=5,
+        closed = wait_for(lambda: (lambda n: n >= 2 and n)(sum(closed_by_peer(s) for s in socks)),
+                          timeout=5, message="connections over the cap closed")
+        assert closed == 2 or time.monotonic() - start > 1.5  # at once; the others later
+        wait_for(lambda: all(closed_by_peer(s) for s in socks), timeout=8,
                  message="the others at the head deadline")
-        assert time.monotonic() - start >= 0.8
+        assert time.monotonic() - start >= 1.5
     finally:
         for s in socks:
             s.close()
