@@ -2,7 +2,8 @@
 
 Everything here happens before waitress sees a socket: a config is checked (``parse_bind``,
 ``Endpoint``) before anything is bound, and ``listen`` binds one endpoint with its own
-backlog (waitress would use one backlog for every socket). Only the standard library is used.
+backlog (waitress would use one backlog for every socket). Only the standard library is used
+(and the defaults of zsup.http.limits).
 
 TLS: the listening socket is wrapped by the context ``tls_context`` makes, without
 handshaking, so every accepted connection is an unhandshaken ``TLSSocket``; the channel
@@ -21,6 +22,12 @@ import stat
 import threading
 from dataclasses import dataclass
 
+from zsup.http.limits import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CLIENT_CONNECTIONS,
+    DEFAULT_MAX_WEBSOCKETS,
+)
+
 __all__ = [
     "DEFAULT_BACKLOG",
     "DEFAULT_BIND",
@@ -35,11 +42,6 @@ __all__ = [
 
 DEFAULT_BIND = "127.0.0.1:5000"
 DEFAULT_BACKLOG = 128
-#: Limits of an endpoint (docs/http.md, "Limits"): seconds for a complete request head,
-#: HTTP connections open at once per client IP, websockets open at once.
-DEFAULT_HEADER_TIMEOUT = 10.0
-DEFAULT_MAX_CLIENT_CONNECTIONS = 64
-DEFAULT_MAX_WEBSOCKETS = 256
 
 #: sun_path holds 108 bytes on Linux, the last one a NUL.
 _UNIX_PATH_MAX = 107

@@ -4,6 +4,8 @@ waitress serves HTTP, ws4py speaks websockets; ``HTTPServer`` joins them and kno
 about what the application does. The work is split by job:
 
 - zsup.http.listen: bind addresses, endpoints, TLS contexts, listening sockets;
+- zsup.http.limits: what an endpoint allows a client (head deadline, connections per
+  client address, websockets);
 - zsup.http.adapter: waitress's channel and servers (non-blocking TLS handshake, the
   websocket hand-off out of waitress's loop) and ws4py's manager: the only module that
   touches either library's internals;
@@ -44,13 +46,13 @@ from waitress.task import ThreadedTaskDispatcher
 
 from zsup.http.adapter import (
     Channel,
-    Limits,
     WebSocketManager,
     call_in_loop,
     is_channel,
     make_loop,
     make_server,
 )
+from zsup.http.limits import Limits
 from zsup.http.listen import (
     DEFAULT_BIND,
     BindAddress,
