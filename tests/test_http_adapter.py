@@ -80,9 +80,33 @@ def test_waitress_internals_zsup_relies_on():
                          + ", ".join(missing))
 
 
+def test_waitress_accept_internals_zsup_relies_on():
+    """ServerMixin.handle_accept replaces waitress's (the per-client cap) and Channel counts
+    its client until del_channel; the head clock reads the parser's progress."""
+    from waitress.parser import HTTPRequestParser
+
+    missing = []
+    for name in ("accept", "set_socket_options", "fix_addr", "handle_accept", "readable"):
+        if not hasattr(TcpWSGIServer, name):
+            missing.append(f"TcpWSGIServer.{name}")
+    accept = inspect.getsource(TcpWSGIServer.handle_accept)
+    if "self.channel_class(self, conn, addr, self.adj, map=self._map)" not in accept:
+        missing.append("handle_accept makes channel_class(self, conn, addr, adj, map=_map)")
+    if "len(self._map) >= self.adj.connection_limit" not in inspect.getsource(TcpWSGIServer.readable):
+        missing.append("readable() compares len(self._map) with adj.connection_limit")
+    if "del_channel" not in inspect.getsource(HTTPChannel.__mro__[1].close):
+        missing.append("dispatcher.close() calls del_channel()")
+    parser = inspect.getsource(HTTPRequestParser)
+    for name in ("headers_finished", "completed", "error"):
+        if f"{name} = " not in parser:
+            missing.append(f"HTTPRequestParser.{name}")
+    assert not missing, ("the installed waitress lacks what zsup.http.adapter relies on: "
+                         + ", ".join(missing))
+
+
 def test_ws4py_internals_zsup_relies_on():
     missing = []
-    for name in ("once", "terminate", "close", "opened"):
+    for name in ("once", "terminate", "close", "opened", "unhandled_error"):
         if not hasattr(WebSocket, name):
             missing.append(f"WebSocket.{name}")
     init = inspect.getsource(WebSocket.__init__)

@@ -79,7 +79,10 @@ class GW:
 def start_gateway(daemon, tmp_path, endpoints=None, **kw):
     from zsup.cli.http_gateway import Gateway
 
-    gateway = Gateway(daemon.bus, daemon.pub, endpoints or [{"name": "t", "bind": "127.0.0.1:0"}],
+    # Every client of these tests is 127.0.0.1, and some open hundreds of streams: the
+    # per-client cap (64 by default) is tested in test_http_abuse.py.
+    endpoints = endpoints or [{"name": "t", "bind": "127.0.0.1:0", "max_client_connections": 1024}]
+    gateway = Gateway(daemon.bus, daemon.pub, endpoints,
                       plugin_dir=str(tmp_path / "plugins"), **kw)
     gateway.start()
     return gateway

@@ -38,6 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
     p.add_argument("--max-streams", type=int, default=256,
                    help="open stream feeds at most (each holds a worker thread; default 256)")
+    p.add_argument("--max-websockets", type=int,
+                   help="websockets open at once per endpoint (default: the endpoint's "
+                        "max_websockets, 256); more are refused with 503")
+    p.add_argument("--max-client-connections", type=int,
+                   help="HTTP connections open at once per client IP address and endpoint "
+                        "(default: the endpoint's max_client_connections, 64)")
+    p.add_argument("--header-timeout", type=float,
+                   help="seconds a client has to send a complete request head (default: the "
+                        "endpoint's header_timeout, 10)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for zsupd's answer")
     p.add_argument("--hash-password", metavar="USER",
                    help="print a password file line for USER (password from the terminal or stdin)")
@@ -97,10 +106,10 @@ def resolve(args) -> tuple[str, str, list[dict], str | None]:
                       "keyfile": args.keyfile, "backlog": args.backlog or 1024,
                       "auth_file": None, "tokens_file": None}]
     for ep in endpoints:
-        if args.auth_file:
-            ep["auth_file"] = args.auth_file
-        if args.tokens_file:
-            ep["tokens_file"] = args.tokens_file
+        for key in ("auth_file", "tokens_file", "max_websockets", "max_client_connections",
+                    "header_timeout"):
+            if getattr(args, key, None) is not None:
+                ep[key] = getattr(args, key)
     return bus, pub, endpoints, plugin_dir
 
 
@@ -123,9 +132,11 @@ class Gateway:
             if ep.get("certfile"):  # the private key: in keyfile, or in certfile without one
                 check_private(ep.get("keyfile") or ep["certfile"], f"endpoint {ep['name']!r}: TLS key file")
             key = (ep.get("auth_file"), ep.get("tokens_file"))
+            limits = {k: ep[k] for k in ("header_timeout", "max_client_connections",
+                                         "max_websockets") if ep.get(k) is not None}
             groups.setdefault(key, []).append(Endpoint(
                 name=ep["name"], bind=ep["bind"], backlog=int(ep.get("backlog") or 1024),
-                certfile=ep.get("certfile"), keyfile=ep.get("keyfile")))
+                certfile=ep.get("certfile"), keyfile=ep.get("keyfile"), **limits))
         for (auth_file, tokens_file), group in groups.items():
             app = GatewayApp(self.gate, Authenticator(auth_file, tokens_file), plugin_dir,
                              max_streams=max_streams)
@@ -157,6 +168,25 @@ class Gateway:
             server.stop()
 
 
+#: Exit status when an endpoint cannot listen (address in use, no permission, bad
+#: certificate): zsupd logs the gateway's error line and `zsupctl status` shows the job failing.
+EXIT_CANNOT_LISTEN = 3
+
+
+def raise_open_files_limit(wanted: int) -> None:
+    """Raise the soft RLIMIT_NOFILE towards ``wanted`` (at most the hard limit): every client
+    connection is a descriptor, and the default soft limit (often 1024) is below the limits."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, OSError, ValueError) as exc:
+        logging.getLogger("zsup.http").info("cannot raise the open files limit: %s", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hash_password is not None:
@@ -172,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     except (ZsupError, ValueError) as exc:
         print(f"zsup-http: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2
+    raise_open_files_limit(8192)
     stop = stop_on_signals()
     try:
         gateway.start()
-    except OSError as exc:
-        print(f"zsup-http: error: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except ValueError as exc:
-        print(f"zsup-http: error: {exc}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError) as exc:
+        # One line, the endpoint and the reason: zsupd logs it (docs/http.md).
+        reason = (exc.strerror or str(exc)) if isinstance(exc, OSError) else str(exc)
+        print(f"zsup-http: error: {reason}", file=sys.stderr, flush=True)
+        return EXIT_CANNOT_LISTEN
     for address in gateway.addresses:
         logging.getLogger("zsup.http").warning("zsup-http listening on %s (bus %s)", address, bus)
     try:

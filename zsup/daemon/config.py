@@ -46,7 +46,7 @@ from configobj.validate import ValidateError
 
 from zsup.core.jobspec import DEFAULT_SESSION, JobSpec, check_name
 from zsup.core.signals import parse_signal
-from zsup.daemon.config_spec import ENDPOINT_SPEC, SETTINGS_SPEC, validator
+from zsup.daemon.config_spec import ENDPOINT_OPTIONAL, ENDPOINT_SPEC, SETTINGS_SPEC, validator
 from zsup.errors import BadRequest
 from zsup.paths import default_state_dir
 
@@ -329,6 +329,8 @@ class _Reader:
         for key, check in ENDPOINT_SPEC.items():
             if out.get(key) is None:
                 out[key] = self.validator.get_default_value(check)
+            if out[key] is None and key in ENDPOINT_OPTIONAL:
+                del out[key]
         if out["keyfile"] and not out["certfile"]:
             raise self.fail("a keyfile needs a certfile", sname, "keyfile")
         return out

@@ -72,7 +72,12 @@ keyfile = file(default=None)
 backlog = integer(min=1, required=True, default=1024)
 auth_file = file(default=None)
 tokens_file = file(default=None)
+header_timeout = seconds(default=None)             # zsup-http's limits (docs/http.md, Limits):
+max_client_connections = integer(min=1, default=None)
+max_websockets = integer(min=1, default=None)
 """.splitlines(), list_values=False, interpolation=False)
+#: Endpoint keys left out of the endpoint's dict when not set: zsup-http's defaults apply.
+ENDPOINT_OPTIONAL = ("header_timeout", "max_client_connections", "max_websockets")
 
 
 

@@ -20,10 +20,16 @@ waitress (3.0.x), assumed:
   ``dispatcher``; ``accept_connections()`` is where they listen; each makes ``self.trigger``
   (a ``waitress.trigger.trigger``) in its ``__init__``; ``MultiSocketServer(map, adj,
   effective_listen, dispatcher, log_info)`` runs one loop over a shared map;
-- ``environ["waitress.client_disconnected"]`` is a bound method of the channel.
+- ``environ["waitress.client_disconnected"]`` is a bound method of the channel;
+- ``ServerMixin.handle_accept`` replaces waitress's (``accept()``, ``set_socket_options``,
+  ``fix_addr``, ``channel_class(server, conn, addr, adj, map=)``; waitress stops accepting
+  when ``len(map) >= adj.connection_limit``), and a channel leaves the per-client count in
+  ``del_channel``, which ``close()`` calls; the request-head clock reads the parser's
+  ``headers_finished``, ``completed`` and ``error``.
 
 ws4py (0.6.x), assumed: a ``WebSocket`` keeps bytes read but not yet parsed in ``buf``, has
-``sock``, ``stream`` (None once terminated), ``once()`` and ``terminate()``; the
+``sock``, ``stream`` (None once terminated), ``once()``, ``terminate()`` and the
+``unhandled_error(error)`` hook (its socket errors while reading; ``quiet_resets``); the
 ``WebSocketManager`` is a thread with ``lock``, ``websockets`` (fd -> websocket), ``poller``
 (``register``/``unregister``/``poll``/``release``) and ``running``.
 
@@ -49,8 +55,11 @@ from waitress.trigger import trigger as _WaitressTrigger
 from ws4py.manager import WebSocketManager as _WS4PyManager
 from ws4py.websocket import WebSocket
 
+from zsup.http.limits import ClientCap, Limits
+
 __all__ = [
     "Channel",
+    "connection_lost",
     "SafeTrigger",
     "WebSocketManager",
     "call_in_loop",
@@ -58,6 +67,7 @@ __all__ = [
     "make_loop",
     "make_server",
     "prepend_unread",
+    "quiet_resets",
     "waitress_channel",
     "wants_websocket",
 ]
@@ -115,12 +125,13 @@ def call_in_loop(servers: Sequence[Any], thunk: Callable[[], None]) -> bool:
 
 
 def make_server(app, sock, *, map: dict, dispatcher, adj, upgrader,
-                tls_handshake_timeout: float):
+                tls_handshake_timeout: float, limits: Limits | None = None):
     """A waitress server on ``sock``, already bound and listening, in the shared ``map``."""
     cls = UnixServer if sock.family == socket.AF_UNIX else TcpServer
     return cls(app, map=map, _sock=sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
                sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()),
-               upgrader=upgrader, tls_handshake_timeout=tls_handshake_timeout)
+               upgrader=upgrader, tls_handshake_timeout=tls_handshake_timeout,
+               limits=limits or Limits())
 
 
 def make_loop(map: dict, adj, servers: Sequence[Any], dispatcher) -> MultiSocketServer:
@@ -178,17 +189,54 @@ class Channel(HTTPChannel):
     _tls_deadline = 0.0
     _upgrade: tuple[Any, bytes] | None = None  # (request, bytes after its head)
     _detached = False
+    #: When the request head being read must be complete (monotonic); None between requests
+    #: (idle keep-alive connections are waitress's ``channel_timeout``'s business).
+    _head_deadline: float | None = None
+    _client: str | None = None  # the host counted in server.client_cap, until released
 
-    def __init__(self, server, sock, addr, adj, map=None):
+    def __init__(self, server, sock, addr, adj, map=None, client: str | None = None):
         if isinstance(sock, ssl.SSLSocket):
             self._tls = self._tls_handshaking = True
             self._tls_deadline = time.monotonic() + server.tls_handshake_timeout
-        super().__init__(server, sock, addr, adj, map)
+        self._client = client
+        try:
+            super().__init__(server, sock, addr, adj, map)
+        except BaseException:
+            self._release_client(server)
+            raise
+        if not self._tls:
+            self._start_head_clock()
+
+    def _start_head_clock(self) -> None:
+        timeout = self.server.limits.header_timeout
+        self._head_deadline = time.monotonic() + timeout if timeout else None
+
+    def _head_expired(self) -> bool:
+        """In readable(): a request head that took too long closes the connection."""
+        if (self._head_deadline is None or self.requests or self.total_outbufs_len
+                or time.monotonic() <= self._head_deadline):
+            return False
+        logger.debug("closing %s: no complete request head within %gs", self.addr,
+                     self.server.limits.header_timeout)
+        self._head_deadline = None
+        self.will_close = True  # writable() now says yes; handle_write() closes
+        return True
+
+    def _release_client(self, server) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            server.client_cap.release(client)
+
+    def del_channel(self, map=None):
+        self._release_client(self.server)
+        super().del_channel(map)
 
     # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
 
     def readable(self):
         if self._detached or self._upgrade is not None:
+            return False
+        if self._head_expired():
             return False
         if self._tls_handshaking:
             if time.monotonic() > self._tls_deadline:
@@ -248,6 +296,7 @@ class Channel(HTTPChannel):
             return
         self._tls_handshaking = self._tls_want_write = False
         self.last_activity = time.time()
+        self._start_head_clock()
         # The request may already sit decrypted in the SSL buffer, where poll cannot see it.
         self._read_tls()
 
@@ -301,6 +350,7 @@ class Channel(HTTPChannel):
                 if self.request is None:
                     self.request = self.parser_class(self.adj)
                 n = self.request.received(data)
+                self._time_head(self.request)
                 if (self.request.expect_continue and self.request.headers_finished
                         and not self.requests and not self.sent_continue):
                     self.send_continue()
@@ -322,6 +372,13 @@ class Channel(HTTPChannel):
         if self._upgrade_ready():
             self._begin_upgrade()
         return True
+
+    def _time_head(self, request) -> None:
+        """Start the head clock at a request's first byte; stop it once its head is read."""
+        if request.headers_finished or request.completed or request.error is not None:
+            self._head_deadline = None
+        elif self._head_deadline is None:
+            self._start_head_clock()
 
     def _upgrade_ready(self) -> bool:
         # Earlier requests on this connection are answered and flushed first.
@@ -348,7 +405,8 @@ class Channel(HTTPChannel):
                 except Exception:
                     pass
         request.close()
-        self.server.add_task(self.server.upgrader.task(sock, environ, leftover))
+        self.server.add_task(self.server.upgrader.task(sock, environ, leftover,
+                                                       self.server.limits))
 
 
 class ServerMixin:
@@ -356,9 +414,20 @@ class ServerMixin:
 
     channel_class = Channel
 
-    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float, **kw):
+    #: Connections accepted at most per readiness of the listening socket: a flood of
+    #: connects is drained quickly, without starving the other channels of the loop.
+    accept_burst = 64
+    #: Seconds without accepting after accept() failed (out of file descriptors, mostly).
+    accept_pause = 0.5
+    _accept_failing = False
+    _accept_paused_until = 0.0
+
+    def __init__(self, *args, map: dict, upgrader, tls_handshake_timeout: float,
+                 limits: Limits, **kw):
         self.upgrader = upgrader
         self.tls_handshake_timeout = tls_handshake_timeout
+        self.limits = limits
+        self.client_cap = ClientCap(limits.name, limits.max_client_connections)
         super().__init__(*args, map=map, **kw)
         waitress_trigger, self.trigger = self.trigger, SafeTrigger(map)
         waitress_trigger.close()
@@ -366,6 +435,57 @@ class ServerMixin:
     def accept_connections(self):
         # waitress would listen() again with one backlog for every socket.
         self.accepting = True
+
+    def readable(self):
+        wanted = super().readable()  # waitress's maintenance and connection_limit
+        return wanted and time.monotonic() >= self._accept_paused_until
+
+    def handle_accept(self):
+        """waitress's accept, plus the per-client cap, several connections at a time."""
+        for _ in range(self.accept_burst):
+            try:
+                accepted = self.accept()
+                if accepted is None:
+                    return
+                conn, addr = accepted
+            except OSError as exc:  # EMFILE and the like: pause, so the loop does not spin
+                if not self._accept_failing:
+                    logger.warning("endpoint %s: cannot accept connections: %s (retrying "
+                                   "every %gs; logged once)", self.limits.name, exc,
+                                   self.accept_pause)
+                self._accept_failing = True
+                self._accept_paused_until = time.monotonic() + self.accept_pause
+                return
+            if self._accept_failing:
+                self._accept_failing = False
+                logger.warning("endpoint %s: accepting connections again", self.limits.name)
+            client = addr[0] if isinstance(addr, tuple) and addr else None
+            if client is not None and not self.client_cap.admit(client):
+                close_socket(conn)
+                continue
+            try:
+                self.set_socket_options(conn)
+            except OSError:  # the client is already gone
+                if client is not None:
+                    self.client_cap.release(client)
+                close_socket(conn)
+                continue
+            try:
+                self.channel_class(self, conn, self.fix_addr(addr), self.adj, map=self._map,
+                                   client=client)
+            except OSError as exc:  # gone before its channel was made
+                logger.debug("endpoint %s: connection from %s lost at once: %s",
+                             self.limits.name, addr, exc)
+                close_socket(conn)  # the channel gave its count back
+            if len(self._map) >= self.adj.connection_limit:  # waitress's own limit: it stops
+                return                                       # listening in readable()
+
+
+def close_socket(sock) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
 
 
 class TcpServer(ServerMixin, TcpWSGIServer):
@@ -384,6 +504,30 @@ def prepend_unread(ws: WebSocket, data: bytes) -> None:
     """Give ``ws`` bytes that arrived before it existed (frames sent with the request head)."""
     if data:
         ws.buf = data + ws.buf
+
+
+def quiet_resets(ws: WebSocket) -> None:
+    """A client that resets or drops its connection: one debug line, not ws4py's traceback.
+
+    ws4py's ``WebSocket.unhandled_error`` (called for a socket error while reading) logs the
+    exception with its traceback; a websocket class that overrides it keeps its own.
+    """
+    if type(ws).unhandled_error is not WebSocket.unhandled_error:
+        return
+    ws.unhandled_error = lambda error: connection_lost(ws, error)
+
+
+_lost_lock = threading.Lock()
+
+
+def connection_lost(ws: WebSocket, error: BaseException) -> None:
+    """Log a websocket's lost connection once (debug), whichever thread notices it first:
+    the manager's read, or a thread that was sending to it."""
+    with _lost_lock:
+        if getattr(ws, "_zsup_lost", False):
+            return
+        ws._zsup_lost = True
+    logger.debug("websocket %s: connection lost: %s", getattr(ws, "path", "?"), error)
 
 
 def finish(ws: WebSocket) -> None:

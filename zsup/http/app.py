@@ -33,8 +33,8 @@ from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
+from zsup.http.openapi import gateway_openapi
 from zsup.http.routes_api import api
-from zsup.http.routing import openapi_document
 from zsup.http.streams import Cursors
 from zsup.http.web import HTTPError, StreamResponse, error_response, json_response
 from zsup.http.websockets import websocket_route
@@ -156,9 +156,9 @@ class GatewayApp:
 
     def openapi(self) -> dict:
         if self._openapi is None:
-            doc = openapi_document(api.routes, "zsup HTTP gateway", __version__,
-                                   "REST, stream feeds and events of zsupd; see docs/http.md. "
-                                   "Websockets: /wstreams/{pid}, /channel, /channel/{pattern}.")
+            doc = gateway_openapi(api.routes, api.gaffer.routes, "zsup HTTP gateway",
+                                  __version__, "REST, stream feeds, events and websockets of "
+                                  "zsupd; see docs/http.md.")
             for prefix, module in MOUNTS.items():
                 doc.setdefault("x-mounts", {})[prefix] = module
             self._openapi = doc

@@ -2,7 +2,8 @@
 
 Everything here happens before waitress sees a socket: a config is checked (``parse_bind``,
 ``Endpoint``) before anything is bound, and ``listen`` binds one endpoint with its own
-backlog (waitress would use one backlog for every socket). Only the standard library is used.
+backlog (waitress would use one backlog for every socket). Only the standard library is used
+(and the defaults of zsup.http.limits).
 
 TLS: the listening socket is wrapped by the context ``tls_context`` makes, without
 handshaking, so every accepted connection is an unhandshaken ``TLSSocket``; the channel
@@ -20,6 +21,12 @@ import ssl
 import stat
 import threading
 from dataclasses import dataclass
+
+from zsup.http.limits import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_MAX_CLIENT_CONNECTIONS,
+    DEFAULT_MAX_WEBSOCKETS,
+)
 
 __all__ = [
     "DEFAULT_BACKLOG",
@@ -129,6 +136,9 @@ class Endpoint:
     backlog: int = DEFAULT_BACKLOG
     certfile: str | None = None
     keyfile: str | None = None
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
+    max_websockets: int = DEFAULT_MAX_WEBSOCKETS
 
     def __post_init__(self) -> None:
         try:
@@ -140,6 +150,15 @@ class Endpoint:
                              f"not {self.backlog!r}")
         if self.keyfile and not self.certfile:
             raise ValueError(f"endpoint {self.name!r}: keyfile given without certfile")
+        for key in ("max_client_connections", "max_websockets"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"endpoint {self.name!r}: {key} must be a positive integer, "
+                                 f"not {value!r}")
+        value = self.header_timeout
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"endpoint {self.name!r}: header_timeout must be a number of "
+                             f"seconds > 0, not {value!r}")
 
     @property
     def address(self) -> BindAddress:

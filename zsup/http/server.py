@@ -4,6 +4,8 @@ waitress serves HTTP, ws4py speaks websockets; ``HTTPServer`` joins them and kno
 about what the application does. The work is split by job:
 
 - zsup.http.listen: bind addresses, endpoints, TLS contexts, listening sockets;
+- zsup.http.limits: what an endpoint allows a client (head deadline, connections per
+  client address, websockets);
 - zsup.http.adapter: waitress's channel and servers (non-blocking TLS handshake, the
   websocket hand-off out of waitress's loop) and ws4py's manager: the only module that
   touches either library's internals;
@@ -42,7 +44,15 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from zsup.http.adapter import Channel, WebSocketManager, call_in_loop, is_channel, make_loop, make_server
+from zsup.http.adapter import (
+    Channel,
+    WebSocketManager,
+    call_in_loop,
+    is_channel,
+    make_loop,
+    make_server,
+)
+from zsup.http.limits import Limits
 from zsup.http.listen import (
     DEFAULT_BIND,
     BindAddress,
@@ -210,9 +220,12 @@ class HTTPServer:
                                       self.websocket_timeout)
         for index, (endpoint, sock) in enumerate(bound):
             try:
+                limits = Limits(endpoint.name, endpoint.header_timeout,
+                                endpoint.max_client_connections, endpoint.max_websockets)
                 server = make_server(self.app, sock, map=self._map, dispatcher=self._dispatcher,
                                      adj=adj, upgrader=upgrader,
-                                     tls_handshake_timeout=self.tls_handshake_timeout)
+                                     tls_handshake_timeout=self.tls_handshake_timeout,
+                                     limits=limits)
             except BaseException:
                 for _, later in bound[index:]:
                     close_quietly(later)

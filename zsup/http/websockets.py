@@ -26,6 +26,7 @@ from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
 from zsup.http import gaffer_ws
+from zsup.http.adapter import connection_lost
 from zsup.http.feeds import LineFeed, event_json_text
 
 log = logging.getLogger("zsup.http.websockets")
@@ -52,7 +53,10 @@ class _PumpedSocket(WebSocket):
     def _pump_safely(self):
         try:
             self.pump()
-        except Exception as exc:  # a closed socket, mostly
+        except OSError as exc:  # the client went away: one debug line for the websocket
+            if not self._stop.is_set():
+                connection_lost(self, exc)
+        except Exception as exc:  # a send after the websocket was terminated, mostly
             if not self._stop.is_set():
                 log.debug("websocket pump ended: %s", exc)
         finally:

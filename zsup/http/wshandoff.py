@@ -24,6 +24,7 @@ import json
 import logging
 import selectors
 import socket
+import threading
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -31,7 +32,8 @@ from webob.headers import EnvironHeaders
 from ws4py import WS_KEY
 from ws4py.websocket import WebSocket
 
-from zsup.http.adapter import WebSocketManager, prepend_unread
+from zsup.http.adapter import WebSocketManager, prepend_unread, quiet_resets
+from zsup.http.limits import Limits
 from zsup.http.listen import close_quietly
 
 __all__ = [
@@ -142,14 +144,34 @@ class WebSocketUpgrader:
         self.authorize = authorize
         self.manager = manager
         self.io_timeout = io_timeout
+        self._lock = threading.Lock()
+        self._pending: dict[str, int] = {}  # endpoint -> upgrades past the cap check
 
-    def task(self, sock: socket.socket, environ: dict, leftover: bytes) -> "UpgradeTask":
+    def task(self, sock: socket.socket, environ: dict, leftover: bytes,
+             limits: Limits | None = None) -> "UpgradeTask":
         """The upgrade as a task for waitress's worker pool (queued by the loop thread)."""
-        return UpgradeTask(self, sock, environ, leftover)
+        return UpgradeTask(self, sock, environ, leftover, limits or Limits())
 
-    def upgrade(self, sock: socket.socket, environ: dict, leftover: bytes) -> None:
+    def _reserve(self, limits: Limits) -> bool:
+        """Take one of the endpoint's websocket places (False: all taken)."""
+        name = limits.name
+        with self._lock:
+            open_here = sum(1 for ws in list(self.manager.websockets.values())
+                            if getattr(ws, "zsup_endpoint", None) == name)
+            if open_here + self._pending.get(name, 0) >= limits.max_websockets:
+                return False
+            self._pending[name] = self._pending.get(name, 0) + 1
+            return True
+
+    def _unreserve(self, limits: Limits) -> None:
+        with self._lock:
+            self._pending[limits.name] -= 1
+
+    def upgrade(self, sock: socket.socket, environ: dict, leftover: bytes,
+                limits: Limits | None = None) -> None:
         """Runs on a waitress worker thread: user hooks never stall the loop thread."""
-        answered = False
+        limits = limits or Limits()
+        answered = reserved = False
         try:
             # ws4py expects blocking sockets; a timeout bounds a send to a client that
             # stopped reading.
@@ -170,9 +192,18 @@ class WebSocketUpgrader:
             if not self.manager.accepting:
                 self._refuse(sock, 503, "server shutting down")
                 return
+            reserved = self._reserve(limits)
+            if not reserved:
+                logger.info("websocket %s refused: %d websockets open on endpoint %s "
+                            "(max_websockets)", path, limits.max_websockets, limits.name)
+                self._refuse(sock, 503, f"too many open websockets ({limits.max_websockets}); "
+                                        f"try again later")
+                return
             ws = factory(sock, protocols=None, extensions=None, environ=environ)
             # Visible to opened(), which manager.add() calls.
             ws.path, ws.query_string, ws.headers = path, query, headers
+            ws.zsup_endpoint = limits.name
+            quiet_resets(ws)
             answered = True
             sock.sendall(("HTTP/1.1 101 Switching Protocols\r\n"
                           "Upgrade: websocket\r\n"
@@ -189,6 +220,9 @@ class WebSocketUpgrader:
                 except Exception:
                     pass
             close_quietly(sock)
+        finally:
+            if reserved:
+                self._unreserve(limits)
 
     @staticmethod
     def _refuse(sock: socket.socket, status: int, message: str,
@@ -212,11 +246,12 @@ class UpgradeTask:
     """A task for waitress's dispatcher (it needs ``service()`` and ``cancel()``)."""
 
     def __init__(self, upgrader: WebSocketUpgrader, sock: socket.socket, environ: dict,
-                 leftover: bytes) -> None:
+                 leftover: bytes, limits: Limits) -> None:
         self.upgrader, self.sock, self.environ, self.leftover = upgrader, sock, environ, leftover
+        self.limits = limits
 
     def service(self) -> None:
-        self.upgrader.upgrade(self.sock, self.environ, self.leftover)
+        self.upgrader.upgrade(self.sock, self.environ, self.leftover, self.limits)
 
     def cancel(self) -> None:
         close_quietly(self.sock)
