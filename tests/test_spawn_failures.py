@@ -94,3 +94,27 @@ def test_the_log_line_shows_at_the_default_verbosity(zsupd_factory):
                  timeout=15, message="retries")
     wait_for(lambda: "job default.broken cannot spawn: cannot execute" in d.log(), message="the error line")
     assert d.log().count("cannot spawn") == 1
+
+
+def test_a_process_that_exits_at_once_shows_failing_with_its_last_line(zsupd_factory, tmp_path):
+    """A server that cannot start (say it cannot bind its port) spawns fine, then exits at
+    once: the job is `failing` with its exit and last line, not "running 0/1"; it is
+    `running` again once a process stays up."""
+    flag = tmp_path / "can-listen"
+    script = tmp_path / "server.sh"
+    script.write_text(f"#!/bin/sh\n[ -e {flag} ] && exec sleep 300\n"
+                      "echo 'error: cannot listen on 127.0.0.1:80: Address already in use' >&2\nexit 3\n")
+    script.chmod(0o755)
+    d = zsupd_factory(f"[process:server]\ncmd = {script}\n")
+    row = wait_for(lambda: (r := status_row(d, "default.server"))["state"] == "failing" and r,
+                   message="the job to be failing")
+    assert row["last_error"].startswith("exits at once (code 3)"), row
+    assert "cannot listen on 127.0.0.1:80" in row["last_error"]
+    out = zsupctl(d, "status")
+    assert re.search(r"default\.server\s+failing: exits at once \(code 3\): error: cannot listen", out.stdout), out.stdout
+    flag.touch()
+    wait_for(lambda: (r := status_row(d, "default.server"))["state"] == "running" and r["last_error"] is None,
+             timeout=20, message="the job to run again")
+    log = d.log()
+    assert log.count("job default.server fails: exits at once (code 3)") == 1, log
+    assert "job default.server runs again" in log

@@ -28,6 +28,7 @@ class Job:
         self.created = time.time()
         self.last_error: str | None = None  # why the last spawn failed; None once one succeeds
         self.last_error_time: float | None = None
+        self.last_error_exit = False  # last_error is a process that exited at once, not a spawn error
 
     @property
     def name(self) -> str:

@@ -76,6 +76,7 @@ class Supervision:
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
         job.last_error = job.last_error_time = None  # a new start, a new episode
+        job.last_error_exit = False
         job.fast_deaths = 0
         if job.flapping:
             job.flapping.retries = 0
@@ -161,7 +162,10 @@ class Supervision:
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed,
                            instance=proc.instance)
         if not committed and job.last_error is not None:
-            self._spawn_recovered(job)
+            if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
+                self._loop.call_later(BACKOFF_RESET, self._check_survived, job, proc)
+            else:
+                self._spawn_recovered(job)
         return proc
 
     def _spawn_failed(self, job: Job, error: str) -> None:
@@ -171,13 +175,31 @@ class Supervision:
         if job.state == JobState.RUNNING:
             job.set_state(JobState.FAILING)
         if error != job.last_error:
-            log.error("job %s cannot spawn: %s (retrying)", job.name, error)
+            log.error("job %s %s: %s (retrying)", job.name,
+                      "fails" if job.last_error_exit else "cannot spawn", error)
         job.last_error, job.last_error_time = error, time.time()
+
+    def _died_at_once(self, job: Job, proc: Process) -> None:
+        """A kept-alive process failed within BACKOFF_RESET of its start: like a spawn error,
+        the job is `failing` with why (its exit and the last line it wrote, e.g. a server's
+        "cannot listen"), until a process of it stays up that long."""
+        how = f"signal {proc.term_signal}" if proc.term_signal else f"code {proc.exit_code}"
+        error = f"exits at once ({how})"
+        last = _last_line(proc)
+        if last:
+            error += f": {last}"
+        job.last_error_exit = True
+        self._spawn_failed(job, error)
+
+    def _check_survived(self, job: Job, proc: Process) -> None:
+        if job.last_error_exit and proc.state == ProcessState.RUNNING and job.last_error is not None:
+            job.last_error_exit = False
+            self._spawn_recovered(job)
 
     def _spawn_recovered(self, job: Job) -> None:
         if job.state == JobState.FAILING:
             job.set_state(JobState.RUNNING)
-        log.info("job %s spawns again (last error: %s)", job.name, job.last_error)
+        log.info("job %s runs again (last error: %s)", job.name, job.last_error)
         job.last_error = job.last_error_time = None
 
     def _stop_proc(self, proc: Process, reason: str) -> None:
@@ -324,6 +346,8 @@ class Supervision:
             return
         if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
             job.fast_deaths = 0
+        elif proc.os_pid and (proc.exit_code or proc.term_signal):
+            self._died_at_once(job, proc)
         job.fast_deaths += 1
         if job.fast_deaths <= 1:
             self._manage(job)
@@ -421,3 +445,13 @@ class Supervision:
         self.events.publish(io_topic(s, n, proc.pid, stream.label), msg, payload)
         if self.log_writer is not None:
             self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)
+
+
+def _last_line(proc: Process, limit: int = 200) -> str:
+    """The last line a process wrote (stderr first), trimmed, for an error message."""
+    for label in sorted(proc.streams, key=lambda name: name != "stderr"):
+        stream = proc.streams[label]
+        lines = stream.read(max(0, stream.last_seq - 1))
+        if lines:
+            return lines[-1][1].decode("utf-8", "replace").strip()[:limit]
+    return ""
