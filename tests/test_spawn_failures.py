@@ -111,7 +111,8 @@ def test_a_process_that_exits_at_once_shows_failing_with_its_last_line(zsupd_fac
     assert row["last_error"].startswith("exits at once (code 3)"), row
     assert "cannot listen on 127.0.0.1:80" in row["last_error"]
     out = zsupctl(d, "status")
-    assert re.search(r"default\.server\s+failing: exits at once \(code 3\): error: cannot listen", out.stdout), out.stdout
+    wanted = r"default\.server\s+failing: exits at once \(code 3\): error: cannot listen"
+    assert re.search(wanted, out.stdout), out.stdout
     flag.touch()
     wait_for(lambda: (r := status_row(d, "default.server"))["state"] == "running" and r["last_error"] is None,
              timeout=20, message="the job to run again")
