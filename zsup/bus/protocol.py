@@ -41,7 +41,10 @@ def encode_json(obj: Any) -> bytes:
 def decode_json(data: bytes) -> Any:
     """Parse UTF-8 JSON; raises ValueError (including UnicodeDecodeError) on anything else."""
     # Decoding explicitly: json.loads(bytes) would also guess UTF-16/32, which the bus is not.
-    return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    try:
+        return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+    except RecursionError:  # `[[[[...` deeper than the interpreter's stack: a bad request too
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ------------------------------------------------------------------------------ requests
