@@ -1,0 +1,496 @@
+"""The chaos soak: a real zsupd and zsup-http under a seeded random schedule of trouble.
+
+`run(Params)` starts zsupd (with a steady counter job, workers that fork grandchildren and an
+echo job) and a standalone zsup-http on loopback, then repeats: a few random actions (kills of
+children and grandchildren, scales, reloads by SIGHUP with a changed file, stop/start, stdin
+writes, HTTP stream and websocket clients coming and going, some reading slowly, SIGTERM and
+SIGKILL of zsupd followed by a restart), then a quiet spell, then checks. It returns a Report:
+one list of problems per check, so a test can assert each check on its own.
+
+Checks after each quiet spell: wanted counts; every descendant of zsupd is a listed process,
+one of their descendants, or the orphan guard (`unlisted`); memory and threads of zsupd and
+zsup-http within bounds. At the end: nothing of the soak's uid with its marker variable is
+left (`leftovers`), the counter's lines are unbroken per process in its log file and on the
+bus (`lines`), and no log holds a traceback.
+
+Parameters come from Params, whose defaults read ZSUP_SOAK_SEED, ZSUP_SOAK_SECONDS and
+ZSUP_SOAK_ACTIONS (actions per spell). Thread rule: the driver runs in one thread; clients and
+the bus reader run in daemon threads of their own and only append to lists.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import psutil
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYTHON = sys.executable
+MARKER = "ZSUP_SOAK_MARKER"
+COUNTER = ("import os, time\nn = 0\nwhile True:\n    n += 1\n"
+           "    print(os.getpid(), n, flush=True)\n    time.sleep(0.01)\n")
+ECHO = os.path.join(ROOT, "etc", "echo.py")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, interval: float = 0.05):
+    """condition()'s first truthy value within the deadline, else None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
+def _env(extra: dict | None = None) -> dict:
+    return dict(os.environ, PYTHONPATH=ROOT, **(extra or {}))
+
+
+class Gateway:
+    """A real zsup-http process on a loopback port, talking to the zsupd of `state_dir`."""
+
+    def __init__(self, state_dir: str, log_path: str, env: dict | None = None):
+        self.state_dir, self.log_path, self.env = state_dir, log_path, env
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20) -> "Gateway":
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([PYTHON, "-m", "zsup.cli.http_gateway", "--state-dir", self.state_dir,
+                                          "--bind", f"127.0.0.1:{self.port}"], stdout=log, stderr=log,
+                                         env=_env(self.env))
+        if not wait_until(self.answers, timeout):
+            self.stop()
+            raise RuntimeError(f"zsup-http did not answer: {self.log()[-2000:]}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            conn.request("GET", "/version")
+            return conn.getresponse().status == 200
+        except OSError:
+            return False
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@dataclass
+class Params:
+    seed: int = field(default_factory=lambda: int(os.environ.get("ZSUP_SOAK_SEED", "12")))
+    seconds: float = field(default_factory=lambda: float(os.environ.get("ZSUP_SOAK_SECONDS", "300")))
+    actions: int = field(default_factory=lambda: int(os.environ.get("ZSUP_SOAK_ACTIONS", "4")))
+    settle: float = 15.0            # how long a quiet spell may take to reach the wanted state
+    max_rss_mb: float = 250.0       # each of zsupd and zsup-http
+    max_threads: int = 64
+    workdir: str | None = None      # default: a fresh temporary folder
+
+
+@dataclass
+class Report:
+    spells: int = 0
+    actions: list = field(default_factory=list)
+    counts: list = field(default_factory=list)
+    unlisted: list = field(default_factory=list)
+    leftovers: list = field(default_factory=list)
+    lines: list = field(default_factory=list)
+    resources: list = field(default_factory=list)
+    tracebacks: list = field(default_factory=list)
+    peak: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{self.spells} spells, {len(self.actions)} actions"]
+        for name in ("counts", "unlisted", "leftovers", "lines", "resources", "tracebacks"):
+            problems = getattr(self, name)
+            parts.append(f"{name}: {len(problems)}" + (f" (first: {problems[0]})" if problems else ""))
+        return "; ".join(parts) + f"; peak {self.peak}"
+
+
+class Soak:
+    def __init__(self, params: Params):
+        self.p = params
+        self.rng = random.Random(params.seed)
+        self.dir = params.workdir or tempfile.mkdtemp(prefix="zsup-soak-")
+        self.state_dir = os.path.join(self.dir, "state")
+        self.config_path = os.path.join(self.dir, "zsup.ini")
+        self.log_path = os.path.join(self.dir, "zsupd.log")
+        self.marker = uuid.uuid4().hex
+        self.env = {MARKER: self.marker}
+        self.report = Report()
+        self.zsupd: subprocess.Popen | None = None
+        self.gateway: Gateway | None = None
+        self.workers = 2          # [process:worker] numprocesses in the file
+        self.wanted = {"default.counter": 1, "default.worker": 2, "default.echo": 1}
+        self.bus_lines: list[tuple[int, bytes]] = []   # (os pid, raw frame data) of the counter
+        self.stop_clients = threading.Event()
+        self.threads: list[threading.Thread] = []
+
+    # -- zsupd ----------------------------------------------------------------------------
+
+    def write_config(self) -> None:
+        with open(self.config_path, "w") as f:
+            f.write(f"[process:counter]\ncmd = {PYTHON} -u {os.path.join(self.dir, 'counter.py')}\n"
+                    f"graceful_timeout = 2\n"
+                    f"[process:worker]\ncmd = sh -c 'sleep 300 & sleep 300 & wait'\n"
+                    f"numprocesses = {self.workers}\ngraceful_timeout = 1\n"
+                    f"[process:echo]\ncmd = {PYTHON} {ECHO}\nredirect_input = true\ngraceful_timeout = 2\n")
+
+    def start_zsupd(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.zsupd = subprocess.Popen([PYTHON, "-m", "zsup.cli.zsupd", "-c", self.config_path, "--state-dir",
+                                           self.state_dir], stdout=log, stderr=log, env=_env(self.env))
+        if not wait_until(lambda: self.call("ping") == "pong", 20):
+            raise RuntimeError(f"zsupd did not start: {self.read(self.log_path)[-2000:]}")
+
+    def call(self, cmd: str, **args):
+        """A bus call; None if zsupd does not answer or refuses (the soak goes on)."""
+        from zsup.bus.client import Client
+        from zsup.errors import ZsupError
+
+        try:
+            with Client(f"ipc://{self.state_dir}/zsupd.sock", timeout=5) as c:
+                return c.call(cmd, **args)
+        except ZsupError:
+            return None
+
+    @staticmethod
+    def read(path: str) -> str:
+        try:
+            with open(path, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def os_pids(self, job: str) -> list[int]:
+        for row in self.call("status") or []:
+            if row["job"] == job:
+                return row.get("os_pids", [])
+        return []
+
+    # -- actions --------------------------------------------------------------------------
+
+    def act(self) -> None:
+        actions = [self.kill_child, self.kill_child, self.kill_grandchild, self.scale, self.reload,
+                   self.stop_start, self.stdin, self.stream_client, self.stream_client, self.ws_client,
+                   self.ws_client, self.restart_zsupd]
+        action = self.rng.choice(actions)
+        self.report.actions.append(action.__name__)
+        action()
+
+    def kill_child(self) -> None:
+        pids = self.os_pids(self.rng.choice(["default.worker", "default.echo"]))
+        if pids:
+            self._kill(self.rng.choice(pids), self.rng.choice([signal.SIGKILL, signal.SIGTERM]))
+
+    def kill_grandchild(self) -> None:
+        kids = []
+        for pid in self.os_pids("default.worker"):
+            try:
+                kids += psutil.Process(pid).children()
+            except psutil.NoSuchProcess:
+                pass
+        if kids:
+            self._kill(self.rng.choice(kids).pid, signal.SIGKILL)
+
+    @staticmethod
+    def _kill(pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def scale(self) -> None:
+        n = self.rng.randint(0, 4)
+        if self.call("scale", name="worker", n=f"={n}") is not None:
+            self.wanted["default.worker"] = n
+
+    def reload(self) -> None:
+        # a changed [process:worker] section resets the job to the file (docs: run-time changes)
+        self.workers = self.rng.choice([n for n in range(1, 4) if n != self.workers])
+        self.write_config()
+        self.wanted["default.worker"] = self.workers
+        self.zsupd.send_signal(signal.SIGHUP)
+        wait_until(lambda: self.call("info", name="worker", ) and
+                   self.call("info", name="worker")["numprocesses"] == self.workers, 10)
+
+    def stop_start(self) -> None:
+        job = self.rng.choice(["worker", "echo"])
+        self.call("stop_job", name=job)
+        wait_until(lambda: not self.os_pids(f"default.{job}"), 10)
+        self.call("start_job", name=job)
+
+    def stdin(self) -> None:
+        for pid in self.call("pids", name="echo") or []:
+            self.call("send", pid=pid, data=f"soak {self.rng.random()}\n")
+
+    def stream_client(self) -> None:
+        """An HTTP output stream of the counter (or the event feed), read fast or slowly."""
+        pid = (self.call("pids", name="counter") or [None])[0]
+        path = f"/streams/{pid}/stdout" if pid and self.rng.random() < 0.7 else "/watch/proc."
+        slow, life = self.rng.random() < 0.5, self.rng.uniform(0.5, 4)
+
+        def client():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.gateway.port, timeout=5)
+                conn.request("GET", path)
+                resp = conn.getresponse()
+                end = time.monotonic() + life
+                while time.monotonic() < end and not self.stop_clients.is_set():
+                    if not resp.readline():
+                        break
+                    if slow:
+                        time.sleep(0.3)
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                pass
+
+        self._spawn(client)
+
+    def ws_client(self) -> None:
+        """A websocket on /channel or /wstreams/<pid>: a reader, or one that never reads."""
+        pid = (self.call("pids", name="counter") or [None])[0]
+        path = f"/wstreams/{pid}" if pid and self.rng.random() < 0.5 else "/channel/proc."
+        reads, life = self.rng.random() < 0.5, self.rng.uniform(0.5, 4)
+
+        def client():
+            key = "dGhlIHNhbXBsZSBub25jZQ=="
+            try:
+                with socket.create_connection(("127.0.0.1", self.gateway.port), timeout=5) as s:
+                    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+                    end = time.monotonic() + life
+                    while time.monotonic() < end and not self.stop_clients.is_set():
+                        if reads and not s.recv(65536):
+                            break
+                        time.sleep(0.05 if reads else 0.2)
+                    # half the clients close cleanly, the others just reset
+                    if self.rng.random() < 0.5:
+                        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            except OSError:
+                pass
+
+        self._spawn(client)
+
+    def _spawn(self, target) -> None:
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def restart_zsupd(self) -> None:
+        sig = self.rng.choice([signal.SIGTERM, signal.SIGKILL])
+        self.zsupd.send_signal(sig)
+        try:
+            self.zsupd.wait(30)
+        except subprocess.TimeoutExpired:
+            self.report.counts.append(f"zsupd did not stop on {sig.name} within 30 s")
+            self.zsupd.kill()
+            self.zsupd.wait(5)
+        if sig == signal.SIGKILL:
+            # the orphan guard kills what zsupd left; give it a moment before the next start
+            time.sleep(0.5)
+        self.start_zsupd()
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def reached(self) -> list[str]:
+        """What differs from the wanted state now ([] when all is as wanted)."""
+        problems = []
+        status = {row["job"]: row for row in self.call("status") or []}
+        for job, n in self.wanted.items():
+            row = status.get(job)
+            running = [p for p in (row or {}).get("os_pids", []) if _alive(p)]
+            if row is None or len(running) != n or row.get("running") != n:
+                problems.append(f"{job}: wanted {n}, listed {row and row.get('running')}, alive {len(running)}")
+        return problems
+
+    def unlisted(self) -> list[str]:
+        """Descendants of zsupd that are neither listed, under a listed process, nor the guard."""
+        listed = {p for row in self.call("status") or [] for p in row.get("os_pids", [])}
+        try:
+            top = psutil.Process(self.zsupd.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        odd = []
+        for child in top:
+            try:
+                if child.pid in listed or "zsup-guard" in child.cmdline():
+                    continue
+                if child.status() != psutil.STATUS_ZOMBIE:
+                    odd.append(f"{child.pid} {' '.join(child.cmdline())[:60]}")
+            except psutil.NoSuchProcess:
+                pass
+        return odd
+
+    def resources(self) -> None:
+        for name, pid in (("zsupd", self.zsupd.pid), ("zsup-http", self.gateway.proc.pid)):
+            try:
+                proc = psutil.Process(pid)
+                rss, threads = proc.memory_info().rss / 1e6, proc.num_threads()
+            except psutil.NoSuchProcess:
+                continue
+            peak = self.report.peak.setdefault(name, {"rss_mb": 0.0, "threads": 0})
+            peak["rss_mb"], peak["threads"] = max(peak["rss_mb"], round(rss, 1)), max(peak["threads"], threads)
+            if rss > self.p.max_rss_mb or threads > self.p.max_threads:
+                self.report.resources.append(f"{name}: {rss:.0f} MB, {threads} threads")
+
+    def check_spell(self) -> None:
+        self.report.spells += 1
+        if wait_until(lambda: not self.reached(), self.p.settle) is None and self.reached():
+            self.report.counts.append(f"after {self.report.actions[-self.p.actions:]}: {self.reached()}")
+        # an unlisted process may be on its way out (a group being stopped): give it a moment
+        odd = self.unlisted()
+        if odd and wait_until(lambda: not self.unlisted(), 3) is None:
+            self.report.unlisted.append(f"after {self.report.actions[-self.p.actions:]}: {self.unlisted()}")
+        self.resources()
+
+    def marked(self) -> list[psutil.Process]:
+        """Every process of this uid whose environment holds the soak's marker."""
+        found = []
+        for proc in psutil.process_iter(["uids"]):
+            try:
+                if proc.info["uids"] and proc.info["uids"].real == os.getuid() and \
+                        proc.environ().get(MARKER) == self.marker and proc.status() != psutil.STATUS_ZOMBIE:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                pass
+        return found
+
+    def check_lines(self) -> None:
+        """Per counter process, its numbers in the log file and on the bus: no gap, no repeat."""
+        logs = self.call("log_paths", name="counter") or {}
+        paths = sorted({p for v in logs.values() for p in (v if isinstance(v, list) else [v])
+                        if isinstance(p, str)})
+        by_proc: dict[str, list[int]] = {}
+        for path in paths or [os.path.join(self.state_dir, "logs", n) for n in
+                              os.listdir(os.path.join(self.state_dir, "logs")) if "counter" in n]:
+            for m in re.finditer(r"^(\d+) (\d+)$", self.read(path), re.M):
+                by_proc.setdefault(f"log {m[1]}", []).append(int(m[2]))
+        for pid, data in self.bus_lines:
+            for line in data.splitlines():
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    by_proc.setdefault(f"bus {pid}", []).append(int(parts[1]))
+        for where, numbers in by_proc.items():
+            for a, b in zip(numbers, numbers[1:]):
+                if b != a + 1:
+                    self.report.lines.append(f"{where}: {a} then {b}")
+                    break
+        if not by_proc:
+            self.report.lines.append("no counter line found in the log files or on the bus")
+
+    def read_bus(self) -> None:
+        from zsup.bus.client import Subscriber
+
+        with Subscriber(f"ipc://{self.state_dir}/zsupd-pub.sock", ["io.default.counter."]) as sub:
+            while not self.stop_clients.is_set():
+                ev = sub.recv(0.2)
+                if ev is not None and ev.data:
+                    self.bus_lines.append((ev.msg.get("os_pid"), ev.data))
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> Report:
+        os.makedirs(self.dir, exist_ok=True)
+        with open(os.path.join(self.dir, "counter.py"), "w") as f:
+            f.write(COUNTER)
+        self.write_config()
+        try:
+            self.start_zsupd()
+            self.gateway = Gateway(self.state_dir, os.path.join(self.dir, "zsup-http.log"), self.env).start()
+            self._spawn(self.read_bus)
+            end = time.monotonic() + self.p.seconds
+            while time.monotonic() < end:
+                for _ in range(self.p.actions):
+                    self.act()
+                    time.sleep(self.rng.uniform(0, 0.3))
+                self.check_spell()
+            self.check_lines()
+        finally:
+            self.finish()
+        return self.report
+
+    def finish(self) -> None:
+        self.stop_clients.set()
+        for t in self.threads:
+            t.join(10)
+        if self.gateway:
+            self.gateway.stop()
+        if self.zsupd and self.zsupd.poll() is None:
+            self.zsupd.terminate()
+            try:
+                self.zsupd.wait(30)
+            except subprocess.TimeoutExpired:
+                self.zsupd.kill()
+        left = wait_until(lambda: not self.marked(), 10) is None and self.marked()
+        for proc in left or []:
+            try:
+                self.report.leftovers.append(f"{proc.pid} {' '.join(proc.cmdline())[:60]}")
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        for name, path in (("zsupd", self.log_path), ("zsup-http", os.path.join(self.dir, "zsup-http.log"))):
+            text = self.read(path)
+            if "Traceback" in text:
+                i = text.index("Traceback")
+                self.report.tracebacks.append(f"{name}: {text[max(0, i - 300):i + 1500]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def run(params: Params | None = None) -> Report:
+    return Soak(params or Params()).run()
+
+
+def main() -> int:
+    params = Params()
+    print(f"soak: seed {params.seed}, {params.seconds:.0f} s, {params.actions} actions per spell", flush=True)
+    report = run(params)
+    print(report.summary())
+    bad = any(getattr(report, n) for n in ("counts", "unlisted", "leftovers", "lines", "resources", "tracebacks"))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
