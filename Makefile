@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv run test lint bench clean stop
+.PHONY: venv run test lint bench soak clean stop
 
 venv: $(STAMP)
 
@@ -33,6 +33,11 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# The chaos soak for minutes (a 35 s run of it is part of `make test`). Parameters by
+# environment: ZSUP_SOAK_SECONDS (300), ZSUP_SOAK_SEED (12), ZSUP_SOAK_ACTIONS (4 per spell).
+soak: $(STAMP)
+	$(PY) scripts/soak.py
 
 clean:
 	rm -rf $(VENV) .run build *.egg-info

@@ -119,7 +119,7 @@ class Params:
     actions: int = field(default_factory=lambda: int(os.environ.get("ZSUP_SOAK_ACTIONS", "4")))
     settle: float = 15.0            # how long a quiet spell may take to reach the wanted state
     max_rss_mb: float = 250.0       # each of zsupd and zsup-http
-    max_threads: int = 64
+    max_thread_growth: int = 32     # above each one's count at start (zsup-http starts its pool)
     workdir: str | None = None      # default: a fresh temporary folder
 
 
@@ -134,13 +134,14 @@ class Report:
     resources: list = field(default_factory=list)
     tracebacks: list = field(default_factory=list)
     peak: dict = field(default_factory=dict)
+    checked: dict = field(default_factory=dict)   # counter lines checked, in the logs and on the bus
 
     def summary(self) -> str:
         parts = [f"{self.spells} spells, {len(self.actions)} actions"]
         for name in ("counts", "unlisted", "leftovers", "lines", "resources", "tracebacks"):
             problems = getattr(self, name)
-            parts.append(f"{name}: {len(problems)}" + (f" (first: {problems[0]})" if problems else ""))
-        return "; ".join(parts) + f"; peak {self.peak}"
+            parts.append(f"{name}: {len(problems)}" + (f" (first: {problems[0][:300]})" if problems else ""))
+        return "; ".join(parts) + f"; peak {self.peak}; counter lines checked {self.checked}"
 
 
 class Soak:
@@ -161,6 +162,8 @@ class Soak:
         self.bus_lines: list[tuple[int, bytes]] = []   # (os pid, raw frame data) of the counter
         self.stop_clients = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.gateway_base = 0
+        self.base: dict[str, int] = {}   # threads of zsupd and zsup-http when first seen
 
     # -- zsupd ----------------------------------------------------------------------------
 
@@ -283,11 +286,14 @@ class Soak:
 
         self._spawn(client)
 
-    def ws_client(self) -> None:
-        """A websocket on /channel or /wstreams/<pid>: a reader, or one that never reads."""
+    def ws_client(self, forced: tuple | None = None) -> None:
+        """A websocket on /channel or /wstreams/<pid>: a reader, or one that never reads;
+        `forced` = (path, reads, life, reset) instead of random ones."""
         pid = (self.call("pids", name="counter") or [None])[0]
         path = f"/wstreams/{pid}" if pid and self.rng.random() < 0.5 else "/channel/proc."
-        reads, life = self.rng.random() < 0.5, self.rng.uniform(0.5, 4)
+        reads, life, reset = self.rng.random() < 0.5, self.rng.uniform(0.5, 4), self.rng.random() < 0.5
+        if forced:
+            path, reads, life, reset = forced
 
         def client():
             key = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -301,7 +307,7 @@ class Soak:
                             break
                         time.sleep(0.05 if reads else 0.2)
                     # half the clients close cleanly, the others just reset
-                    if self.rng.random() < 0.5:
+                    if reset:
                         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             except OSError:
                 pass
@@ -365,10 +371,11 @@ class Soak:
                 rss, threads = proc.memory_info().rss / 1e6, proc.num_threads()
             except psutil.NoSuchProcess:
                 continue
-            peak = self.report.peak.setdefault(name, {"rss_mb": 0.0, "threads": 0})
+            start = self.base.setdefault(name, threads)
+            peak = self.report.peak.setdefault(name, {"rss_mb": 0.0, "threads": 0, "threads_at_start": start})
             peak["rss_mb"], peak["threads"] = max(peak["rss_mb"], round(rss, 1)), max(peak["threads"], threads)
-            if rss > self.p.max_rss_mb or threads > self.p.max_threads:
-                self.report.resources.append(f"{name}: {rss:.0f} MB, {threads} threads")
+            if rss > self.p.max_rss_mb or threads > start + self.p.max_thread_growth:
+                self.report.resources.append(f"{name}: {rss:.0f} MB, {threads} threads (at start: {start})")
 
     def check_spell(self) -> None:
         self.report.spells += 1
@@ -393,14 +400,17 @@ class Soak:
         return found
 
     def check_lines(self) -> None:
-        """Per counter process, its numbers in the log file and on the bus: no gap, no repeat."""
-        logs = self.call("log_paths", name="counter") or {}
-        paths = sorted({p for v in logs.values() for p in (v if isinstance(v, list) else [v])
-                        if isinstance(p, str)})
+        """Per counter process, its numbers in the log file and on the bus: no gap, no repeat.
+        (When zsupd is SIGKILLed, what the counter wrote into the pipe after zsupd's last read
+        is lost with the pipe: that cuts the end of a run, never its middle.)"""
         by_proc: dict[str, list[int]] = {}
-        for path in paths or [os.path.join(self.state_dir, "logs", n) for n in
-                              os.listdir(os.path.join(self.state_dir, "logs")) if "counter" in n]:
-            for m in re.finditer(r"^(\d+) (\d+)$", self.read(path), re.M):
+        logs = os.path.join(self.state_dir, "logs")
+        # default.counter.stdout.log(.N): a line is `TIME PID:SEQ DATA`, the data `OS_PID N`;
+        # backups first, oldest (highest N) first
+        names = [n for n in os.listdir(logs) if n.startswith("default.counter.stdout.log")]
+        names.sort(key=lambda n: -int(n.rpartition(".")[2]) if n[-1].isdigit() else 0)
+        for name in names:
+            for m in re.finditer(r" (\d+) (\d+)$", self.read(os.path.join(logs, name)), re.M):
                 by_proc.setdefault(f"log {m[1]}", []).append(int(m[2]))
         for pid, data in self.bus_lines:
             for line in data.splitlines():
@@ -412,6 +422,9 @@ class Soak:
                 if b != a + 1:
                     self.report.lines.append(f"{where}: {a} then {b}")
                     break
+        for where, numbers in by_proc.items():
+            kind = where.split()[0]
+            self.report.checked[kind] = self.report.checked.get(kind, 0) + len(numbers)
         if not by_proc:
             self.report.lines.append("no counter line found in the log files or on the bus")
 
@@ -434,6 +447,8 @@ class Soak:
         try:
             self.start_zsupd()
             self.gateway = Gateway(self.state_dir, os.path.join(self.dir, "zsup-http.log"), self.env).start()
+            self.gateway_base = self.gateway_threads()
+            self.resources()
             self._spawn(self.read_bus)
             end = time.monotonic() + self.p.seconds
             while time.monotonic() < end:
@@ -441,15 +456,48 @@ class Soak:
                     self.act()
                     time.sleep(self.rng.uniform(0, 0.3))
                 self.check_spell()
+            self.ending()
             self.check_lines()
         finally:
             self.finish()
         return self.report
 
+    def ending(self) -> None:
+        """The same last spell for every run, so each check meets its case whatever the
+        schedule drew: a worker that forked crashes, a websocket client resets, zsupd is
+        SIGKILLed and started again, then (in finish) stopped."""
+        self.call("start_job", name="worker")
+        self.call("scale", name="worker", n="=2")
+        self.wanted["default.worker"] = 2
+        wait_until(lambda: not self.reached(), self.p.settle)
+        self.report.actions.append("ending")
+        for pid in self.os_pids("default.worker")[:1]:
+            wait_until(lambda: len(psutil.Process(pid).children()) == 2, 5)
+            self._kill(pid, signal.SIGKILL)
+        self.ws_client(("/channel/proc.", True, 0.5, True))
+        self.check_spell()
+        self.zsupd.kill()
+        self.zsupd.wait(10)
+        time.sleep(0.5)
+        self.start_zsupd()
+        self.check_spell()
+
+    def gateway_threads(self) -> int:
+        try:
+            return psutil.Process(self.gateway.proc.pid).num_threads()
+        except psutil.NoSuchProcess:
+            return 0
+
     def finish(self) -> None:
         self.stop_clients.set()
         for t in self.threads:
             t.join(10)
+        if self.gateway and self.gateway.alive() and self.gateway_base:
+            # what the clients cost must go with them
+            bound = self.gateway_base + 8
+            if wait_until(lambda: self.gateway_threads() <= bound, 10) is None:
+                self.report.resources.append(f"zsup-http: {self.gateway_threads()} threads after every client "
+                                             f"left (at start: {self.gateway_base})")
         if self.gateway:
             self.gateway.stop()
         if self.zsupd and self.zsupd.poll() is None:
@@ -469,7 +517,7 @@ class Soak:
             text = self.read(path)
             if "Traceback" in text:
                 i = text.index("Traceback")
-                self.report.tracebacks.append(f"{name}: {text[max(0, i - 300):i + 1500]}")
+                self.report.tracebacks.append(f"{name}: {text[i:i + 1500]}")
 
 
 def _alive(pid: int) -> bool:
