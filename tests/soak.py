@@ -140,7 +140,7 @@ class Report:
         parts = [f"{self.spells} spells, {len(self.actions)} actions"]
         for name in ("counts", "unlisted", "leftovers", "lines", "resources", "tracebacks"):
             problems = getattr(self, name)
-            parts.append(f"{name}: {len(problems)}" + (f" (first: {problems[0][:300]})" if problems else ""))
+            parts.append(f"{name}: {len(problems)}" + (f" (first: {problems[0][:300]!r})" if problems else ""))
         return "; ".join(parts) + f"; peak {self.peak}; counter lines checked {self.checked}"
 
 
@@ -347,21 +347,31 @@ class Soak:
         return problems
 
     def unlisted(self) -> list[str]:
-        """Descendants of zsupd that are neither listed, under a listed process, nor the guard."""
+        """Children of zsupd that are neither listed nor the orphan guard (a listed process's
+        own children are its business), and orphans: processes of the soak (its marker in
+        their environment) outside the trees of zsupd and zsup-http."""
         listed = {p for row in self.call("status") or [] for p in row.get("os_pids", [])}
-        try:
-            top = psutil.Process(self.zsupd.pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        odd = []
-        for child in top:
+        odd, tree = [], {self.zsupd.pid, self.gateway.proc.pid}
+        for top in (self.zsupd.pid, self.gateway.proc.pid):
             try:
-                if child.pid in listed or "zsup-guard" in child.cmdline():
-                    continue
-                if child.status() != psutil.STATUS_ZOMBIE:
-                    odd.append(f"{child.pid} {' '.join(child.cmdline())[:60]}")
+                tree |= {c.pid for c in psutil.Process(top).children(recursive=True)}
+                children = psutil.Process(top).children() if top == self.zsupd.pid else []
             except psutil.NoSuchProcess:
-                pass
+                continue
+            for child in children:
+                try:
+                    if child.pid in listed or "zsup-guard" in child.cmdline():
+                        continue
+                    if child.status() != psutil.STATUS_ZOMBIE:
+                        odd.append(f"unlisted {child.pid} {' '.join(child.cmdline())[:60]}")
+                except psutil.NoSuchProcess:
+                    pass
+        for proc in self.marked():
+            if proc.pid not in tree:
+                try:
+                    odd.append(f"orphan {proc.pid} {' '.join(proc.cmdline())[:60]}")
+                except psutil.NoSuchProcess:
+                    pass
         return odd
 
     def resources(self) -> None:
