@@ -7,6 +7,7 @@ stopping at the first unknown key; raw text and raw bytes cover the parser itsel
 derandomized (the same examples on every machine) and bounded in examples.
 """
 
+import json
 import os
 import subprocess
 
@@ -15,6 +16,7 @@ from conftest import PYTHON, ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from zsup.core.jobspec import JobSpec
 from zsup.daemon.config import JOB_KEYS, load_config
 from zsup.daemon.config_spec import ENDPOINT_SPEC, SETTINGS_SPEC
 from zsup.errors import ZsupError
@@ -22,8 +24,8 @@ from zsup.errors import ZsupError
 FUZZ = settings(derandomize=True, deadline=None, max_examples=300, database=None,
                 suppress_health_check=list(HealthCheck))
 
-SECTIONS = ["zsup", "gaffer", "webhooks", "process:web", "process:app:web", "process:a.b", "env:web",
-            "env:app.prod", "endpoint:main", "plugin:x", "process:", "process:web:x:y", "unknown",
+SECTIONS = ["zsup", "webhooks", "process:web", "process:app:web", "env:web", "env:app.prod",
+            "endpoint:main", "process:a.b", "gaffer", "plugin:x", "process:", "process:web:x:y", "unknown",
             " zsup ", "ZSUP", "process:web ", "[process:web]", "env:nope"]
 KEYS = sorted(set(JOB_KEYS) | set(SETTINGS_SPEC) | set(ENDPOINT_SPEC)) + [
     "name", "session", "env", "", " ", "x=y", "proc.default.web.exit", "a b", "PATH", "\u00e9"]
@@ -36,21 +38,35 @@ VALUES = st.one_of(
                      "unix:", "unix:/tmp/x", "[::1]:80", "TERM", "SIGKILL", "99", "-9", "kill",
                      "a, b", "main", "nobody", "root", "65536", "-2147483649", "stdout", "text",
                      "json", "daily", "sh -c 'echo $$'", "${HOME}", "%(x)s", "\u202e"]),
-    st.text(max_size=40),
+    st.text(st.characters(exclude_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"), max_size=40),
     st.integers().map(str),
     st.floats().map(repr),
 )
 
 
+def rarely(draw, common, rare, one_in: int = 8):
+    # hypothesis leans to small draws: the rare branch is the highest number
+    return draw(rare) if draw(st.integers(0, one_in - 1)) == one_in - 1 else draw(common)
+
+
 @st.composite
 def config_texts(draw) -> str:
+    """Mostly well-formed files of known sections and keys with hostile values; now and then
+    a strange section, key or line."""
     lines = []
-    for _ in range(draw(st.integers(0, 4))):
-        lines.append(f"[{draw(st.sampled_from(SECTIONS) | st.text(max_size=12))}]")
-        for _ in range(draw(st.integers(0, 5))):
-            key = draw(st.sampled_from(KEYS) | st.text(max_size=8))
-            lines.append(f"{key} = {draw(VALUES)}")
-        if draw(st.booleans()):
+    sections = draw(st.lists(st.sampled_from(SECTIONS[:7]), max_size=4, unique=True))
+    for section in sections:
+        lines.append(f"[{rarely(draw, st.just(section), st.sampled_from(SECTIONS) | st.text(max_size=12))}]")
+        pool = {"process": JOB_KEYS, "zsup": tuple(SETTINGS_SPEC), "gaffer": tuple(SETTINGS_SPEC),
+                "endpoint": tuple(ENDPOINT_SPEC)}.get(section.partition(":")[0], ("A", "PATH", "web"))
+        keys = draw(st.lists(st.sampled_from(sorted(pool)), max_size=5, unique=True))
+        if section.startswith("process:") and "cmd" not in keys and draw(st.integers(0, 3)) < 3:
+            keys.insert(0, "cmd")
+        for key in keys:
+            key = rarely(draw, st.just(key), st.sampled_from(KEYS[-10:]) | st.text(max_size=8))
+            value = "sleep 1" if key == "cmd" and draw(st.booleans()) else draw(VALUES)
+            lines.append(f"{key} = {value}")
+        if draw(st.integers(0, 7)) == 7:
             lines.append(draw(st.sampled_from(["; comment", "# comment", "garbage", "[[sub]]", "= x",
                                                "key", "[", "]", "\t", "\ufeff"])))
     return "\n".join(lines) + draw(st.sampled_from(["", "\n", "\r\n"]))
@@ -60,10 +76,15 @@ def check_one_line(path: str, state_dir: str) -> None:
     """The contract of loading: a DaemonConfig, or a ZsupError whose message is one line
     naming the file. Anything else (another exception) fails the test with its traceback."""
     try:
-        load_config(path, {"state_dir": state_dir})
+        config = load_config(path, {"state_dir": state_dir})
     except ZsupError as exc:
         assert exc.message and "\n" not in exc.message and "\r" not in exc.message, repr(exc.message)
         assert exc.message.startswith(path), repr(exc.message)
+        return
+    # a job accepted from the file is accepted in its JSON form too (what `load`, the store
+    # and a restart of zsupd read back): the same checks on both sides
+    for job in config.job_dicts():
+        assert JobSpec.from_dict(json.loads(json.dumps(job))).to_dict() == job
 
 
 def write(tmp_path, data: bytes) -> str:
