@@ -148,6 +148,7 @@ class Soak:
     def __init__(self, params: Params):
         self.p = params
         self.rng = random.Random(params.seed)
+        self.arng = random.Random(params.seed)
         self.dir = params.workdir or tempfile.mkdtemp(prefix="zsup-soak-")
         self.state_dir = os.path.join(self.dir, "state")
         self.config_path = os.path.join(self.dir, "zsup.ini")
@@ -162,7 +163,6 @@ class Soak:
         self.bus_lines: list[tuple[int, bytes]] = []   # (os pid, raw frame data) of the counter
         self.stop_clients = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.gateway_base = 0
         self.base: dict[str, int] = {}   # threads of zsupd and zsup-http when first seen
 
     # -- zsupd ----------------------------------------------------------------------------
@@ -214,13 +214,16 @@ class Soak:
                    self.stop_start, self.stdin, self.stream_client, self.stream_client, self.ws_client,
                    self.ws_client, self.restart_zsupd]
         action = self.rng.choice(actions)
+        # each action draws from a generator of its own, seeded by the schedule: what one
+        # action draws (depending on what it found) never shifts the rest of the schedule
+        self.arng = random.Random(self.rng.getrandbits(64))
         self.report.actions.append(action.__name__)
         action()
 
     def kill_child(self) -> None:
-        pids = self.os_pids(self.rng.choice(["default.worker", "default.echo"]))
+        pids = self.os_pids(self.arng.choice(["default.worker", "default.echo"]))
         if pids:
-            self._kill(self.rng.choice(pids), self.rng.choice([signal.SIGKILL, signal.SIGTERM]))
+            self._kill(self.arng.choice(pids), self.arng.choice([signal.SIGKILL, signal.SIGTERM]))
 
     def kill_grandchild(self) -> None:
         kids = []
@@ -230,7 +233,7 @@ class Soak:
             except psutil.NoSuchProcess:
                 pass
         if kids:
-            self._kill(self.rng.choice(kids).pid, signal.SIGKILL)
+            self._kill(self.arng.choice(kids).pid, signal.SIGKILL)
 
     @staticmethod
     def _kill(pid: int, sig: int) -> None:
@@ -240,34 +243,33 @@ class Soak:
             pass
 
     def scale(self) -> None:
-        n = self.rng.randint(0, 4)
+        n = self.arng.randint(0, 4)
         if self.call("scale", name="worker", n=f"={n}") is not None:
             self.wanted["default.worker"] = n
 
     def reload(self) -> None:
         # a changed [process:worker] section resets the job to the file (docs: run-time changes)
-        self.workers = self.rng.choice([n for n in range(1, 4) if n != self.workers])
+        self.workers = self.arng.choice([n for n in range(1, 4) if n != self.workers])
         self.write_config()
         self.wanted["default.worker"] = self.workers
         self.zsupd.send_signal(signal.SIGHUP)
-        wait_until(lambda: self.call("info", name="worker", ) and
-                   self.call("info", name="worker")["numprocesses"] == self.workers, 10)
+        wait_until(lambda: (self.call("info", name="worker") or {}).get("numprocesses") == self.workers, 10)
 
     def stop_start(self) -> None:
-        job = self.rng.choice(["worker", "echo"])
+        job = self.arng.choice(["worker", "echo"])
         self.call("stop_job", name=job)
         wait_until(lambda: not self.os_pids(f"default.{job}"), 10)
         self.call("start_job", name=job)
 
     def stdin(self) -> None:
         for pid in self.call("pids", name="echo") or []:
-            self.call("send", pid=pid, data=f"soak {self.rng.random()}\n")
+            self.call("send", pid=pid, data=f"soak {self.arng.random()}\n")
 
     def stream_client(self) -> None:
         """An HTTP output stream of the counter (or the event feed), read fast or slowly."""
         pid = (self.call("pids", name="counter") or [None])[0]
-        path = f"/streams/{pid}/stdout" if pid and self.rng.random() < 0.7 else "/watch/proc."
-        slow, life = self.rng.random() < 0.5, self.rng.uniform(0.5, 4)
+        path = f"/streams/{pid}/stdout" if pid and self.arng.random() < 0.7 else "/watch/proc."
+        slow, life = self.arng.random() < 0.5, self.arng.uniform(0.5, 4)
 
         def client():
             try:
@@ -290,8 +292,8 @@ class Soak:
         """A websocket on /channel or /wstreams/<pid>: a reader, or one that never reads;
         `forced` = (path, reads, life, reset) instead of random ones."""
         pid = (self.call("pids", name="counter") or [None])[0]
-        path = f"/wstreams/{pid}" if pid and self.rng.random() < 0.5 else "/channel/proc."
-        reads, life, reset = self.rng.random() < 0.5, self.rng.uniform(0.5, 4), self.rng.random() < 0.5
+        path = f"/wstreams/{pid}" if pid and self.arng.random() < 0.5 else "/channel/proc."
+        reads, life, reset = self.arng.random() < 0.5, self.arng.uniform(0.5, 4), self.arng.random() < 0.5
         if forced:
             path, reads, life, reset = forced
 
@@ -320,7 +322,7 @@ class Soak:
         self.threads.append(t)
 
     def restart_zsupd(self) -> None:
-        sig = self.rng.choice([signal.SIGTERM, signal.SIGKILL])
+        sig = self.arng.choice([signal.SIGTERM, signal.SIGKILL])
         self.zsupd.send_signal(sig)
         try:
             self.zsupd.wait(30)
@@ -457,7 +459,6 @@ class Soak:
         try:
             self.start_zsupd()
             self.gateway = Gateway(self.state_dir, os.path.join(self.dir, "zsup-http.log"), self.env).start()
-            self.gateway_base = self.gateway_threads()
             self.resources()
             self._spawn(self.read_bus)
             end = time.monotonic() + self.p.seconds
@@ -502,12 +503,12 @@ class Soak:
         self.stop_clients.set()
         for t in self.threads:
             t.join(10)
-        if self.gateway and self.gateway.alive() and self.gateway_base:
+        start = self.base.get("zsup-http")
+        if self.gateway and self.gateway.alive() and start:
             # what the clients cost must go with them
-            bound = self.gateway_base + 8
-            if wait_until(lambda: self.gateway_threads() <= bound, 10) is None:
+            if wait_until(lambda: self.gateway_threads() <= start + 8, 10) is None:
                 self.report.resources.append(f"zsup-http: {self.gateway_threads()} threads after every client "
-                                             f"left (at start: {self.gateway_base})")
+                                             f"left (at start: {start})")
         if self.gateway:
             self.gateway.stop()
         if self.zsupd and self.zsupd.poll() is None:
