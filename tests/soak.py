@@ -160,7 +160,7 @@ class Soak:
         self.gateway: Gateway | None = None
         self.workers = 2          # [process:worker] numprocesses in the file
         self.wanted = {"default.counter": 1, "default.worker": 2, "default.echo": 1}
-        self.bus_lines: list[tuple[int, bytes]] = []   # (os pid, raw frame data) of the counter
+        self.bus_lines: list[tuple[dict, bytes]] = []   # the counter's output frames (JSON, data)
         self.stop_clients = threading.Event()
         self.threads: list[threading.Thread] = []
         self.base: dict[str, int] = {}   # threads of zsupd and zsup-http when first seen
@@ -424,8 +424,13 @@ class Soak:
         for name in names:
             for m in re.finditer(r" (\d+) (\d+)$", self.read(os.path.join(logs, name)), re.M):
                 by_proc.setdefault(f"log {m[1]}", []).append(int(m[2]))
-        for pid, data in self.bus_lines:
-            for line in data.splitlines():
+        for msg, data in self.bus_lines:
+            pid, lines = msg.get("os_pid"), data.splitlines()
+            # zsup's own numbering (`seq` of the first line, `lines`) and the counter's
+            by_proc.setdefault(f"seq {pid}", []).extend(range(msg["seq"], msg["seq"] + msg["lines"]))
+            if msg["lines"] != len(lines):
+                self.report.lines.append(f"bus {pid}: {len(lines)} lines in a frame that says {msg['lines']}")
+            for line in lines:
                 parts = line.split()
                 if len(parts) == 2 and parts[1].isdigit():
                     by_proc.setdefault(f"bus {pid}", []).append(int(parts[1]))
@@ -447,7 +452,7 @@ class Soak:
             while not self.stop_clients.is_set():
                 ev = sub.recv(0.2)
                 if ev is not None and ev.data:
-                    self.bus_lines.append((ev.msg.get("os_pid"), ev.data))
+                    self.bus_lines.append((ev.msg, ev.data))
 
     # -- the run --------------------------------------------------------------------------
 
