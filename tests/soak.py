@@ -149,6 +149,7 @@ class Soak:
         self.p = params
         self.rng = random.Random(params.seed)
         self.arng = random.Random(params.seed)
+        self.deck: list = []
         self.dir = params.workdir or tempfile.mkdtemp(prefix="zsup-soak-")
         self.state_dir = os.path.join(self.dir, "state")
         self.config_path = os.path.join(self.dir, "zsup.ini")
@@ -210,10 +211,14 @@ class Soak:
     # -- actions --------------------------------------------------------------------------
 
     def act(self) -> None:
-        actions = [self.kill_child, self.kill_child, self.kill_grandchild, self.scale, self.reload,
-                   self.stop_start, self.stdin, self.stream_client, self.stream_client, self.ws_client,
-                   self.ws_client, self.restart_zsupd]
-        action = self.rng.choice(actions)
+        # a shuffled deck rather than independent draws: every kind of trouble comes once per
+        # deck, however few actions a short or slow run gets through
+        if not self.deck:
+            self.deck = [self.kill_child, self.kill_child, self.kill_grandchild, self.scale, self.reload,
+                         self.stop_start, self.stdin, self.stream_client, self.stream_client, self.ws_client,
+                         self.ws_client, self.restart_zsupd]
+            self.rng.shuffle(self.deck)
+        action = self.deck.pop()
         # each action draws from a generator of its own, seeded by the schedule: what one
         # action draws (depending on what it found) never shifts the rest of the schedule
         self.arng = random.Random(self.rng.getrandbits(64))
@@ -467,7 +472,7 @@ class Soak:
             self.resources()
             self._spawn(self.read_bus)
             end = time.monotonic() + self.p.seconds
-            while time.monotonic() < end:
+            while time.monotonic() < end or self.deck:  # at least one whole deck
                 for _ in range(self.p.actions):
                     self.act()
                     time.sleep(self.rng.uniform(0, 0.3))
