@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench clean stop
+.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench soak clean stop
 
 # gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
 # 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
@@ -67,6 +67,11 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
+
+# The chaos soak for minutes (a 35 s run of it is part of `make test`). Parameters by
+# environment: ZSUP_SOAK_SECONDS (300), ZSUP_SOAK_SEED (12), ZSUP_SOAK_ACTIONS (4 per spell).
+soak: $(STAMP)
+	$(PY) scripts/soak.py
 
 clean:
 	rm -rf $(VENV) $(GAFFER_VENV) $(SOCKJS_DIR) .run build *.egg-info

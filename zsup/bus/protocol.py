@@ -70,8 +70,8 @@ def decode_json(data: bytes) -> Any:
     # Decoding explicitly: json.loads(bytes) would also guess UTF-16/32, which the bus is not.
     try:
         return json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
+    except RecursionError:  # `[[[[...` deeper than the interpreter's stack: a bad request too
+        raise ValueError("JSON nested too deeply") from None
 
 
 # ------------------------------------------------------------------------------ requests
