@@ -1,8 +1,8 @@
 """A short chaos soak (tests/soak.py) inside the suite: one seeded run of ~35 s, then one test
 per check, so a failing check names itself. `make soak` runs the same driver for minutes.
 
-Checks that fail today because of known bugs of issue 12 are xfail(strict=True): when the fix
-lands they pass, the strict xfail fails, and the mark goes.
+A check that fails because of a known bug is marked xfail(strict=True) with the bug in one
+line: when the fix lands it passes, the strict xfail fails, and the mark goes.
 """
 
 import os
@@ -44,14 +44,10 @@ def test_wanted_counts_after_each_quiet_spell(report):
     assert report.counts == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: grandchildren of a killed process stay, unlisted, re-parented "
-                   "to zsupd, and survive its stop (issue 12: no leftovers of a dead process)")
 def test_no_unlisted_process(report):
     assert report.unlisted == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: grandchildren of a killed process outlive zsupd "
-                   "(issue 12: no leftovers of a dead process)")
 def test_nothing_of_the_soak_left_after_stopping(report):
     assert report.leftovers == []
 
@@ -73,7 +69,5 @@ def test_no_traceback_in_zsupd_log(report):
     assert of(report.tracebacks, "zsupd") == []
 
 
-@pytest.mark.xfail(strict=True, reason="bug: a websocket client that resets logs a ws4py traceback "
-                   "(issue 12: a client that resets is one debug line)")
 def test_no_traceback_in_gateway_log(report):
     assert of(report.tracebacks, "zsup-http") == []
