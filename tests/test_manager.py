@@ -102,7 +102,10 @@ def test_crash_loop_backs_off_without_flapping_rule(manager, recorder):
         time.sleep(0.05)
     # exponential back-off: a few restarts in a second, not thousands
     assert len(recorder.find(".crash.spawn")) - t0 < 15
-    assert manager.info("crash")["state"] == "running"  # never gives up
+    info = manager.info("crash")
+    # never gives up: still active and retrying; `failing` says why (it exits at once)
+    assert info["active"] and info["state"] == "failing", info
+    assert info["last_error"] == "exits at once (code 1)"
 
 
 def test_graceful_timeout_escalates_to_sigkill(manager, recorder):

@@ -260,8 +260,11 @@ class Manager(Supervision):
             raise BadRequest(f"n: {target} processes is above the job's max_processes ({job.spec.max_processes})")
         if target > job.numprocesses:
             self._check_total(target, replacing=job)
+        changed = target != job.numprocesses
         job.numprocesses = target
         self._manage(job)
+        if changed:  # gaffer's manager announces a scale as its job's `update`
+            self._publish_job(job, "update", numprocesses=target)
         return {"job": job.name, "numprocesses": job.numprocesses}
 
     @supervised
