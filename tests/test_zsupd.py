@@ -422,3 +422,18 @@ def test_tcp_bus_with_curve_for_zsupctl(zsupd_factory, tmp_path):
     assert ok.returncode == 0 and "default.web" in ok.stdout
     refused = zsupctl("processes")  # no keys: the server never answers
     assert refused.returncode == 1 and "no zsupd answering" in refused.stderr
+
+
+def test_scale_announces_the_jobs_update(zsupd_factory):
+    """gaffer's manager announces a scale as the job's `update`; zsup does too (not on a no-op)."""
+    d = zsupd_factory(SLEEP.format(name="web", n=1))
+    with Subscriber(d.pub, ["job.default.web.update"]) as sub:
+        # scale up one at a time until the subscription is through (ZeroMQ's slow joiner)
+        ev = wait_for(lambda: d.call("scale", name="web", n=1) and sub.recv(0.2), timeout=10,
+                      message="the update event")
+        count = d.call("info", name="web")["numprocesses"]
+        assert ev.msg["job"] == "default.web" and 2 <= ev.msg["numprocesses"] <= count
+        while sub.recv(0.2) is not None:
+            pass
+        d.call("scale", name="web", n=f"={count}")
+        assert sub.recv(0.5) is None  # nothing changed, nothing announced
