@@ -6,14 +6,16 @@ the worker pool it needs (``max_streams`` for live feeds plus ``rest_threads`` t
 can take).
 
 Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
-route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
--> authentication (when a password or tokens file is configured: the ``Authorization``
-header, or a bearer token as ``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key``
-when zsupd's config has ``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps
-(``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
-modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
-CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
-unexpected exception is logged and answered 500 without details.
+route, mounted app or log line sees it) -> the dashboard's static files under ``/ui/``
+(zsup.http.ui_routes; never authenticated: the page authenticates its own calls) ->
+``OPTIONS`` (CORS preflight, never authenticated) -> authentication (when a password or
+tokens file is configured: the ``Authorization`` header, or a bearer token as
+``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key`` when zsupd's config has
+``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps (``/tasks`` from
+``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those modules exist)
+-> the route table (routes_api, streams, plugins). Every answer carries the CORS headers;
+every error is ``{"error": {"code", "message"}}`` with a bus code; an unexpected exception
+is logged and answered 500 without details.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
-from zsup.http import gaffer_keys_api
+from zsup.http import gaffer_keys_api, ui_routes
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
@@ -191,6 +193,8 @@ class GatewayApp:
 
     def _handle(self, req: Request, environ: dict, start_response: Callable,
                 access_tokens: list[str]):
+        if ui_routes.is_ui_path(req.path_info or "/") and req.method != "OPTIONS":
+            return ui_routes.serve(req)(environ, start_response)  # static, no secrets: no auth
         if req.method == "OPTIONS":
             resp = Response(status=204)
             resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]
