@@ -103,6 +103,8 @@ class Browser:
         self.cdp.call("Page.enable")
         self.cdp.call("Runtime.enable")
         self.cdp.call("Page.navigate", url=url)
+        wait_for(lambda: self.js("location.href.startsWith('http') && document.readyState === 'complete'"),
+                 timeout=15, interval=0.05, message=f"the page {url}")
 
     def js(self, expression):
         """The value of a JavaScript expression in the page (awaited if a promise)."""
@@ -162,3 +164,176 @@ def ticker_job(name="tick", **extra):
 
 def card(name):
     return f'article.job[data-job="{name}"]'
+
+
+@pytest.fixture
+def auth_gw(zsupd_factory, tmp_path):
+    """A gateway that wants a password (alice:s3cret) or a token (tok-dash)."""
+    from zsup.http.auth import hash_password
+
+    passwords, tokens = tmp_path / "users", tmp_path / "tokens"
+    passwords.write_text(f"alice:{hash_password('s3cret')}\n")
+    tokens.write_text("tok-dash\n")
+    passwords.chmod(0o600)
+    tokens.chmod(0o600)
+    daemon = zsupd_factory("")
+    gateway = start_gateway(daemon, tmp_path, endpoints=[
+        {"name": "t", "bind": "127.0.0.1:0", "auth_file": str(passwords), "tokens_file": str(tokens)}])
+    try:
+        yield GW(daemon, gateway, tmp_path)
+    finally:
+        gateway.stop()
+
+
+# -- the files, over plain HTTP (no browser needed) -------------------------------------------
+
+def test_ui_files_are_served_without_auth_but_the_api_is_not(auth_gw):
+    a = auth_gw.get("/ui")
+    assert a.status == 301 and a.headers["Location"].endswith("/ui/")
+    page = auth_gw.get("/ui/")
+    assert page.status == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert b'<script type="module" src="app.js">' in page.body
+    assert page.headers["Cache-Control"] == "no-cache"
+    for name in ("app.js", "api.js", "dom.js", "jobs.js", "logview.js", "spark.js"):
+        js = auth_gw.get(f"/ui/{name}")
+        assert js.status == 200 and js.headers["Content-Type"].startswith("text/javascript"), name
+    assert auth_gw.get("/ui/style.css").headers["Content-Type"].startswith("text/css")
+    assert auth_gw.request("HEAD", "/ui/app.js").status == 200
+    # the API behind it still wants credentials
+    assert auth_gw.get("/jobs").status == 401
+    assert auth_gw.get("/jobs", headers={"Authorization": "Bearer tok-dash"}).status == 200
+
+
+def test_ui_refuses_what_is_not_one_of_its_files(gw):
+    for path in ("/ui/nope.js", "/ui/%2e%2e/web.py", "/ui/..%2fweb.py", "/ui/../app.py", "/ui/ui_routes.py",
+                 "/ui//etc/passwd", "/ui/app.js/x"):
+        a = gw.get(path)
+        assert a.status in (404, 400), (path, a)
+        assert a.json["error"]["code"] in ("not_found", "bad_request"), (path, a)
+    a = gw.post("/ui/app.js", b"x")
+    assert a.status == 405 and a.headers["Allow"] == "GET, HEAD"
+    assert gw.get("/").json["links"]["dashboard"].endswith("/ui/")
+    assert gw.get("/jobs").status == 200  # nothing else changed
+
+
+# -- in the browser ------------------------------------------------------------------------------
+
+def test_dashboard_live_in_chromium(gw, browser):
+    gw.load(ticker_job(), session="demo")
+    gw.load(echo_job(), session="demo")
+    browser.goto(f"{gw.base}/ui/")
+    try:
+        _live_checks(gw, browser)
+    finally:
+        browser.screenshot(os.path.join(ARTIFACTS, "dashboard.png"))
+    assert browser.cdp.errors == []
+
+
+def _live_checks(gw, browser):
+    tick, echo = card("demo.tick"), card("demo.echo")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=15,
+             message=f"demo.tick running on the page (errors: {browser.cdp.errors})")
+    assert browser.text('section.session[data-session="demo"] h2') == "demo"
+    assert browser.text("#conn") == "live"
+
+    # stopped through the bus: the page follows from the events alone
+    gw.d.call("stop_job", name="tick", session="demo")
+    wait_for(lambda: browser.text(f"{tick} .state") in ("stopped", "exited (sig 15)"), timeout=10,
+             message=f"demo.tick stopped on the page, got {browser.text(f'{tick} .state')!r}")
+    assert "exited" in browser.text(f"{tick} .state")
+    gw.d.call("start_job", name="tick", session="demo")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=10, message="running again")
+
+    # the scale buttons
+    browser.click(f"{tick} .scale-up")
+    wait_for(lambda: browser.text(f"{tick} .count") == "2", timeout=10, message="scaled to 2 on the page")
+    wait_for(lambda: len(gw.d.call("pids", name="demo.tick")) == 2, timeout=10, message="2 processes")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 2/2", timeout=10, message="running 2/2")
+    assert browser.js(f"document.querySelectorAll('{tick} tr.proc').length") == 2
+    browser.click(f"{tick} .scale-down")
+    wait_for(lambda: len(gw.d.call("pids", name="demo.tick")) == 1, timeout=10, message="1 process")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=10, message="back to 1/1")
+
+    # sparklines fill from the stats topic
+    wait_for(lambda: browser.js(f"document.querySelector('{tick} .spark.mem polyline').getAttribute('points')"),
+             timeout=10, message="a memory sparkline")
+    wait_for(lambda: browser.text(f"{tick} tr.proc .spark.mem .value").endswith("iB"), timeout=10,
+             message="a process's memory")
+
+    # the log view: a line written now shows within a second (asserted generously: 5 s)
+    browser.click(f"{echo} header ~ .actions .logs")
+    wait_for(lambda: browser.js("!!document.querySelector('#detail .log')"), message="the log view")
+    pid = gw.pid_of("demo.echo")[0]
+    sent = time.monotonic()
+    assert gw.post(f"/streams/{pid}/stdin", b"marker-one\n").status == 200
+    line = f'#detail .line[data-pid="{pid}"][data-label="stdout"]'
+    wait_for(lambda: browser.js(f"[...document.querySelectorAll('{line}')].some(l => "
+                                f"l.textContent.includes('marker-one'))"), timeout=5, message="the line in the log")
+    assert time.monotonic() - sent < 5
+    assert browser.text(f"{line} .lseq") == "1" and browser.text(f"{line} .llabel") == "stdout"
+
+    # the console writes to stdin over /wstreams/<pid>; the echo comes back
+    browser.js(f"(s => {{ s.value = '{pid}'; s.dispatchEvent(new Event('change')); }})"
+               f"(document.querySelector('#detail .pid-filter'))")
+    wait_for(lambda: browser.js("!!document.querySelector('#detail .console-input')"), message="the console")
+    wait_for(lambda: browser.js("document.querySelector('#detail .console-box').dataset.state === 'open'"),
+             message="the console's websocket")
+    browser.js("document.querySelector('#detail .console-input').value = 'from-console'")
+    browser.js("document.querySelector('#detail form.console').requestSubmit()")
+    wait_for(lambda: "from-console" in (browser.text("#detail .console-output .console-line") or ""),
+             timeout=5, message="the console's echo")
+
+    # the text filter hides other lines
+    browser.js("(f => { f.value = 'marker'; f.dispatchEvent(new Event('input')); })"
+               "(document.querySelector('#detail .text-filter'))")
+    assert browser.js("[...document.querySelectorAll('#detail .line')].filter(l => !l.hidden)"
+                      ".every(l => l.textContent.includes('marker'))")
+
+
+def _log_in(browser, **fields):
+    wait_for(lambda: browser.js("!document.getElementById('login').hidden"), timeout=15,
+             message=f"the login form (errors: {browser.cdp.errors})")
+    for name, value in fields.items():
+        browser.js(f"document.querySelector('#login [name={name}]').value = {json.dumps(value)}")
+    browser.js("document.getElementById('login').requestSubmit()")
+
+
+@pytest.mark.parametrize("how", ["token", "password"])
+def test_dashboard_logs_in_and_goes_live(auth_gw, browser, how):
+    """Basic (the login form's user and password) or a token: REST, the events websocket and
+    the log view all use it; a wrong password is said so, and nothing shows."""
+    auth = {"Authorization": "Bearer tok-dash"}
+    assert auth_gw.post("/jobs/demo", ticker_job(), headers=auth).status == 201
+    browser.goto(f"{auth_gw.base}/ui/")
+    if how == "token":
+        _log_in(browser, token="tok-dash")
+    else:
+        _log_in(browser, user="alice", password="wrong")
+        wait_for(lambda: "refused" in (browser.text("#login .form-error") or ""), timeout=15,
+                 message="the refusal")
+        assert "401" in browser.text("#login .form-error")
+        assert browser.js("document.querySelectorAll('article.job').length") == 0
+        _log_in(browser, user="alice", password="s3cret")
+    tick = card("demo.tick")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=15,
+             message=f"the job after logging in (errors: {browser.cdp.errors})")
+    wait_for(lambda: browser.text("#conn") == "live", timeout=10, message="the events websocket")
+    auth_gw.d.call("stop_job", name="tick", session="demo")
+    wait_for(lambda: "exited" in browser.text(f"{tick} .state"), timeout=10, message="the stop, live")
+    assert not browser.js("document.getElementById('logout').hidden")
+
+    # the console of a process: stdin in, its stdout back (with a password: POST stdin and
+    # the log view's events, as no websocket can carry the password)
+    assert auth_gw.post("/jobs/demo", echo_job(), headers=auth).status == 201
+    echo = card("demo.echo")
+    wait_for(lambda: browser.js(f"!!document.querySelector('{echo} .console')"), timeout=10, message="echo's row")
+    browser.click(f"{echo} .console")
+    wait_for(lambda: browser.js("!!document.querySelector('#detail .console-input')"), message="the console")
+    wait_for(lambda: browser.js("document.querySelector('#detail .log-status').dataset.state === 'open' && "
+                                "document.querySelector('#detail .console-box').dataset.state === 'open'"),
+             message="the log view and console connected")
+    browser.js("document.querySelector('#detail .console-input').value = 'hello-" + how + "'")
+    browser.js("document.querySelector('#detail form.console').requestSubmit()")
+    wait_for(lambda: f"hello-{how}" in (browser.text("#detail .console-output .console-line") or ""),
+             timeout=5, message=f"the console's echo (errors: {browser.cdp.errors})")
+    assert browser.js("location.search") == ""  # no credentials in the address bar

@@ -47,11 +47,14 @@ export class ApiError extends Error {
 
 // One request; resolves to the JSON answer, rejects with an ApiError whose message is the
 // gateway's own ({"error": {"code", "message"}}), or a sentence when there is none.
-export async function request(method, path, body) {
-  const init = { method, headers: authorization() };
+// `raw`: send `body` as text, as given (stdin), instead of as JSON.
+export async function request(method, path, body, raw = false) {
+  // credentials "omit": a 401 with a Basic challenge then never opens the browser's own
+  // password prompt (the page has its login form); the Authorization header still goes.
+  const init = { method, headers: authorization(), credentials: "omit" };
   if (body !== undefined) {
-    init.headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] = raw ? "text/plain; charset=utf-8" : "application/json";
+    init.body = raw ? body : JSON.stringify(body);
   }
   let resp;
   try {
@@ -77,6 +80,10 @@ export async function request(method, path, body) {
 export const get = (path) => request("GET", path);
 export const post = (path, body) => request("POST", path, body);
 export const del = (path) => request("DELETE", path);
+export const postText = (path, text) => request("POST", path, text, true);
+
+// Whether websockets can carry the credentials (a token can, as ?access_token=).
+export const socketsAuthenticate = () => !credentials || credentials.kind === "token";
 
 export const jobPath = (job) => {
   const dot = job.indexOf(".");
@@ -84,18 +91,75 @@ export const jobPath = (job) => {
 };
 
 // A ws:// URL for a gateway path. Browsers cannot put headers on a WebSocket: a token goes as
-// ?access_token= (the gateway strips it before anything logs it), a password in the URL's
-// user part, which the browser sends as Basic credentials for the upgrade.
+// ?access_token= (the gateway strips it before anything logs it).
 export function socketURL(path, params = []) {
   const url = new URL(path, location.href);
   url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
   for (const [name, value] of params) url.searchParams.append(name, value);
   if (credentials && credentials.kind === "token") url.searchParams.set("access_token", credentials.token);
-  if (credentials && credentials.kind === "basic") {
-    url.username = credentials.user;
-    url.password = credentials.password;
-  }
   return url.href;
+}
+
+// Live bus events matching `patterns`, one JSON text per event ({"topic", "msg", "data"}),
+// with the handlers of LiveSocket. Over the events websocket (/channel) when it can
+// authenticate; with a password, over /watch/<pattern> read with fetch (which can send the
+// Authorization header): a browser sends a URL's user:password on a WebSocket only after a
+// challenge, and the gateway answers a refused upgrade with a plain 401.
+export function liveEvents(patterns, handlers) {
+  if (socketsAuthenticate()) return new LiveSocket("/channel", patterns.map((p) => ["pattern", p]), handlers);
+  return new LiveWatch(patterns, handlers);
+}
+
+// Reads one /watch stream per pattern, each reconnecting like LiveSocket.
+class LiveWatch {
+  constructor(patterns, { onmessage, onopen, onstatus }) {
+    Object.assign(this, { onmessage, onopen, onstatus });
+    this.closed = false;
+    this.abort = new AbortController();
+    for (const pattern of patterns) this.follow(pattern);
+  }
+
+  async follow(pattern) {
+    let delay = 500;
+    while (!this.closed) {
+      try {
+        const resp = await fetch(`/watch/${encodeURIComponent(pattern)}?heartbeat=20`,
+          { headers: authorization(), credentials: "omit", signal: this.abort.signal });
+        if (!resp.ok) throw new Error(`${resp.status}`);
+        delay = 500;
+        this.onstatus && this.onstatus(true, "");
+        this.onopen && this.onopen();
+        const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf("\n")) >= 0) {
+            const line = buffer.slice(0, end);
+            buffer = buffer.slice(end + 1);
+            if (line.trim()) this.onmessage(line);
+          }
+        }
+      } catch {
+        // refused, dropped or aborted: retried below unless closed
+      }
+      if (this.closed) return;
+      this.onstatus && this.onstatus(false, `reconnecting in ${(delay / 1000).toFixed(1)} s`);
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+
+  send() {
+    return false;
+  }
+
+  close() {
+    this.closed = true;
+    this.abort.abort();
+  }
 }
 
 // A websocket that comes back: after a close (the gateway or zsupd restarted, the network

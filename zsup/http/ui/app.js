@@ -2,7 +2,7 @@
 // The job list is read once per (re)connection; after that an event about a job re-reads
 // that one job's info, and stats events feed the sparklines. Nothing polls.
 
-import { ApiError, LiveSocket, del, get, hasCredentials, jobPath, post, setCredentials } from "./api.js";
+import { ApiError, del, get, hasCredentials, jobPath, liveEvents, post, setCredentials } from "./api.js";
 import { attempt, h, showError } from "./dom.js";
 import { makeSparks, renderJob, tickUptimes } from "./jobs.js";
 import { LogView } from "./logview.js";
@@ -108,7 +108,22 @@ function refresh(name) {
 
 // The whole list, after each (re)connection of the events socket (events missed while
 // disconnected are unknown, so everything is read again once).
-async function resync() {
+let syncing = null;
+function resync() {
+  // several /watch streams may (re)open at once: one read of the list, then one more
+  if (syncing) {
+    syncing.again = true;
+    return;
+  }
+  syncing = { again: false };
+  readAll().finally(() => {
+    const again = syncing.again;
+    syncing = null;
+    if (again) resync();
+  });
+}
+
+async function readAll() {
   let names;
   try {
     names = (await get("/jobs")).jobs;
@@ -288,8 +303,7 @@ async function start() {
   document.getElementById("login").hidden = true;
   document.getElementById("main").hidden = false;
   document.getElementById("logout").hidden = !hasCredentials();
-  events = new LiveSocket("/channel", [["pattern", "job."], ["pattern", "proc."], ["pattern", "stats."],
-    ["pattern", "sys."]], { onmessage: onEvent, onopen: resync, onstatus: setConnected });
+  events = liveEvents(["job.", "proc.", "stats.", "sys."], { onmessage: onEvent, onopen: resync, onstatus: setConnected });
 }
 
 setupLogin();

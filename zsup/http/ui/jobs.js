@@ -97,14 +97,14 @@ function processRow(job, proc, act) {
     h("td", { class: "pstate" }, proc.state + (proc.committed ? " (one-shot)" : "")),
     h("td", {}, "up ", h("b", { class: "uptime", dataset: { started: proc.started || "" } }, "–")),
     h("td", {}, sparks.cpu), h("td", {}, sparks.mem),
-    h("td", { class: "pactions" },
+    h("td", { class: "pactions" }, h("span", {},
       h("button", { class: "logs", onclick: () => act.logs(job, proc.pid) }, "logs"),
       proc.redirect_input ? h("button", { class: "console", onclick: () => act.logs(job, proc.pid, true) },
         "console") : null,
       h("button", { class: "send-signal", title: "send the job's selected signal to this process",
         onclick: () => act.signal(job, job.signal, proc.pid) }, "signal"),
       h("button", { class: "stop-process", title: "stop this process (the job replaces it)",
-        onclick: () => act.stopProcess(proc.pid) }, "stop")));
+        onclick: () => act.stopProcess(proc.pid) }, "stop"))));
 }
 
 // Sets every .uptime under `root` from its data-started (seconds since the epoch).

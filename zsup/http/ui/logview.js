@@ -4,7 +4,7 @@
 // (read_output) when scrolled to the top. With a process that takes stdin, a console that
 // writes to it over its own websocket (/wstreams/<pid>).
 
-import { LiveSocket, post, socketURL } from "./api.js";
+import { liveEvents, post, postText, socketURL, socketsAuthenticate } from "./api.js";
 import { attempt, h, showError } from "./dom.js";
 
 const FIRST_LINES = 100; // read from the ring per stream when the view opens
@@ -25,10 +25,13 @@ export class LogView {
     this.console = null;
     this.build(pid, onclose);
     this.update(info);
-    this.socket = new LiveSocket("/channel", [["pattern", `io.${info.job}.`]], {
+    this.socket = liveEvents([`io.${info.job}.`], {
       onmessage: (text) => this.onEvent(text),
       onopen: () => this.loadRecent(), // after a reconnection too: fills what was missed
-      onstatus: (open, detail) => { this.status.textContent = open ? "" : `disconnected: ${detail}`; },
+      onstatus: (open, detail) => {
+        this.status.textContent = open ? "" : `disconnected: ${detail}`;
+        this.status.dataset.state = open ? "open" : "closed";
+      },
     });
   }
 
@@ -82,6 +85,7 @@ export class LogView {
     const parts = (event.data || "").split("\n");
     if (parts.length > 1 && parts[parts.length - 1] === "") parts.pop();
     const lines = parts.map((text, i) => ({ pid, label, seq: seq + i, text }));
+    if (this.consoleSink && pid === this.consolePid && label === "stdout") lines.forEach((l) => this.consoleSink(l.text));
     if (this.paused) {
       this.pending.push(...lines);
       this.pauseButton.textContent = `resume (${this.pending.length} new)`;
@@ -194,16 +198,33 @@ export class LogView {
     if (proc && proc.redirect_input) this.openConsole(pid);
   }
 
-  // -- the console: stdin over /wstreams/<pid>; what comes back is the process's stdout
+  // -- the console: stdin over /wstreams/<pid>; what comes back is the process's stdout.
+  // With a password (no websocket can carry it) it writes with POST /streams/<pid>/stdin
+  // and shows the process's stdout lines from the log view's events instead.
 
   openConsole(pid) {
     const output = h("pre", { class: "console-output" });
     const input = h("input", { class: "console-input", placeholder: `stdin of #${pid}`, autocomplete: "off" });
-    const ws = new WebSocket(socketURL(`/wstreams/${pid}`));
     const say = (text, cls) => {
       output.append(h("div", { class: cls }, text));
       output.scrollTop = output.scrollHeight;
     };
+    this.consoleBox.replaceChildren(h("h4", {}, `console of #${pid}`), output);
+    this.consolePid = pid;
+    if (!socketsAuthenticate()) {
+      this.consoleSink = (text) => say(text, "console-line");
+      this.consoleBox.append(h("form", { class: "console", onsubmit: (e) => {
+        e.preventDefault();
+        const text = input.value;
+        input.value = "";
+        say(`> ${text}`, "console-sent");
+        attempt(`writing to process ${pid}`, () => postText(`/streams/${pid}/stdin`, `${text}\n`));
+      } }, input, h("button", { type: "submit" }, "send")));
+      this.consoleInput = input;
+      this.consoleBox.dataset.state = "open";
+      return;
+    }
+    const ws = new WebSocket(socketURL(`/wstreams/${pid}`));
     ws.onmessage = (e) => {
       if (typeof e.data !== "string") return say("(binary frame)", "console-note");
       try {
@@ -212,7 +233,11 @@ export class LogView {
       } catch { /* a plain output line */ }
       say(e.data.replace(/\n$/, ""), "console-line");
     };
-    ws.onclose = () => say("(console closed)", "console-note");
+    ws.onopen = () => { this.consoleBox.dataset.state = "open"; };
+    ws.onclose = () => {
+      this.consoleBox.dataset.state = "closed";
+      say("(console closed)", "console-note");
+    };
     const form = h("form", { class: "console", onsubmit: (e) => {
       e.preventDefault();
       if (ws.readyState !== WebSocket.OPEN) return say("(not connected)", "console-error");
@@ -221,7 +246,7 @@ export class LogView {
       input.value = "";
     } }, input, h("button", { type: "submit" }, "send"));
     this.console = ws;
-    this.consoleBox.replaceChildren(h("h4", {}, `console of #${pid}`), output, form);
+    this.consoleBox.append(form);
     this.consoleInput = input;
   }
 
@@ -232,8 +257,10 @@ export class LogView {
   closeConsole() {
     if (this.console) this.console.close();
     this.console = null;
+    this.consoleSink = null;
     this.consoleInput = null;
     this.consoleBox.replaceChildren();
+    delete this.consoleBox.dataset.state;
   }
 
   close() {
