@@ -337,3 +337,99 @@ def test_dashboard_logs_in_and_goes_live(auth_gw, browser, how):
     wait_for(lambda: f"hello-{how}" in (browser.text("#detail .console-output .console-line") or ""),
              timeout=5, message=f"the console's echo (errors: {browser.cdp.errors})")
     assert browser.js("location.search") == ""  # no credentials in the address bar
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_dashboard_survives_gateway_and_zsupd_restarts(zsupd_factory, tmp_path, browser):
+    """The page says it is disconnected, reconnects by itself, and reads everything again."""
+    daemon = zsupd_factory("")
+    port = _free_port()
+    endpoints = [{"name": "t", "bind": f"127.0.0.1:{port}"}]
+    gateway = start_gateway(daemon, tmp_path, endpoints=endpoints, timeout=3.0)
+    try:
+        g = GW(daemon, gateway, tmp_path)
+        g.load(ticker_job(), session="demo")
+        browser.goto(f"{g.base}/ui/")
+        tick = card("demo.tick")
+        wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=15, message="the job")
+
+        gateway.stop()
+        wait_for(lambda: (browser.text("#conn") or "").startswith("disconnected"), timeout=10,
+                 message="the page noticing the gateway is gone")
+        daemon.call("stop_job", name="tick", session="demo")  # while nobody was listening
+        gateway = start_gateway(daemon, tmp_path, endpoints=endpoints, timeout=3.0)
+        wait_for(lambda: browser.text("#conn") == "live", timeout=15, message="reconnected")
+        wait_for(lambda: "exited" in browser.text(f"{tick} .state") or browser.text(f"{tick} .state") == "stopped",
+                 timeout=10, message="the change made while disconnected")
+
+        # zsupd restarts under the same gateway: the jobs come back (from its state database)
+        daemon.call("start_job", name="tick", session="demo")
+        old_pid = g.pid_of("demo.tick")[0]
+        daemon.stop()
+        daemon.start()
+        new_pid = wait_for(lambda: [p for p in daemon.call("pids", name="demo.tick") if p != old_pid],
+                           timeout=15, message="the job back in the new zsupd")[0]
+        wait_for(lambda: browser.js(f"!!document.querySelector('{tick} tr.proc[data-pid=\"{new_pid}\"]')"),
+                 timeout=15, message=f"process {new_pid} on the page (errors: {browser.cdp.errors})")
+        wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=10, message="running again")
+    finally:
+        gateway.stop()
+
+
+def test_dashboard_forms_and_errors(gw, browser):
+    """Loading a job from the JSON form (and its errors), signal, unload with a confirm, and an
+    API error shown as the gateway's own message."""
+    browser.goto(f"{gw.base}/ui/")
+    wait_for(lambda: browser.text("#conn") == "live", timeout=15, message="the page")
+    wait_for(lambda: not browser.js("document.getElementById('empty').hidden"), timeout=10, message="'no job'")
+
+    form = "#load-dialog form"
+    browser.click("#load-open")
+    browser.js(f"document.querySelector('{form} [name=job]').value = '{{\"name\": '")
+    browser.js(f"document.querySelector('{form}').requestSubmit()")
+    assert "not valid JSON" in browser.text(f"{form} .form-error")
+    job = json.dumps(ticker_job("made"))
+    browser.js(f"document.querySelector('{form} [name=job]').value = {json.dumps(job)}")
+    browser.js(f"document.querySelector('{form} [name=session]').value = 'web'")
+    browser.js(f"document.querySelector('{form}').requestSubmit()")
+    made = card("web.made")
+    wait_for(lambda: browser.text(f"{made} .state") == "running 1/1", timeout=10, message="the loaded job")
+    assert not browser.js("document.getElementById('load-dialog').open")
+    assert gw.d.call("info", name="web.made")["running"] == 1
+    # the same again: the gateway's 409 message, in the form
+    browser.click("#load-open")
+    browser.js(f"document.querySelector('{form}').requestSubmit()")
+    wait_for(lambda: browser.text(f"{form} .form-error"), timeout=10, message="the conflict")
+    assert browser.text(f"{form} .form-error").startswith("409: ")
+    browser.js("document.getElementById('load-dialog').close()")
+
+    # a signal: SIGSTOP then SIGCONT through the job's select and button
+    import psutil
+
+    os_pid = gw.d.call("info", name="web.made")["processes"][0]["os_pid"]
+    for sig, status in (("STOP", psutil.STATUS_STOPPED), ("CONT", None)):
+        browser.js(f"(s => {{ s.value = '{sig}'; s.dispatchEvent(new Event('change')); }})"
+                   f"(document.querySelector('{made} select.signal'))")
+        browser.click(f"{made} .actions .send-signal")
+        wait_for(lambda: (psutil.Process(os_pid).status() == status) if status else
+                 psutil.Process(os_pid).status() != psutil.STATUS_STOPPED, timeout=10, message=f"SIG{sig}")
+
+    # an error from the API, as its message: stopping a process that is gone
+    browser.js("window.__confirm = window.confirm; window.confirm = () => false")
+    browser.click(f"{made} .unload")  # refused in the confirm: nothing happens
+    assert gw.d.call("info", name="web.made")["active"]
+    browser.js("window.confirm = () => true")
+    browser.click(f"{made} .unload")
+    wait_for(lambda: not browser.js(f"!!document.querySelector('{made}')"), timeout=10, message="unloaded")
+    assert "web.made" not in gw.d.call("jobs")
+    browser.js("import('./api.js').then(api => api.post('/jobs/web/nope/state', 'start'))"
+               ".catch(e => import('./dom.js').then(d => d.showError('start web.nope: ' + e.message)))")
+    wait_for(lambda: "404: " in (browser.text("#errors .error") or ""), timeout=5, message="the error")
+    assert "no job" in browser.text("#errors .error")

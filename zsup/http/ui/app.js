@@ -134,6 +134,7 @@ async function readAll() {
   }
   for (const name of [...jobs.keys()]) if (!names.includes(name)) forget(name);
   await Promise.all(names.map(refresh));
+  document.getElementById("empty").hidden = jobs.size > 0;
 }
 
 // -- events -------------------------------------------------------------------------------------
