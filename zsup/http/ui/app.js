@@ -92,6 +92,7 @@ function refresh(name) {
     render(job);
   }, (err) => {
     if (err instanceof ApiError && err.status === 404) forget(name);
+    else if (err instanceof ApiError && err.status === 503) awaitDaemon(err.message);
     else showError(`reading job ${name}: ${err.message}`);
   }).finally(() => {
     const j = jobs.get(name);
@@ -129,12 +130,38 @@ async function readAll() {
     names = (await get("/jobs")).jobs;
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) return askLogin(err.message);
+    if (err instanceof ApiError && err.status === 503) return awaitDaemon(err.message);
     showError(`reading the jobs: ${err.message}`);
     return;
   }
   for (const name of [...jobs.keys()]) if (!names.includes(name)) forget(name);
   await Promise.all(names.map(refresh));
   document.getElementById("empty").hidden = jobs.size > 0;
+}
+
+// zsupd went away (its sys.stop event, or the gateway's 503) while the gateway stays up:
+// what the page shows is stale until it is back. Its own events about coming back may be
+// published before the gateway's subscription reconnects, so the page asks /ping (with a
+// back-off) until zsupd answers, then reads everything again.
+let waiting = false;
+async function awaitDaemon(reason) {
+  if (waiting) return;
+  waiting = true;
+  connEl.textContent = `zsupd unavailable: ${reason}`;
+  connEl.className = "conn down";
+  let delay = 300;
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, delay));
+    try {
+      await get("/ping");
+      break;
+    } catch {
+      delay = Math.min(delay * 2, 5000);
+    }
+  }
+  waiting = false;
+  setConnected(true, "");
+  resync();
 }
 
 // -- events -------------------------------------------------------------------------------------
@@ -148,6 +175,7 @@ function onEvent(text) {
   }
   const { topic, msg } = event;
   const parts = topic.split(".");
+  if (topic === "sys.stop") return void awaitDaemon("zsupd stopped");
   if (parts[0] === "sys") return void resync();
   const name = `${parts[1]}.${parts[2]}`;
   if (parts[0] === "stats") return void onStats(name, Number(parts[3]), msg);
