@@ -68,7 +68,7 @@ export function renderJob(job, act) {
           h("b", { class: "restarts" }, restarts)),
         h("span", { title: "uptime of the oldest running process" }, "up ",
           h("b", { class: "uptime", dataset: { started: jobStarted(info) || "" } }, "–"))),
-      job.sparks.cpu, job.sparks.mem),
+      h("span", { class: "sparks" }, job.sparks.cpu, job.sparks.mem)),
     info.last_error && info.state !== "failing"
       ? h("p", { class: "last-error" }, `last error: ${info.last_error}`) : null,
     job.exits.length ? h("p", { class: "exits" }, `last exits: ${exitCodes(job)}`) : null,

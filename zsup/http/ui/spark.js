@@ -36,9 +36,13 @@ export function sparkline(kind, series, format) {
     svg, label);
   el.draw = () => {
     const values = series.values;
-    const top = Math.max(kind === "cpu" ? 5 : 1, ...values);
-    const step = W / (SPAN - 1);
-    const offset = (SPAN - values.length) * step;
+    // CPU from 0 to at least 5%; memory from 0 to a quarter above its peak (a steady RSS
+    // is a flat line, not a wall at the top)
+    const top = kind === "cpu" ? Math.max(5, ...values) : Math.max(1, ...values) * 1.25;
+    // the x axis spans the samples there are (at least a minute), up to SPAN
+    const slots = Math.max(60, values.length);
+    const step = W / (slots - 1);
+    const offset = (slots - values.length) * step;
     line.setAttribute("points", values.map((v, i) =>
       `${(offset + i * step).toFixed(1)},${(H - 1 - (v / top) * (H - 2)).toFixed(1)}`).join(" "));
     label.textContent = series.last === null ? "–" : format(series.last);
