@@ -298,16 +298,17 @@ def _log_in(browser, **fields):
     browser.js("document.getElementById('login').requestSubmit()")
 
 
-@pytest.mark.parametrize("how", ["token", "password"])
+@pytest.mark.parametrize("how", ["token", "url", "password"])
 def test_dashboard_logs_in_and_goes_live(auth_gw, browser, how):
-    """Basic (the login form's user and password) or a token: REST, the events websocket and
-    the log view all use it; a wrong password is said so, and nothing shows."""
+    """Basic (the login form's user and password) or a token (typed, or in the page's URL):
+    REST, the events and the log view all use it; a wrong password is said so, and nothing
+    shows."""
     auth = {"Authorization": "Bearer tok-dash"}
     assert auth_gw.post("/jobs/demo", ticker_job(), headers=auth).status == 201
-    browser.goto(f"{auth_gw.base}/ui/")
+    browser.goto(f"{auth_gw.base}/ui/" + ("?access_token=tok-dash" if how == "url" else ""))
     if how == "token":
         _log_in(browser, token="tok-dash")
-    else:
+    elif how == "password":
         _log_in(browser, user="alice", password="wrong")
         wait_for(lambda: "refused" in (browser.text("#login .form-error") or ""), timeout=15,
                  message="the refusal")
