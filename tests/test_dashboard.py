@@ -218,7 +218,7 @@ def test_ui_refuses_what_is_not_one_of_its_files(gw):
 
 # -- in the browser ------------------------------------------------------------------------------
 
-def test_dashboard_live_in_chromium(gw, browser):
+def test_dashboard_live_in_chromium(browser, gw):
     gw.load(ticker_job(), session="demo")
     gw.load(echo_job(), session="demo")
     browser.goto(f"{gw.base}/ui/")
@@ -299,7 +299,7 @@ def _log_in(browser, **fields):
 
 
 @pytest.mark.parametrize("how", ["token", "url", "password"])
-def test_dashboard_logs_in_and_goes_live(auth_gw, browser, how):
+def test_dashboard_logs_in_and_goes_live(browser, auth_gw, how):
     """Basic (the login form's user and password) or a token (typed, or in the page's URL):
     REST, the events and the log view all use it; a wrong password is said so, and nothing
     shows."""
@@ -348,7 +348,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_dashboard_survives_gateway_and_zsupd_restarts(zsupd_factory, tmp_path, browser):
+def test_dashboard_survives_gateway_and_zsupd_restarts(browser, zsupd_factory, tmp_path):
     """The page says it is disconnected, reconnects by itself, and reads everything again."""
     daemon = zsupd_factory("")
     port = _free_port()
@@ -384,7 +384,7 @@ def test_dashboard_survives_gateway_and_zsupd_restarts(zsupd_factory, tmp_path, 
         gateway.stop()
 
 
-def test_dashboard_forms_and_errors(gw, browser):
+def test_dashboard_forms_and_errors(browser, gw):
     """Loading a job from the JSON form (and its errors), signal, unload with a confirm, and an
     API error shown as the gateway's own message."""
     browser.goto(f"{gw.base}/ui/")
