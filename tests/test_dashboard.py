@@ -434,3 +434,47 @@ def test_dashboard_forms_and_errors(browser, gw):
                ".catch(e => import('./dom.js').then(d => d.showError('start web.nope: ' + e.message)))")
     wait_for(lambda: "404: " in (browser.text("#errors .error") or ""), timeout=5, message="the error")
     assert "no job" in browser.text("#errors .error")
+
+
+def test_dashboard_log_view_older_lines_pause_and_filters(browser, gw):
+    """The log view starts with the ring's last lines, reads older ones when scrolled to the
+    top, and keeps new lines aside while paused."""
+    burst = "import time\nfor n in range(1, 351):\n    print(f'burst {n}', flush=True)\n" + TICKER
+    gw.load({"name": "burst", "cmd": sys.executable, "args": ["-u", "-c", burst]}, session="demo")
+    pid = gw.pid_of("demo.burst")[0]
+    wait_for(lambda: gw.d.call("read_output", pid=pid, since=349)["lines"], message="the burst written")
+    browser.goto(f"{gw.base}/ui/")
+    burst_card = card("demo.burst")
+    wait_for(lambda: browser.text(f"{burst_card} .state") == "running 1/1", timeout=15, message="the job")
+    browser.click(f"{burst_card} header ~ .actions .logs")
+
+    def seqs():
+        return browser.js("[...document.querySelectorAll('#detail .line')].map(l => Number(l.dataset.seq))")
+
+    first = wait_for(lambda: (lambda s: s if s and min(s) <= 351 else None)(seqs()), timeout=10,
+                     message="the first lines from the ring")
+    assert min(first) > 200, "only the last 100 lines or so at first"
+    assert browser.js("[...document.querySelectorAll('#detail .line')].every(l => "
+                      "l.querySelector('.llabel').textContent === 'stdout')")
+    wait_for(lambda: browser.js("document.querySelector('#detail .log').dataset.loaded === 'true'"),
+             message="the ring's lines read")
+    first = seqs()
+    browser.js("document.querySelector('#detail .log').scrollTop = 0")
+    wait_for(lambda: min(seqs()) < min(first) - 150, timeout=10, message="older lines after scrolling up")
+    browser.js("document.querySelector('#detail .log').scrollTop = 0")
+    wait_for(lambda: min(seqs()) == 1, timeout=10, message="the oldest line in the ring")
+    assert browser.text('#detail .line[data-seq="1"] .ltext') == "burst 1"
+    got = seqs()
+    assert len(got) == len(set(got)), "no line twice"
+
+    browser.click("#detail .pause")
+    shown = len(seqs())
+    wait_for(lambda: "new)" in browser.text("#detail .pause"), timeout=10, message="lines waiting")
+    assert len(seqs()) == shown
+    browser.click("#detail .pause")
+    wait_for(lambda: len(seqs()) > shown, timeout=10, message="the waiting lines shown")
+    assert browser.text("#detail .pause") == "pause"
+
+    browser.js("(s => { s.value = 'stderr'; s.dispatchEvent(new Event('change')); })"
+               "(document.querySelector('#detail .label-filter'))")
+    assert browser.js("[...document.querySelectorAll('#detail .line')].every(l => l.hidden)")

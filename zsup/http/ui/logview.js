@@ -170,6 +170,7 @@ export class LogView {
       this.append(newer);
     }
     this.log.scrollTop = this.log.scrollHeight;
+    this.log.dataset.loaded = "true"; // the ring's lines are in (the tests wait for this)
   }
 
   async loadOlder() {
@@ -180,7 +181,8 @@ export class LogView {
       for (const stream of this.streams.values()) {
         if ((pid && String(stream.pid) !== pid) || stream.oldest === null || stream.oldest <= 1) continue;
         const oldest = stream.oldest;
-        const lines = await this.readRing(stream, Math.max(0, oldest - 1 - OLDER_LINES), OLDER_LINES);
+        // no limit: read_output's limit keeps the newest lines, and these are the oldest wanted
+        const lines = await this.readRing(stream, Math.max(0, oldest - 1 - OLDER_LINES));
         this.prepend(lines.filter((l) => l.seq < oldest));
       }
     } catch (err) {
