@@ -6,16 +6,18 @@ the worker pool it needs (``max_streams`` for live feeds plus ``rest_threads`` t
 can take).
 
 Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
-route, mounted app or log line sees it) -> the dashboard's static files under ``/ui/``
-(zsup.http.ui_routes; never authenticated: the page authenticates its own calls) ->
-``OPTIONS`` (CORS preflight, never authenticated) -> authentication (when a password or
-tokens file is configured: the ``Authorization`` header, or a bearer token as
-``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key`` when zsupd's config has
-``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps (``/tasks`` from
-``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those modules exist)
--> the route table (routes_api, streams, plugins). Every answer carries the CORS headers;
-every error is ``{"error": {"code", "message"}}`` with a bus code; an unexpected exception
-is logged and answered 500 without details.
+route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
+-> authentication (when a password or tokens file is configured: the ``Authorization``
+header, or a bearer token as ``?access_token=``; 401 otherwise) -> gaffer's ``X-Api-Key``
+when zsupd's config has ``require_key`` (zsup.http.gaffer_keys_api) -> mounted sub-apps
+(``/tasks`` from ``zsup.http.tasks_api``, ``/agent`` from ``zsup.http.agent_api``, when those
+modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
+CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
+unexpected exception is logged and answered 500 without details.
+
+The dashboard's files under ``/ui/`` (zsup.http.ui_routes) are answered right after the
+``access_token`` is taken out, before OPTIONS and authentication: they hold no data, and
+the page authenticates the calls it makes.
 """
 
 from __future__ import annotations
