@@ -14,6 +14,10 @@ when zsupd's config has ``require_key`` (zsup.http.gaffer_keys_api) -> mounted s
 modules exist) -> the route table (routes_api, streams, plugins). Every answer carries the
 CORS headers; every error is ``{"error": {"code", "message"}}`` with a bus code; an
 unexpected exception is logged and answered 500 without details.
+
+The dashboard's files under ``/ui/`` (zsup.http.ui_routes) are answered right after the
+``access_token`` is taken out, before OPTIONS and authentication: they hold no data, and
+the page authenticates the calls it makes.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
-from zsup.http import gaffer_keys_api
+from zsup.http import gaffer_keys_api, ui_routes
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
@@ -191,6 +195,8 @@ class GatewayApp:
 
     def _handle(self, req: Request, environ: dict, start_response: Callable,
                 access_tokens: list[str]):
+        if ui_routes.is_ui_path(req.path_info or "/") and req.method != "OPTIONS":
+            return ui_routes.serve(req)(environ, start_response)  # static, no secrets: no auth
         if req.method == "OPTIONS":
             resp = Response(status=204)
             resp.headers["Allow"] = CORS_HEADERS["Access-Control-Allow-Methods"]

@@ -74,7 +74,8 @@ def index(ctx, req):
                 ("ping", "/ping"), ("version", "/version"), ("sessions", "/sessions"),
                 ("jobs", "/jobs"), ("processes", "/processes"), ("pids", "/pids"),
                 ("watch", "/watch/{pattern}"), ("streams", "/streams/{pid}/{label}"),
-                ("bus", "/bus"), ("openapi", "/openapi.json"), ("plugins", "/_plugin"))}}
+                ("bus", "/bus"), ("openapi", "/openapi.json"), ("plugins", "/_plugin"),
+                ("dashboard", "/ui/"))}}
 
 
 @route("GET", "/ping", "Is zsupd answering? {\"ok\": true} (gaffer's client: OK), or 503",
