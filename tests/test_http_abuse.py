@@ -424,7 +424,8 @@ def test_zsupd_logs_why_its_gateway_cannot_listen(zsupd_factory, tmp_path):
         wanted = f"cannot listen on 127.0.0.1:{port}: Address already in use"
         wait_for(lambda: wanted in daemon.log(), timeout=20, message="the error in zsupd's log")
         line = next(line for line in daemon.log().splitlines() if wanted in line)
-        assert "ERROR" in line and "HTTP gateway" in line, line
+        assert "ERROR" in line and "zsupd.http" in line, line
+        assert daemon.call("info", name="zsupd.http")["state"] == "failing"
         # zsupd restarts its gateway: the same error is not logged again at each restart
         def spawned():  # zsup's pids count up: the gateway's third process means two restarts
             pids = daemon.call("info", name="zsupd.http")["pids"]

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 EXITED_KEPT = 1000  # recently exited processes still answered by get_process/read_output
 BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
+START_GRACE = 5.0  # a process that fails within this long of its start could not start: `failing`
 BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
 GROUP_CHECK_FIRST = 0.02  # first look at a lingering process group, then twice as late each time
@@ -163,7 +164,7 @@ class Supervision:
                            instance=proc.instance)
         if not committed and job.last_error is not None:
             if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
-                self._loop.call_later(BACKOFF_RESET, self._check_survived, job, proc)
+                self._loop.call_later(START_GRACE, self._check_survived, job, proc)
             else:
                 self._spawn_recovered(job)
         return proc
@@ -180,7 +181,7 @@ class Supervision:
         job.last_error, job.last_error_time = error, time.time()
 
     def _died_at_once(self, job: Job, proc: Process) -> None:
-        """A kept-alive process failed within BACKOFF_RESET of its start: like a spawn error,
+        """A kept-alive process failed within START_GRACE of its start: like a spawn error,
         the job is `failing` with why (its exit and the last line it wrote, e.g. a server's
         "cannot listen"), until a process of it stays up that long."""
         how = f"signal {proc.term_signal}" if proc.term_signal else f"code {proc.exit_code}"
@@ -344,10 +345,10 @@ class Supervision:
                 return
             self._manage(job)
             return
+        if proc.os_pid and proc.uptime() < START_GRACE and (proc.exit_code or proc.term_signal):
+            self._died_at_once(job, proc)
         if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
             job.fast_deaths = 0
-        elif proc.os_pid and (proc.exit_code or proc.term_signal):
-            self._died_at_once(job, proc)
         job.fast_deaths += 1
         if job.fast_deaths <= 1:
             self._manage(job)

@@ -247,21 +247,6 @@ class Daemon:
             sys.stdout.buffer.write(b"".join(prefix + l if l.endswith(b"\n") else prefix + l + b"\n" for l in lines))
             sys.stdout.flush()
 
-    _gateway_error = ("", 0.0)  # the last error line of the gateway logged, and when
-
-    def _gateway_output(self, topic: str, msg: dict, data: bytes | None) -> None:
-        """On the IO thread (quick): zsup-http's ``zsup-http: error: ...`` lines, logged as
-        errors; the same line again within 10 minutes (the job restarting) only at debug."""
-        if data and b"zsup-http: error:" in data:
-            for line in data.decode("utf-8", "replace").splitlines():
-                if line.startswith("zsup-http: error:"):
-                    text, now = line[len("zsup-http: error:"):].strip(), time.monotonic()
-                    again = text == self._gateway_error[0] and now - self._gateway_error[1] < 600
-                    if not again:
-                        self._gateway_error = (text, now)
-                    log.log(logging.DEBUG if again else logging.ERROR, "HTTP gateway (pid %s): %s%s",
-                            msg.get("pid"), text, "" if again else " (repeats within 10 min: debug only)")
-
     def _on_log_error(self, message: str) -> None:  # the writer logged it: once an episode
         self.events.publish("sys.log_error", {"event": "log_error", "message": message})
 
@@ -437,9 +422,8 @@ class Daemon:
             for key, value in self.http_bind.items():
                 if value is not None:
                     args += [f"--{key}", str(value)]
-        # The gateway's own error lines (it cannot listen, a bad endpoint) reach zsupd's log.
-        self.events.subscribe(f"{topics.IO}{INTERNAL_SESSION}.http.",
-                              self._gateway_output)
+        # A gateway that cannot start (it cannot listen, a bad endpoint) exits at once with one
+        # error line: its job is then `failing` with that line, logged once (supervision.py).
         self.manager.load({"name": "http", "session": INTERNAL_SESSION, "cmd": sys.executable, "args": args,
                            "graceful_timeout": 5, "priority": 0,
                            "env": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})

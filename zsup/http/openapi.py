@@ -140,7 +140,9 @@ def gateway_openapi(table: list[Route], gaffer: list[Route], title: str, version
     for path, ops in openapi_document(gaffer, title, version)["paths"].items():
         for method, op in ops.items():
             op["x-gaffer"] = True
-            op["operationId"] = "gaffer_" + op["operationId"]
+            # from the path: one handler may serve several paths (SockJS's transports)
+            op["operationId"] = f"gaffer_{method}" + path.replace("/", "_").replace("{", "").replace(
+                "}", "").replace("-", "_")
             doc["paths"].setdefault(path, {})[method] = op
     for method, path, summary, status, schema, module in MOUNTED:
         tag = path.split("/")[1]
