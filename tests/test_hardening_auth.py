@@ -64,7 +64,9 @@ class Gateway:
 @pytest.fixture
 def gateway(zsupd_factory, tmp_path):
     users, tokens = secrets(tmp_path)
-    g = Gateway(zsupd_factory(""), "--auth-file", str(users), "--tokens-file", str(tokens))
+    # 200 clients from one address: above the per-client connection cap (64) this test is not about
+    g = Gateway(zsupd_factory(""), "--auth-file", str(users), "--tokens-file", str(tokens),
+                "--max-client-connections", "1024")
     try:
         yield g
     finally:
