@@ -62,8 +62,15 @@ run: $(STAMP)
 	@echo "  HTTP gateway     http://127.0.0.1:5000/      (curl http://127.0.0.1:5000/jobs)"
 	@echo "  control          ZSUP_STATE_DIR=$(STATE_DIR) $(VENV)/bin/zsupctl status"
 	@echo "  logs             $(STATE_DIR)/logs/"
-	@echo "Ctrl-C stops zsupd and everything it runs."
-	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) -v
+	@echo "Ctrl-C (or make stop, from another terminal) stops zsupd and everything it runs."
+	@mkdir -p -m 700 $(STATE_DIR)
+	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) --pidfile $(STATE_DIR)/zsupd.pid -v
+
+# Stops the zsupd that `make run` started (SIGTERM: its jobs get their graceful stop).
+stop:
+	@if [ -f $(STATE_DIR)/zsupd.pid ] && kill -0 $$(cat $(STATE_DIR)/zsupd.pid) 2>/dev/null; then \
+		kill -TERM $$(cat $(STATE_DIR)/zsupd.pid) && echo "zsupd (pid $$(cat $(STATE_DIR)/zsupd.pid)) is stopping"; \
+	else echo "no zsupd from make run is running ($(STATE_DIR)/zsupd.pid)"; fi
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py
