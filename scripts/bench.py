@@ -42,6 +42,8 @@ ROWS = [
     ("output", "output 1M lines, zsup log file only", "log_s", "s", None, None, 3),
     ("control", "status of 200, p50", "p50_ms", "ms", "circus", "supervisord", 2),
     ("control", "status of 200, p99", "p99_ms", "ms", "circus", "supervisord", 2),
+    ("control", "full info of a job of 200, p50", "info_p50_ms", "ms", "circus", "supervisord", 2),
+    ("control", "full info of a job of 200, p99", "info_p99_ms", "ms", "circus", "supervisord", 2),
     ("footprint", "RSS with 200 children", "rss_mb", "MB", "circus", "supervisord", 1),
     ("footprint", "idle CPU (% of a core)", "idle_cpu_pct", "%", "circus", "supervisord", 2),
     ("fanout", "fan-out 200 SSE clients: lines/s to each (median)", "per_client_lines_per_s", "lines/s",

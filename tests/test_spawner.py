@@ -1,0 +1,84 @@
+"""Spawning without setpriv (zsup/core/spawner.py and its C part): the program runs
+directly, as the caller's child, with its death signal armed before it runs."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+import psutil
+import pytest
+from conftest import PYTHON, ROOT, alive, kill_tree, readline_within, wait_for
+
+from zsup.core import spawner
+
+pytestmark = pytest.mark.skipif(not spawner.available(), reason="zsup/core/_spawn.c is not built")
+
+# a threaded process (as zsupd is) spawns, reports, and waits to be SIGKILLed
+SPAWNING_PROCESS = textwrap.dedent(f"""
+    import json, os, signal, sys, threading, time
+    sys.path.insert(0, {ROOT!r})
+    from zsup.core import spawner
+    threading.Thread(target=time.sleep, args=(300,), daemon=True).start()
+    env = {{"PATH": os.defpath}}
+    r, w = os.pipe2(os.O_CLOEXEC)
+    out = {{}}
+    out["child"] = spawner.spawn("/bin/sh", ["sh", "-c", "echo $$ $PPID; exec sleep 300"],
+                                 env, None, (spawner.STDIN_NULL, w, spawner.SAME_AS_STDOUT), pdeathsig=signal.SIGKILL)
+    os.close(w)
+    out["said"] = os.read(r, 100).decode().split()
+    for name, args in (("missing", ("/nonexistent/prog", ["prog"], env, None)),
+                       ("cwd", ("/bin/sh", ["sh"], env, "/nonexistent/dir")),
+                       ("env", ("/bin/sh", ["sh"], {{"A=B": "x"}}, None))):
+        try:
+            spawner.spawn(*args, (spawner.STDIN_NULL, spawner.INHERIT, spawner.INHERIT))
+            out[name] = "started"
+        except OSError as exc:
+            out[name] = [exc.errno, exc.strerror]
+    me = os.getpid()
+    out["kids"] = sorted(int(p) for t in os.listdir(f"/proc/{{me}}/task")
+                         for p in open(f"/proc/{{me}}/task/{{t}}/children").read().split())
+    print(json.dumps(out), flush=True)
+    time.sleep(300)
+""")
+
+
+def test_spawned_child_runs_directly_and_dies_with_its_parent():
+    proc = subprocess.Popen([PYTHON, "-c", SPAWNING_PROCESS], stdout=subprocess.PIPE, text=True)
+    out = {}
+    try:
+        out = json.loads(readline_within(proc.stdout, message="the spawning process's report"))
+        child = out["child"]
+        assert out["said"] == [str(child), str(proc.pid)]
+        assert psutil.Process(child).ppid() == proc.pid
+        assert os.getpgid(child) == child
+        wait_for(lambda: psutil.Process(child).cmdline() == ["sleep", "300"], message="the shell to exec sleep")
+        assert sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2"]  # nothing else leaked in
+        # a failed step is an OSError with its errno; the failed child is reaped, not a zombie
+        assert out["missing"] == [2, "No such file or directory"]
+        assert out["cwd"] == [2, "chdir: No such file or directory"]
+        assert out["env"][0] == 22
+        assert out["kids"] == [child]
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not alive(child), message="the child to die with its parent")
+    finally:
+        proc.kill()
+        proc.wait(10)
+        kill_tree([out["child"]] if out.get("child") else [])
+
+
+def test_zsupd_children_run_their_program_directly(zsupd_factory, tmp_path):
+    script = tmp_path / "bad-interpreter"
+    script.write_text("#!/nonexistent/interpreter\n")
+    script.chmod(0o755)
+    d = zsupd_factory("[process:web]\ncmd = sh -c 'echo $PPID; exec sleep 300'\nnumprocesses = 2\n")
+    pids = wait_for(lambda: len(d.call("pids", name="web")) == 2 and d.call("pids", name="web"))
+    for pid in pids:
+        line = wait_for(lambda: d.call("read_output", pid=pid)["lines"], message="the child's line")
+        assert int(line[0]["data"]) == d.proc.pid
+    # an exec that fails in the child is the same clear error as before
+    d.call("load", config={"name": "bad", "cmd": str(script), "numprocesses": 0})
+    with pytest.raises(Exception, match="cannot execute .*No such file or directory"):
+        d.call("commit", name="bad")
+    assert d.stop() == 0
