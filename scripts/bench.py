@@ -24,7 +24,7 @@ import benchlib as bl  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(bl.ROOT, "bench", "results")
 SCENARIOS = ["spawn", "restart", "output", "control", "footprint", "fanout"]
-TIMEOUT = {"spawn": 150, "restart": 330, "output": 150, "control": 150, "footprint": 150, "fanout": 120}
+TIMEOUT = {"spawn": 150, "restart": 330, "output": 150, "control": 400, "footprint": 150, "fanout": 120}
 
 # (scenario, label, metric, unit, run key of circus, run key of supervisord, decimals)
 ROWS = [

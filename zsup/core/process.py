@@ -262,7 +262,7 @@ class Process:
             del info["uptime"]
             self._json, self._json_key = encode_json(info)[:-1] + b',"uptime":', key
         end = self.ended if self.state == ProcessState.EXITED else now
-        return self._json + repr(round(max(0.0, end - self.started), 3)).encode() + b"}"
+        return b"%s%.3f}" % (self._json, max(0.0, end - self.started))
 
     def info(self) -> dict:
         return {
