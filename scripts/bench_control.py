@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Scenario 4, control: with 200 children running, 500 sequential status calls, then 200
-full-info calls (or as many as fit in 20 s, at least 10), through each daemon's own API; p50/p99 latency of one call (client side,
-connection kept open).
+full-info calls (or as many as fit in 20 s, at least 10), through each daemon's own API;
+p50/p99 latency of one call (client side, connection kept open).
 
 status:
 - zsup: the bus Client's `status` (every job with the zsup and OS pids of all 200 processes);
