@@ -82,3 +82,58 @@ def test_zsupd_children_run_their_program_directly(zsupd_factory, tmp_path):
     with pytest.raises(Exception, match="cannot execute .*No such file or directory"):
         d.call("commit", name="bad")
     assert d.stop() == 0
+
+
+def test_limits_and_passed_fds_are_set_before_the_program_runs():
+    import resource
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    r, w = os.pipe2(os.O_CLOEXEC)
+    child = None
+    try:
+        # the shell reports what it was started with, then becomes sleep
+        script = ("ulimit -n; ulimit -Hn; umask; cat /proc/self/oom_score_adj; "
+                  "cut -d' ' -f19 /proc/$$/stat; readlink /proc/$$/fd/3; exec sleep 300")
+        child = spawner.spawn("/bin/sh", ["sh", "-c", script], {"PATH": os.defpath}, None,
+                              (spawner.STDIN_NULL, w, spawner.SAME_AS_STDOUT),
+                              umask=0o027, nice=7, oom_score_adj=123,
+                              limits=[(resource.RLIMIT_NOFILE, 100, 200)], fds=[(listener.fileno(), 3)])
+        os.close(w)
+        w = -1
+        out = b""
+        while out.count(b"\n") < 6:
+            chunk = os.read(r, 1000)
+            if not chunk:
+                break
+            out += chunk
+        lines = out.decode().split()
+        assert lines[:5] == ["100", "200", "0027", "123", "7"]
+        assert lines[5].startswith("socket:")
+        wait_for(lambda: psutil.Process(child).cmdline() == ["sleep", "300"], message="the shell to exec sleep")
+        assert sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2", "3"]
+        with open(f"/proc/{child}/limits") as f:
+            assert any(line.startswith("Max open files") and line.split()[3:5] == ["100", "200"] for line in f)
+    finally:
+        listener.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+        if child:
+            kill_tree([child])
+            os.waitpid(child, 0)
+
+
+def test_a_limit_that_cannot_be_set_is_a_clear_error():
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with pytest.raises(OSError) as info:
+        spawner.spawn("/bin/true", ["true"], {}, None, (spawner.STDIN_NULL, spawner.INHERIT, spawner.INHERIT),
+                      limits=[(resource.RLIMIT_NOFILE, 10, 5)])  # soft above hard: EINVAL
+    assert info.value.errno == 22 and info.value.strerror.startswith("limits:")
+    with pytest.raises(ValueError):
+        spawner.spawn("/bin/true", ["true"], {}, None, (spawner.STDIN_NULL, spawner.INHERIT, spawner.INHERIT),
+                      fds=[(0, 1)])

@@ -19,7 +19,10 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
+#include <limits.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -28,6 +31,8 @@
 #define STDIN_NULL (-1)
 #define INHERIT (-2)
 #define SAME_AS_STDOUT (-3)
+#define MAX_LIMITS 16
+#define MAX_PASS 64
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
@@ -68,6 +73,14 @@ struct child_args {
     int stdio[3];
     int setsid_, setpgid_, pdeathsig;
     long uid, gid;
+    int umask_;   /* -1: keep */
+    int nice_;    /* INT_MIN: keep */
+    int nlimits;
+    int limit_res[MAX_LIMITS];
+    struct rlimit limits[MAX_LIMITS];
+    char oom[16]; /* "" : keep */
+    int npass;
+    int pass_src[MAX_PASS], pass_dst[MAX_PASS];
     pid_t parent;
     sigset_t *mask;
     /* written by the child, read by the parent once the child has exec'd or exited */
@@ -111,12 +124,27 @@ child(struct child_args *a)
     a->step = "stdio";
     /* nothing but 0, 1, 2 and what dup2 puts there below is inherited */
     syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
-    for (i = 0; i < 3; i++) {
-        if (a->stdio[i] >= 0 && a->stdio[i] < 3) { /* move it out of the way first */
-            fd = fcntl(a->stdio[i], F_DUPFD_CLOEXEC, 3);
-            if (fd < 0)
-                goto fail;
-            a->stdio[i] = fd;
+    /* every source out of the way of every target first (targets: 0, 1, 2, pass_dst) */
+    {
+        int low = 3;
+        for (i = 0; i < a->npass; i++)
+            if (a->pass_dst[i] + 1 > low)
+                low = a->pass_dst[i] + 1;
+        for (i = 0; i < 3; i++) {
+            if (a->stdio[i] >= 0 && a->stdio[i] < low) {
+                fd = fcntl(a->stdio[i], F_DUPFD_CLOEXEC, low);
+                if (fd < 0)
+                    goto fail;
+                a->stdio[i] = fd;
+            }
+        }
+        for (i = 0; i < a->npass; i++) {
+            if (a->pass_src[i] < low) {
+                fd = fcntl(a->pass_src[i], F_DUPFD_CLOEXEC, low);
+                if (fd < 0)
+                    goto fail;
+                a->pass_src[i] = fd;
+            }
         }
     }
     for (i = 0; i < 3; i++) {
@@ -132,6 +160,29 @@ child(struct child_args *a)
             if (dup2(1, i) < 0)
                 goto fail;
         }
+    }
+    a->step = "fds";
+    for (i = 0; i < a->npass; i++)
+        if (dup2(a->pass_src[i], a->pass_dst[i]) < 0)
+            goto fail;
+    a->step = "limits";
+    for (i = 0; i < a->nlimits; i++)
+        if (setrlimit(a->limit_res[i], &a->limits[i]) != 0)
+            goto fail;
+    if (a->umask_ >= 0)
+        umask((mode_t)a->umask_);
+    if (a->nice_ != INT_MIN) {
+        a->step = "nice";
+        errno = 0;
+        if (setpriority(PRIO_PROCESS, 0, a->nice_) != 0)
+            goto fail;
+    }
+    if (a->oom[0]) {
+        a->step = "oom_score_adj";
+        fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, a->oom, strlen(a->oom)) < 0)
+            goto fail;
+        close(fd);
     }
     if (a->cwd) {
         a->step = "chdir";
@@ -157,16 +208,20 @@ fail:
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(exe, argv, envp, cwd, stdio, setsid, setpgid, pdeathsig, uid, gid) -> pid\n\n"
+"spawn(exe, argv, envp, cwd, stdio, setsid, setpgid, pdeathsig, uid, gid,\n"
+"      umask, nice, limits, oom_score_adj, fds) -> pid\n\n"
 "Start `exe` (bytes) with `argv` and `envp` (lists of bytes) and return its pid, once it\n"
 "has exec'd. `cwd`: bytes or None. `stdio`: three fds for 0, 1, 2, or -1 (/dev/null),\n"
 "-2 (inherit), -3 (same as stdout). `pdeathsig`: 0 for none. `uid`, `gid`: -1 to keep.\n"
+"`umask`: -1 to keep. `nice`: None to keep. `limits`: [(resource, soft, hard)], -1 for\n"
+"unlimited. `oom_score_adj`: None to keep. `fds`: [(fd, target fd)] passed on (sockets).\n"
 "OSError (errno, 'step: reason') if a step before the exec failed; the child is reaped.");
 
 static PyObject *
 spawn(PyObject *self, PyObject *args)
 {
-    PyObject *exe, *argv, *envp, *cwd;
+    PyObject *exe, *argv, *envp, *cwd, *nice, *limits, *oom, *pass;
+    Py_ssize_t i, n;
     struct child_args a;
     sigset_t all, old;
     pid_t pid;
@@ -174,9 +229,47 @@ spawn(PyObject *self, PyObject *args)
     const char *step;
 
     memset(&a, 0, sizeof(a));
-    if (!PyArg_ParseTuple(args, "SOOO(iii)ppill", &exe, &argv, &envp, &cwd, &a.stdio[0], &a.stdio[1],
-                          &a.stdio[2], &a.setsid_, &a.setpgid_, &a.pdeathsig, &a.uid, &a.gid))
+    if (!PyArg_ParseTuple(args, "SOOO(iii)ppilliOOOO", &exe, &argv, &envp, &cwd, &a.stdio[0], &a.stdio[1],
+                          &a.stdio[2], &a.setsid_, &a.setpgid_, &a.pdeathsig, &a.uid, &a.gid, &a.umask_, &nice,
+                          &limits, &oom, &pass))
         return NULL;
+    a.nice_ = INT_MIN;
+    if (nice != Py_None) {
+        a.nice_ = (int)PyLong_AsLong(nice);
+        if (PyErr_Occurred())
+            return NULL;
+    }
+    if (oom != Py_None) {
+        long v = PyLong_AsLong(oom);
+        if (PyErr_Occurred())
+            return NULL;
+        snprintf(a.oom, sizeof(a.oom), "%ld", v);
+    }
+    if (!PyList_Check(limits) || (n = PyList_GET_SIZE(limits)) > MAX_LIMITS) {
+        PyErr_SetString(PyExc_TypeError, "limits: expected a list of at most 16 (resource, soft, hard)");
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        long long soft, hard;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(limits, i), "iLL", &a.limit_res[i], &soft, &hard))
+            return NULL;
+        a.limits[i].rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+        a.limits[i].rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+    }
+    a.nlimits = (int)n;
+    if (!PyList_Check(pass) || (n = PyList_GET_SIZE(pass)) > MAX_PASS) {
+        PyErr_SetString(PyExc_TypeError, "fds: expected a list of at most 64 (fd, target)");
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(pass, i), "ii", &a.pass_src[i], &a.pass_dst[i]))
+            return NULL;
+        if (a.pass_dst[i] < 3) {
+            PyErr_SetString(PyExc_ValueError, "fds: a target must be 3 or more (0, 1, 2 are stdio)");
+            return NULL;
+        }
+    }
+    a.npass = (int)n;
     if (cwd != Py_None && !PyBytes_Check(cwd)) {
         PyErr_SetString(PyExc_TypeError, "cwd: expected bytes or None");
         return NULL;

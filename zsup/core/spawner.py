@@ -38,13 +38,20 @@ def available() -> bool:
 
 def spawn(exe: str, argv: list[str], env: dict, cwd: str | None, stdio: tuple[int, int, int], *,
           setsid: bool = False, setpgid: bool = True, pdeathsig: int = 0, uid: int | None = None,
-          gid: int | None = None) -> int:
+          gid: int | None = None, umask: int | None = None, nice: int | None = None,
+          limits: list[tuple[int, int, int]] = (), oom_score_adj: int | None = None,
+          fds: list[tuple[int, int]] = ()) -> int:
     """Start `exe` and return its pid once it has exec'd (a child of this process).
 
     `stdio`: an fd for each of 0, 1, 2 (the caller keeps and closes its own copy), or
     STDIN_NULL (/dev/null), INHERIT, SAME_AS_STDOUT. Every other fd is closed in the child.
-    `setsid` (a new session) wins over `setpgid` (a new process group). OSError if a step
-    before the exec failed (the child has then exited and been reaped)."""
+    `setsid` (a new session) wins over `setpgid` (a new process group). For the limits
+    (issue 16), applied in the child before the exec, after the fds and before the user
+    change: `umask`; `nice` (the niceness to set, not an increment); `limits`, (resource,
+    soft, hard) with `resource.RLIMIT_*` numbers and -1 for unlimited; `oom_score_adj`;
+    `fds`, (fd, target) pairs passed on at target numbers from 3 (listening sockets). None
+    or empty keeps what zsupd has. OSError if a step before the exec failed (the child has
+    then exited and been reaped; `strerror` names the step unless it was the exec)."""
     envp = []
     for key, value in env.items():
         if "=" in key or not key:
@@ -54,4 +61,5 @@ def spawn(exe: str, argv: list[str], env: dict, cwd: str | None, stdio: tuple[in
     if any(b"\0" in a for a in args) or any(b"\0" in e for e in envp):
         raise OSError(errno.EINVAL, "embedded null byte in the command or environment")
     return _spawn.spawn(os.fsencode(exe), args, envp, None if cwd is None else os.fsencode(cwd), stdio,
-                        setsid, setpgid, pdeathsig, -1 if uid is None else uid, -1 if gid is None else gid)
+                        setsid, setpgid, pdeathsig, -1 if uid is None else uid, -1 if gid is None else gid,
+                        -1 if umask is None else umask, nice, list(limits), oom_score_adj, list(fds))
