@@ -12,7 +12,7 @@ from conftest import PYTHON, ROOT, alive, kill_tree, readline_within, wait_for
 
 from zsup.core import spawner
 
-pytestmark = pytest.mark.skipif(not spawner.available(), reason="zsup/core/_spawn.c is not built")
+needs_c = pytest.mark.skipif(not spawner.available(), reason="zsup/core/_spawn.c is not built")
 
 # a threaded process (as zsupd is) spawns, reports, and waits to be SIGKILLed
 SPAWNING_PROCESS = textwrap.dedent(f"""
@@ -43,6 +43,7 @@ SPAWNING_PROCESS = textwrap.dedent(f"""
 """)
 
 
+@needs_c
 def test_spawned_child_runs_directly_and_dies_with_its_parent():
     proc = subprocess.Popen([PYTHON, "-c", SPAWNING_PROCESS], stdout=subprocess.PIPE, text=True)
     out = {}
@@ -68,6 +69,7 @@ def test_spawned_child_runs_directly_and_dies_with_its_parent():
         kill_tree([out["child"]] if out.get("child") else [])
 
 
+@needs_c
 def test_zsupd_children_run_their_program_directly(zsupd_factory, tmp_path):
     script = tmp_path / "bad-interpreter"
     script.write_text("#!/nonexistent/interpreter\n")
@@ -84,6 +86,7 @@ def test_zsupd_children_run_their_program_directly(zsupd_factory, tmp_path):
     assert d.stop() == 0
 
 
+@needs_c
 def test_limits_and_passed_fds_are_set_before_the_program_runs():
     import resource
     import socket
@@ -126,6 +129,7 @@ def test_limits_and_passed_fds_are_set_before_the_program_runs():
             os.waitpid(child, 0)
 
 
+@needs_c
 def test_a_limit_that_cannot_be_set_is_a_clear_error():
     import resource
 
@@ -137,3 +141,31 @@ def test_a_limit_that_cannot_be_set_is_a_clear_error():
     with pytest.raises(ValueError):
         spawner.spawn("/bin/true", ["true"], {}, None, (spawner.STDIN_NULL, spawner.INHERIT, spawner.INHERIT),
                       fds=[(0, 1)])
+
+
+def test_without_the_c_part_children_go_through_setpriv_and_still_die_with_zsup():
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        from zsup.core import spawner
+        spawner._spawn = None  # as if it had not been built
+        from zsup.core.manager import Manager
+        m = Manager(); m.start()
+        m.load({{"name": "s", "cmd": "sleep", "args": ["300"], "numprocesses": 2}})
+        print(" ".join(str(m.get_process(p)["os_pid"]) for p in m.pids()), flush=True)
+        time.sleep(300)
+    """)
+    sup = subprocess.Popen([PYTHON, "-c", code], stdout=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        pids = [int(p) for p in readline_within(sup.stdout, message="the child pids").split()]
+        assert len(pids) == 2
+        # setpriv first, then the program: the death signal is armed once sleep runs
+        wait_for(lambda: all(psutil.Process(p).cmdline() == ["sleep", "300"] for p in pids))
+        sup.kill()
+        sup.wait(10)
+        wait_for(lambda: not any(alive(p) for p in pids), message="children to die with their supervisor")
+    finally:
+        sup.kill()
+        sup.wait(10)
+        kill_tree(pids)
