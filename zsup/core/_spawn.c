@@ -154,7 +154,9 @@ child(struct child_args *a)
                 goto fail;
         } else if (fd == STDIN_NULL) {
             fd = open("/dev/null", O_RDWR | O_CLOEXEC);
-            if (fd < 0 || dup2(fd, i) < 0)
+            if (fd < 0)
+                goto fail;
+            if (fd == i ? fcntl(fd, F_SETFD, 0) < 0 : dup2(fd, i) < 0) /* i was closed in zsupd */
                 goto fail;
         } else if (fd == SAME_AS_STDOUT) {
             if (dup2(1, i) < 0)
