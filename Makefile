@@ -16,7 +16,7 @@ GAFFER_STAMP := $(GAFFER_VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py
+$(STAMP): pyproject.toml setup.py zsup/core/_spawn.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'

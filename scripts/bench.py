@@ -24,7 +24,7 @@ import benchlib as bl  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(bl.ROOT, "bench", "results")
 SCENARIOS = ["spawn", "restart", "output", "control", "footprint", "fanout"]
-TIMEOUT = {"spawn": 150, "restart": 330, "output": 150, "control": 150, "footprint": 150, "fanout": 120}
+TIMEOUT = {"spawn": 150, "restart": 330, "output": 150, "control": 400, "footprint": 150, "fanout": 120}
 
 # (scenario, label, metric, unit, run key of circus, run key of supervisord, decimals)
 ROWS = [
@@ -42,6 +42,8 @@ ROWS = [
     ("output", "output 1M lines, zsup log file only", "log_s", "s", None, None, 3),
     ("control", "status of 200, p50", "p50_ms", "ms", "circus", "supervisord", 2),
     ("control", "status of 200, p99", "p99_ms", "ms", "circus", "supervisord", 2),
+    ("control", "full info of a job of 200, p50", "info_p50_ms", "ms", "circus", "supervisord", 2),
+    ("control", "full info of a job of 200, p99", "info_p99_ms", "ms", "circus", "supervisord", 2),
     ("footprint", "RSS with 200 children", "rss_mb", "MB", "circus", "supervisord", 1),
     ("footprint", "idle CPU (% of a core)", "idle_cpu_pct", "%", "circus", "supervisord", 2),
     ("fanout", "fan-out 200 SSE clients: lines/s to each (median)", "per_client_lines_per_s", "lines/s",

@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""Scenario 4, control: with 200 children running, 500 sequential status calls through each
-daemon's own API; p50/p99 latency of one call (client side, connection kept open).
+"""Scenario 4, control: with 200 children running, 500 sequential status calls, then 200
+full-info calls (or as many as fit in 20 s, at least 10), through each daemon's own API;
+p50/p99 latency of one call (client side, connection kept open).
 
+status:
 - zsup: the bus Client's `status` (every job with the zsup and OS pids of all 200 processes);
 - circus: circus.client.CircusClient, `{"command": "list", "properties": {"name": "job"}}`
   (the 200 pids of the watcher);
 - supervisord: XML-RPC `supervisor.getAllProcessInfo` over its unix socket (200 entries).
+full info of the job (every field each daemon keeps about each of its 200 processes):
+- zsup: `info name=job` (pids, state, times, exit status, output seqs, the job's config);
+- circus: `stats name=job` (pid, cmdline, cpu, memory, age of each process, from psutil);
+- supervisord: `getAllProcessInfo` again (it has no fuller per-process call).
 Each answer is checked to hold 200 running processes.
 """
 
@@ -18,6 +24,8 @@ import benchlib as bl  # noqa: E402
 
 N = 200
 CALLS = 100 if bl.QUICK else 500
+INFO_CALLS = 100 if bl.QUICK else 200
+INFO_SECONDS = 10 if bl.QUICK else 20  # and at least 10 calls: circus's `stats` of 200 is slow
 
 
 def run_one(kind: str, tuned: bool) -> dict:
@@ -35,8 +43,19 @@ def run_one(kind: str, tuned: bool) -> dict:
         lat.append(time.perf_counter() - t0)
     assert d.status_count(result) == N, f"{kind}: {d.status_count(result)} processes in the answer"
     ms = [x * 1000 for x in lat]
-    return {"p50_ms": bl.percentile(ms, 50), "p99_ms": bl.percentile(ms, 99), "max_ms": max(ms),
-            "calls": CALLS}
+    out = {"p50_ms": bl.percentile(ms, 50), "p99_ms": bl.percentile(ms, 99), "max_ms": max(ms), "calls": CALLS}
+    for _ in range(5):
+        d.info("job")
+    lat = []
+    stop_at = time.monotonic() + INFO_SECONDS
+    while len(lat) < INFO_CALLS and (len(lat) < 10 or time.monotonic() < stop_at):
+        t0 = time.perf_counter()
+        result = d.info("job")
+        lat.append(time.perf_counter() - t0)
+    assert d.info_count(result) == N, f"{kind}: {d.info_count(result)} processes in the info"
+    ms = [x * 1000 for x in lat]
+    out.update(info_p50_ms=bl.percentile(ms, 50), info_p99_ms=bl.percentile(ms, 99), info_calls=len(lat))
+    return out
 
 
 ECHO = ("import sys, zmq\n"
@@ -73,7 +92,7 @@ def limit() -> dict:
         server.wait()
     ms = [x * 1000 for x in lat]
     return {"p50_ms": bl.percentile(ms, 50), "p99_ms": bl.percentile(ms, 99), "max_ms": max(ms),
-            "calls": CALLS}
+            "calls": CALLS, "info_p50_ms": bl.percentile(ms, 50), "info_p99_ms": bl.percentile(ms, 99)}
 
 
 if __name__ == "__main__":

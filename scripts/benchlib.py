@@ -344,6 +344,8 @@ class Daemon:
     def status(self): ...
     def close_clients(self) -> None: ...
     def status_count(self, result) -> int: ...
+    def info(self, name: str): ...
+    def info_count(self, result) -> int: ...
 
 
 class ZsupDaemon(Daemon):
@@ -401,6 +403,12 @@ class ZsupDaemon(Daemon):
 
     def status_count(self, result) -> int:
         return sum(len(j["pids"]) for j in result)
+
+    def info(self, name):
+        return self.call("info", name=name)
+
+    def info_count(self, result) -> int:
+        return sum(1 for p in result["processes"] if p["state"] == "running")
 
     def close_clients(self) -> None:
         if self._client is not None:
@@ -474,6 +482,13 @@ class CircusDaemon(Daemon):
     def status_count(self, result) -> int:
         return len(result.get("pids", []))
 
+    def info(self, name):
+        # circus's fullest answer about a watcher's processes: pid, cmdline, cpu, memory, ...
+        return self.call("stats", name=name)
+
+    def info_count(self, result) -> int:
+        return len(result.get("info", {}))
+
     def close_clients(self) -> None:
         if self._client is not None:
             self._client.stop()
@@ -538,6 +553,13 @@ class SupervisorDaemon(Daemon):
 
     def status_count(self, result) -> int:
         return sum(1 for p in result if p["statename"] == "RUNNING")
+
+    def info(self, name):
+        # supervisord's fullest answer about a group's processes (what status also asks)
+        return self.proxy.supervisor.getAllProcessInfo()
+
+    def info_count(self, result) -> int:
+        return self.status_count(result)
 
     def close_clients(self) -> None:
         if self._proxy is not None:

@@ -175,8 +175,16 @@ def error_reply(request_id: str | int | None, error: ZsupError) -> dict:
     return {"id": request_id, "ok": False, "error": error.to_dict()}
 
 
+class RawJSON(bytes):
+    """A command's result already encoded by `encode_json` (a cached listing): replied as is."""
+
+
 def encode_reply(envelope: Sequence[bytes], reply: dict) -> list[bytes]:
     """Frames to send on the ROUTER: the request's envelope, then the JSON reply."""
+    result = reply.get("result")
+    if isinstance(result, RawJSON):
+        head = encode_json({"id": reply["id"], "ok": True})
+        return [*envelope, head[:-1] + b',"result":' + result + b"}"]
     return [*envelope, encode_json(reply)]
 
 

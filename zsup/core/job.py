@@ -6,7 +6,7 @@ import time
 
 from zsup.core.flapping import FlappingState
 from zsup.core.jobspec import JobSpec
-from zsup.core.process import Process
+from zsup.core.process import Process, encode_json
 from zsup.core.states import JobState, ProcessState, check_job
 
 
@@ -29,6 +29,7 @@ class Job:
         self.last_error: str | None = None  # why the last spawn failed; None once one succeeds
         self.last_error_time: float | None = None
         self.last_error_exit = False  # last_error is a process that exited at once, not a spawn error
+        self._config_json: tuple = (None, b"")  # (spec, its encoded to_dict())
 
     @property
     def name(self) -> str:
@@ -42,8 +43,18 @@ class Job:
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
-    def info(self) -> dict:
+    def info_json(self) -> bytes:
+        """`info()` as JSON, built from each process's cached fragment and the config
+        encoded once per spec: a job of hundreds of processes costs a join, not a re-encode."""
         procs = list(self.processes.values()) + list(self.committed.values())
+        if self._config_json[0] is not self.spec:
+            self._config_json = (self.spec, encode_json(self.spec.to_dict()))
+        head = self._head(procs)
+        now = time.time()
+        return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
+                         b",".join([p.info_json(now) for p in procs]), b"]}"])
+
+    def _head(self, procs: list[Process]) -> dict:
         return {
             "name": self.spec.name,
             "session": self.spec.session,
@@ -54,10 +65,12 @@ class Job:
             "numprocesses": self.numprocesses,
             "running": len(self.running()),
             "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
-            "processes": [p.info() for p in procs],
             "flapping_retries": self.flapping.retries if self.flapping else 0,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
-            "config": self.spec.to_dict(),
             "created": self.created,
         }
+
+    def info(self) -> dict:
+        procs = list(self.processes.values()) + list(self.committed.values())
+        return {**self._head(procs), "processes": [p.info() for p in procs], "config": self.spec.to_dict()}

@@ -97,7 +97,10 @@ class Loop:
     def call_soon(self, fn: Callable, *args: Any) -> None:
         """Run fn(*args) in the loop's thread; safe from any thread."""
         self._calls.append((fn, args))
-        if not self.in_loop():
+        if not self._woken and not self.in_loop():
+            # one wake-up per turn of the loop, not one per call (a stop of hundreds of
+            # processes hands hundreds of calls over between the two loops)
+            self._woken = True
             self._wake()
 
     def call_later(self, delay: float, fn: Callable, *args: Any) -> TimerHandle:
@@ -198,6 +201,7 @@ class Loop:
                             pass
                     except BlockingIOError:
                         pass
+                    self._woken = False  # calls queued from now on wake us again
                     continue
                 reader, writer = key.data
                 for cb, bit in ((reader, selectors.EVENT_READ), (writer, selectors.EVENT_WRITE)):

@@ -299,6 +299,12 @@ class Manager(Supervision):
         return self._job(name, session).info()
 
     @supervised
+    def info_json(self, name: str, session: str | None = None) -> bytes:
+        """`info` already encoded as JSON (what the bus replies): per process, only what
+        changed since the last call is encoded again (Job.info_json)."""
+        return self._job(name, session).info_json()
+
+    @supervised
     def status(self) -> list[dict]:
         """One summary per job: what a status table shows."""
         out = []

@@ -2,30 +2,42 @@
 
 Why it spawns the way it does:
 - Each child gets its own process group, so a stop reaches a shell's children too.
-- The death signal (PR_SET_PDEATHSIG) is set by exec'ing through util-linux's `setpriv
-  --pdeathsig KILL`, not by a `preexec_fn`: CPython documents preexec_fn as unsafe in a
-  threaded process (a fork can deadlock on a lock another thread held), and zsupd is
-  threaded. The death signal follows the *thread* that forked, so only long-lived threads
-  spawn (the manager spawns from its supervisor loop).
+- The death signal (PR_SET_PDEATHSIG) is set between vfork and exec by a small C function
+  (zsup/core/spawner.py, zsup/core/_spawn.c), never by a `preexec_fn`: CPython documents
+  preexec_fn as unsafe in a threaded process (a fork can deadlock on a lock another thread
+  held), and zsupd is threaded. Where the C part is not built, the child execs through
+  util-linux's `setpriv --pdeathsig KILL` first: the same guarantee for one more exec. The
+  death signal follows the *thread* that forked, so only long-lived threads spawn (the
+  manager spawns from its supervisor loop).
 - Pipes are made here with O_CLOEXEC and handed to Popen as plain fds, so the parent keeps
   raw non-blocking fds for the IO loop, not Python file objects.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import time
 
+from zsup.core import spawner
 from zsup.core.envfile import substitute
 from zsup.core.jobspec import JobSpec
 from zsup.core.output import OutputStream
+from zsup.core.spawner import INHERIT, SAME_AS_STDOUT, STDIN_NULL
 from zsup.core.states import ProcessState, check_process
 from zsup.errors import ZsupError
 
 SETPRIV = shutil.which("setpriv")
+
+
+def encode_json(obj) -> bytes:
+    """The bus's JSON form (zsup.bus.protocol.encode_json, which core may not import): the
+    cached listings (info_json) are replied as they are."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 class SpawnError(ZsupError):
@@ -100,6 +112,8 @@ class Process:
         self.stdin_fd = -1
         self.adopted = False  # a detached process started by a previous zsupd, found again
         self.instance: int | None = None  # slot among the job's kept processes (ZSUP_INSTANCE)
+        self._json_key: tuple | None = None  # what info_json's cached fragment was made from
+        self._json = b""
 
     @property
     def job(self) -> str:
@@ -116,39 +130,25 @@ class Process:
         argv = build_argv(spec, env)
         if spec.cwd and not os.path.isdir(spec.cwd):  # checked at load; it may have gone since
             raise SpawnError(f"cwd {spec.cwd!r}: no such directory")
-        find_executable(argv[0], env, spec.cwd)
-        if not spec.detach and SETPRIV:
-            argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
+        exe = find_executable(argv[0], env, spec.cwd)
         child_fds: list[int] = []
         parent_fds: list[int] = []
         try:
-            stdin = subprocess.DEVNULL
+            stdin = STDIN_NULL
             if spec.redirect_input:
                 r, w = os.pipe2(os.O_CLOEXEC)
                 stdin, self.stdin_fd = r, w
                 child_fds.append(r)
                 parent_fds.append(w)
-            stdout = stderr = None
+            stdout = stderr = INHERIT
             labels = spec.redirect_output
             if labels:
                 stdout = self._output_pipe(labels[0], child_fds, parent_fds)
                 if len(labels) == 2 and labels[1] == labels[0]:
-                    stderr = subprocess.STDOUT
+                    stderr = SAME_AS_STDOUT
                 elif len(labels) == 2:
                     stderr = self._output_pipe(labels[1], child_fds, parent_fds)
-            self.popen = subprocess.Popen(
-                argv,
-                stdin=stdin,
-                stdout=stdout,
-                stderr=stderr,
-                cwd=spec.cwd,
-                env=env,
-                user=spec.uid,
-                group=spec.gid,
-                process_group=None if spec.detach else 0,
-                start_new_session=spec.detach,
-                close_fds=True,
-            )
+            self.os_pid = self._start(exe, argv, env, (stdin, stdout, stderr))
         except OSError as exc:
             for fd in parent_fds:
                 os.close(fd)
@@ -157,7 +157,6 @@ class Process:
         finally:
             for fd in child_fds:
                 os.close(fd)
-        self.os_pid = self.popen.pid
         self.pidfd = os.pidfd_open(self.os_pid)
         self.started = time.time()
         self.started_mono = time.monotonic()
@@ -166,6 +165,32 @@ class Process:
         if self.stdin_fd >= 0:
             os.set_blocking(self.stdin_fd, False)
         self.set_state(ProcessState.RUNNING)
+
+    def _start(self, exe: str, argv: list[str], env: dict, stdio: tuple[int, int, int]) -> int:
+        """Fork and exec the program; its os pid. Through zsup/core/spawner.py when its C part
+        is built, else through Popen and setpriv. OSError if it cannot start."""
+        spec = self.spec
+        if spawner.available():
+            return spawner.spawn(exe, argv, env, spec.cwd, stdio, setsid=bool(spec.detach), setpgid=not spec.detach,
+                                 pdeathsig=0 if spec.detach else signal.SIGKILL, uid=spec.uid, gid=spec.gid)
+        if not spec.detach and SETPRIV:
+            argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
+        popen_stdio = [subprocess.DEVNULL if fd == STDIN_NULL else None if fd == INHERIT
+                       else subprocess.STDOUT if fd == SAME_AS_STDOUT else fd for fd in stdio]
+        self.popen = subprocess.Popen(
+            argv,
+            stdin=popen_stdio[0],
+            stdout=popen_stdio[1],
+            stderr=popen_stdio[2],
+            cwd=spec.cwd,
+            env=env,
+            user=spec.uid,
+            group=spec.gid,
+            process_group=None if spec.detach else 0,
+            start_new_session=spec.detach,
+            close_fds=True,
+        )
+        return self.popen.pid
 
     def adopt(self, os_pid: int, started: float) -> None:
         """Take over a detached process a previous zsupd spawned (ProcessLookupError if it is
@@ -227,6 +252,18 @@ class Process:
     def uptime(self) -> float:
         end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
+
+    def info_json(self, now: float) -> bytes:
+        """`info()` encoded as JSON, from a fragment re-encoded only when the process changed
+        (state, exit, output seq); the uptime is the only field formatted per call."""
+        key = (self.state, self.os_pid, self.exit_code, self.committed,
+               *[s.last_seq for s in self.streams.values()])
+        if key != self._json_key:
+            info = self.info()
+            del info["uptime"]
+            self._json, self._json_key = encode_json(info)[:-1] + b',"uptime":', key
+        end = self.ended if self.state == ProcessState.EXITED else now
+        return b"%s%.3f}" % (self._json, max(0.0, end - self.started))
 
     def info(self) -> dict:
         return {

@@ -272,7 +272,8 @@ class Supervision:
         self._loop.assert_in_loop()
         pgid = proc.os_pid
         sig = signal.SIGKILL if proc.stop_reason else proc.spec.stop_signal
-        if not self._signal_group(pgid, sig):
+        # just reaped, in this thread: no process of ours can have this pid yet (no O(n) check)
+        if not self._signal_group(pgid, sig, check_ours=False):
             return  # the usual case: the group died with its leader
         log.debug("process %s (%s) exited, leaving members of its group %s: signal %s", proc.pid, proc.job,
                   pgid, sig)
@@ -281,9 +282,9 @@ class Supervision:
             self._loop.call_later(proc.graceful_timeout, self._kill_group, pgid, proc)
         self._loop.call_later(GROUP_CHECK_FIRST, self._check_group, pgid, proc, GROUP_CHECK_FIRST)
 
-    def _signal_group(self, pgid: int, sig: int) -> bool:
+    def _signal_group(self, pgid: int, sig: int, check_ours: bool = True) -> bool:
         """killpg, unless pgid is gone or is now the group of another of our processes."""
-        if any(p.os_pid == pgid and p.state != ProcessState.EXITED for p in self._procs.values()):
+        if check_ours and any(p.os_pid == pgid and p.state != ProcessState.EXITED for p in self._procs.values()):
             return False
         try:
             os.killpg(pgid, sig)

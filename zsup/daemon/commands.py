@@ -17,6 +17,7 @@ import inspect
 from typing import Any, Callable, Iterable
 
 from zsup import __version__
+from zsup.bus.protocol import RawJSON
 from zsup.bus.schema import COMMANDS as DECLARED
 from zsup.bus.schema import check_request
 from zsup.bus.topics import INTERNAL_SESSION, PROTOCOL_VERSION, is_internal
@@ -306,7 +307,7 @@ def sessions(d) -> list[str]:
 
 @command
 def info(d, name: str, session: str | None = None) -> dict:
-    return d.manager.info(_name(name, session))
+    return RawJSON(d.manager.info_json(_name(name, session)))
 
 
 @command

@@ -1,0 +1,54 @@
+"""`info` from cached JSON (Job.info_json): the same answer as the dicts, and never stale
+when a process changes (output, exit, restart) or the job's config does."""
+
+import json
+import os
+import signal
+
+from conftest import wait_for
+
+
+def same_as_dicts(manager, name):
+    """info_json decoded equals info(), the uptimes aside (they move between the two calls)."""
+    cached = json.loads(manager.info_json(name))
+    fresh = manager.info(name)
+    for info in (cached, fresh):
+        for proc in info["processes"]:
+            assert isinstance(proc.pop("uptime"), (int, float))
+    assert cached == fresh
+    return cached
+
+
+def test_cached_info_follows_every_change(manager):
+    manager.load({"name": "talk", "cmd": "sh", "args": ["-c", "echo one; read x; echo two; sleep 300"],
+                  "numprocesses": 2, "redirect_input": True})
+    wait_for(lambda: all(p["last_seq"]["stdout"] == 1 for p in manager.info("talk")["processes"]) and
+             len(manager.info("talk")["processes"]) == 2)
+    first = same_as_dicts(manager, "talk")
+    assert len(first["processes"]) == 2
+    pid = first["processes"][0]["pid"]
+    # new output: the seq in the cached answer moves
+    manager.send(pid, "go\n")
+    wait_for(lambda: json.loads(manager.info_json("talk"))["processes"][0]["last_seq"]["stdout"] == 2)
+    same_as_dicts(manager, "talk")
+    # an exit: the process is replaced, the answer lists the new one
+    os.kill(first["processes"][1]["os_pid"], signal.SIGKILL)
+    wait_for(lambda: first["processes"][1]["pid"] not in json.loads(manager.info_json("talk"))["pids"])
+    after = same_as_dicts(manager, "talk")
+    assert len(after["pids"]) == 2
+    # a new config is in the next answer
+    manager.update({"name": "talk", "cmd": "sleep", "args": ["300"], "numprocesses": 1})
+    wait_for(lambda: json.loads(manager.info_json("talk"))["config"]["cmd"] == "sleep")
+    same_as_dicts(manager, "talk")
+    # uptime goes on without a change
+    up = json.loads(manager.info_json("talk"))["processes"][-1]["uptime"]
+    wait_for(lambda: json.loads(manager.info_json("talk"))["processes"][-1]["uptime"] > up)
+
+
+def test_info_over_the_bus_is_the_cached_answer(zsupd_factory):
+    d = zsupd_factory("[process:web]\ncmd = sleep 300\nnumprocesses = 3\n")
+    info = wait_for(lambda: (i := d.call("info", name="web"))["running"] == 3 and i)
+    assert [p["state"] for p in info["processes"]] == ["running"] * 3
+    assert info["config"]["cmd"] == "sleep 300" and info["job"] == "default.web"
+    d.call("stop_job", name="web")
+    wait_for(lambda: d.call("info", name="web")["running"] == 0)
