@@ -28,6 +28,7 @@ from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
 from zsup.daemon import agent_commands, commands, key_commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
+from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.plugins import PluginContext, PluginHost
 from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
@@ -99,6 +100,7 @@ class Daemon:
         self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
+        self.metrics = DaemonMetrics(self)
         self.bus = BusServer(
             handler=self._handle,
             endpoints=self._bus_endpoints(),
@@ -111,6 +113,8 @@ class Daemon:
         self.log_writer.start()
         self.events.subscribe("", self.bus.publish)
         self.events.subscribe("", self.webhooks)
+        self.events.subscribe(topics.PROC, self.metrics.on_event)
+        self.events.subscribe(topics.JOB, self.metrics.on_event)
         if self.verbose >= 2:
             self.events.subscribe(topics.IO, self._print_output)
         self.webhooks.start()
@@ -199,7 +203,16 @@ class Daemon:
         # child starts), but commands wait until the config's jobs are loaded: a client that
         # can ping also sees every job.
         self._ready.wait(120)
-        return self.dispatch(self, cmd, args)
+        try:
+            result = self.dispatch(self, cmd, args)
+        except ZsupError as exc:
+            self.metrics.count_request(cmd, exc.code)
+            raise
+        except BaseException:
+            self.metrics.count_request(cmd, "internal")
+            raise
+        self.metrics.count_request(cmd, "ok")
+        return result
 
     def _bus_endpoints(self) -> dict:
         router = [self.settings["bus"]] + ([self.settings["bus_tcp"]] if self.settings.get("bus_tcp") else [])
