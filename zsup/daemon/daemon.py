@@ -29,6 +29,7 @@ from zsup.core.manager import Manager
 from zsup.daemon import agent_commands, commands, key_commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.metrics import DaemonMetrics
+from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
 from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
@@ -85,6 +86,7 @@ class Daemon:
         self.bus: BusServer | None = None
         self.webhooks = None
         self._detached: set[int] = set()  # os pids of detached processes (supervisor thread)
+        self.notifier = Notifier()  # takes NOTIFY_SOCKET out of the jobs' environment
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
         self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
                                             key_commands.HANDLERS)
@@ -164,6 +166,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         self.start()
+        self.notifier.ready(self.status_line())
+        self.notifier.start(self.status_line)
         try:
             while True:
                 self._wake.wait()
@@ -172,16 +176,24 @@ class Daemon:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
+                    self.notifier.reloading()
                     try:
                         self.reload_config()
                     except ZsupError:
                         pass  # already logged and published; the old config keeps running
+                    self.notifier.ready(self.status_line())
                 if self._reopen_requested:
                     self._reopen_requested = False
                     self.reopen_logs()
         finally:
+            self.notifier.stopping()
             self.stop()
+            self.notifier.stop()
         return 0
+
+    def status_line(self) -> str:
+        """One line about the jobs, for systemd's STATUS= (zsup.daemon.notify)."""
+        return summary(self.manager.status(), is_internal)
 
     def _on_signal(self, signum, frame) -> None:
         # Runs in the main thread, between two waits of the loop above: set flags, wake it.
