@@ -26,7 +26,7 @@ from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
 from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
-from zsup.daemon import agent_commands, commands, key_commands, task_commands
+from zsup.daemon import agent_commands, commands, key_commands, logtargets, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.notify import Notifier, summary
@@ -41,8 +41,9 @@ log = logging.getLogger("zsupd")
 class JobLogs:
     """Adapts the Manager's output callback to the LogWriter: one LogSettings per job spec."""
 
-    def __init__(self, writer: LogWriter, defaults: LogSettings):
+    def __init__(self, writer: LogWriter, defaults: LogSettings, target=None):
         self.writer = writer
+        self.target = target  # a LogTarget (journal, syslog) instead of the files, or None
         self.defaults = defaults
         self._cache: dict[int, tuple[JobSpec, LogSettings]] = {}
 
@@ -56,7 +57,10 @@ class JobLogs:
     def write(self, job, label, spec, pid, os_pid, seq, data) -> None:
         settings = self.settings(spec)
         if settings.log:
-            self.writer.write(job, label, settings, pid, os_pid, seq, data)
+            if self.target is None:
+                self.writer.write(job, label, settings, pid, os_pid, seq, data)
+            else:
+                self.target.write(job, label, pid, os_pid, seq, data)
 
 
 def log_defaults(settings: dict) -> LogSettings:
@@ -99,7 +103,8 @@ class Daemon:
         os.chmod(self.state_dir, 0o700)
         self.store = Store(os.path.join(self.state_dir, "zsupd.db"))
         self.log_writer = LogWriter(on_error=self._on_log_error)
-        self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
+        self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings),
+                                logtargets.from_settings(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
         self.metrics = DaemonMetrics(self)
@@ -113,6 +118,8 @@ class Daemon:
         self.webhooks = Webhooks(self.config.webhooks, self.settings["webhook_timeout"], self.settings["webhook_queue"])
         self.bus.start()  # first: refuses to start when another zsupd owns the socket
         self.log_writer.start()
+        if self.job_logs.target is not None:
+            self.job_logs.target.start()
         self.events.subscribe("", self.bus.publish)
         self.events.subscribe("", self.webhooks)
         self.events.subscribe(topics.PROC, self.metrics.on_event)
@@ -156,6 +163,8 @@ class Daemon:
         self.guard.stop()
         self.webhooks.stop()
         self.log_writer.stop()
+        if self.job_logs.target is not None:
+            self.job_logs.target.stop()
         self.bus.stop()
         self.store.close()
 
@@ -374,11 +383,14 @@ class Daemon:
             else:
                 self.manager.load(fresh[name].to_dict(), start=True)
         # a job the file still has but a run-time unload removed keeps its run-time state
+        old_settings = self.settings
         self.config = new
         self.settings = new.settings
         self.manager.max_processes_total = new.settings["max_processes_total"]
         self.job_logs.defaults = log_defaults(new.settings)
         self.job_logs._cache.clear()
+        if logtargets.settings_key(new.settings) != logtargets.settings_key(old_settings):
+            self._replace_log_target(new.settings)
         self.webhooks.hooks = type(self.webhooks)(new.webhooks).hooks
         if new.webhooks and self.webhooks._thread is None:
             self.webhooks.start()
@@ -389,6 +401,20 @@ class Daemon:
         return result
 
     # ------------------------------------------------------------------ logs
+    def _replace_log_target(self, settings: dict) -> None:
+        """A reload changed log_target (or its address): new target first, then the old one
+        is flushed and closed; one that cannot be made keeps the old one (logged)."""
+        try:
+            target = logtargets.from_settings(settings)
+        except ZsupError as exc:
+            log.error("reload: %s; job output keeps going where it went", exc.message)
+            return
+        if target is not None:
+            target.start()
+        old, self.job_logs.target = self.job_logs.target, target
+        if old is not None:
+            old.stop()
+
     def reopen_logs(self) -> None:
         self.log_writer.reopen()
         for handler in logging.getLogger().handlers:

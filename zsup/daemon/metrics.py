@@ -123,7 +123,13 @@ class DaemonMetrics:
                 proc = _process(os_pid)
                 if proc is not None:
                     processes.append({"job": row["job"], "pid": pid, "os_pid": os_pid, **proc})
-        logs = d.log_writer.stats()
+        logs = dict(d.log_writer.stats())
+        target = getattr(d.job_logs, "target", None)
+        if target is not None:  # journal or syslog: counted as the files are
+            sent = target.stats()
+            for key, theirs in (("bytes_written", "bytes_sent"), ("lines_written", "lines_sent"),
+                                ("write_errors", "errors"), ("lines_dropped", "dropped")):
+                logs[key] = logs.get(key, 0) + sent[theirs]
         bus = d.bus
         return {
             "daemon": {"version": __version__, "pid": os.getpid(), "start_time": self.started,
