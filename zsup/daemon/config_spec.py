@@ -23,7 +23,7 @@ from configobj import ConfigObj
 from configobj.validate import ValidateError, Validator
 
 from zsup.bus.parse import parse_size
-from zsup.core.jobspec import to_bool, to_list, to_number
+from zsup.core.jobspec import split_job_name, to_bool, to_list, to_number
 from zsup.errors import BadRequest
 
 SETTINGS_SPEC = ConfigObj("""
@@ -47,6 +47,7 @@ log_rotate = rotation(default=none)
 log_target = choice(files, journal, syslog, default=files)  # job output: docs/logs.md
 journal_socket = path(default=None)         # /run/systemd/journal/socket
 syslog_address = syslog(default=/dev/log)   # a unix socket path, or HOST:PORT (UDP)
+exit_with = job(default=None)               # zsupd exits with this job's status (docs/systemd.md)
 ring_size = integer(min=1, default=1000)
 max_processes_total = integer(min=1, default=10000)  # wanted processes of all jobs together
 max_request_size = size(default=1M)         # bigger: bad_request; 4 times bigger: dropped unread (docs/bus.md)
@@ -208,5 +209,6 @@ def validator(base_dir: str) -> Validator:
         "choice": _choice,
         "rotation": _rotation,
         "syslog": _syslog,
+        "job": _optional(_converter(lambda value: ".".join(split_job_name(value)))),
         "bind": bind,
     })

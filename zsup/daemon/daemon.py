@@ -28,6 +28,7 @@ from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
 from zsup.daemon import agent_commands, commands, key_commands, logtargets, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
+from zsup.daemon.init import InitMode
 from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
@@ -73,7 +74,7 @@ def log_defaults(settings: dict) -> LogSettings:
 
 class Daemon:
     def __init__(self, config: DaemonConfig, overrides: dict | None = None, verbose: int = 0,
-                 http_bind: dict | None = None):
+                 http_bind: dict | None = None, init: bool = False):
         self.config = config
         self.overrides = overrides or {}
         self.verbose = verbose
@@ -91,6 +92,7 @@ class Daemon:
         self.webhooks = None
         self._detached: set[int] = set()  # os pids of detached processes (supervisor thread)
         self.notifier = Notifier()  # takes NOTIFY_SOCKET out of the jobs' environment
+        self.init_mode = InitMode(self, init, self.settings.get("exit_with"))
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
         self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
                                             key_commands.HANDLERS)
@@ -175,6 +177,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         self.start()
+        self.init_mode.start()
         self.notifier.ready(self.status_line())
         self.notifier.start(self.status_line)
         try:
@@ -198,7 +201,8 @@ class Daemon:
             self.notifier.stopping()
             self.stop()
             self.notifier.stop()
-        return 0
+            self.init_mode.stop()
+        return self.init_mode.exit_code()
 
     def status_line(self) -> str:
         """One line about the jobs, for systemd's STATUS= (zsup.daemon.notify)."""
