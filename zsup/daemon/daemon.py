@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -82,7 +83,10 @@ class Daemon:
         self.settings = config.settings
         self.state_dir = self.settings["state_dir"]
         self.events = EventEmitter()
-        self._wake = threading.Event()
+        # The main loop sleeps on a pipe, not a threading.Event: a signal handler that set an
+        # Event could run while the main thread holds the Event's own lock (inside wait()),
+        # and hang zsupd. Writing a byte takes no lock.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ready = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -182,8 +186,13 @@ class Daemon:
         self.notifier.start(self.status_line)
         try:
             while True:
-                self._wake.wait()
-                self._wake.clear()
+                select.select([self._wake_r], [], [])
+                while True:
+                    try:
+                        if not os.read(self._wake_r, 4096):
+                            break
+                    except BlockingIOError:
+                        break
                 if self._stop_requested:
                     break
                 if self._reload_requested:
@@ -216,11 +225,18 @@ class Daemon:
             self._reopen_requested = True
         else:
             self._stop_requested = True
-        self._wake.set()
+        self._wake()
 
     def request_stop(self) -> None:
         self._stop_requested = True
-        self._wake.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the main loop (any thread, or a signal handler)."""
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending anyway
 
     # ------------------------------------------------------------------ bus wiring
     def _handle(self, cmd: str, args: dict):
