@@ -30,6 +30,7 @@ def test_metrics_scraped_and_parsed(gw):
              "flapping": "2, 5, 60, 1"}
     gw.load(crash)
     gw.load({"name": "nope", "cmd": "/nonexistent/program"})
+    gw.load({**crash, "name": "quitter", "flapping": "1, 5, 0.1, 0"})  # gives up at once
     tick_pid = gw.pid_of("default.tick")[0]
     ws = WebSocketClient(f"ws://{gw.host}:{gw.port}/channel/job.")
     ws.connect()
@@ -49,6 +50,9 @@ def test_metrics_scraped_and_parsed(gw):
         assert value(s, "zsup_job_flaps_total", job="default.crash") == 1
         assert value(s, "zsup_job_last_exit_code", job="default.crash") == 3
         assert value(s, "zsup_job_spawn_failures_total", job="default.nope") >= 1
+        s = wait_for(lambda: (lambda s: s if value(s, "zsup_job_state", job="default.quitter", state="failed")
+                                        else None)(scrape(gw)), message="the quitter to give up")
+        assert value(s, "zsup_job_flapping", job="default.quitter") == 1
         assert value(s, "zsup_job_restarts_total", job="default.tick") == 0
         # per process
         from zsup.bus.client import Client
@@ -62,7 +66,7 @@ def test_metrics_scraped_and_parsed(gw):
         # zsupd itself, the bus, the gateway
         assert 0 <= value(s, "zsup_loop_lag_seconds", loop="supervisor") < 5
         assert value(s, "zsup_daemon_resident_memory_bytes") > 1_000_000
-        assert value(s, "zsup_bus_requests_total", cmd="load", outcome="ok") == 3
+        assert value(s, "zsup_bus_requests_total", cmd="load", outcome="ok") == 4
         assert value(s, "zsup_bus_requests_total", cmd="metrics", outcome="ok") >= 1
         assert value(s, "zsup_events_published_total") > 0
         assert value(s, "zsup_events_dropped_total", consumer="bus") == 0

@@ -39,7 +39,7 @@ def _exit_code(msg: dict) -> str:
 
 
 class JobCounters:
-    __slots__ = ("restarts", "spawn_failures", "flaps", "exits", "last_exit")
+    __slots__ = ("restarts", "spawn_failures", "flaps", "exits", "last_exit", "gave_up")
 
     def __init__(self) -> None:
         self.restarts = 0
@@ -47,6 +47,7 @@ class JobCounters:
         self.flaps = 0
         self.exits: Counter[str] = Counter()
         self.last_exit: int | None = None
+        self.gave_up = False  # the flapping rule stopped the job (until it is started again)
 
 
 class DaemonMetrics:
@@ -63,13 +64,16 @@ class DaemonMetrics:
         job, event = msg.get("job"), msg.get("event")
         if not job:
             return
-        if topic.startswith("job."):
-            if event == "delete":
-                self.jobs.pop(job, None)
+        if topic.startswith("job.") and event == "delete":
+            self.jobs.pop(job, None)
             return
         counters = self.jobs.get(job)
         if counters is None:
             counters = self.jobs[job] = JobCounters()
+        if topic.startswith("job."):
+            if event == "start":
+                counters.gave_up = False
+            return
         if event == "spawn":
             if msg.get("committed"):
                 self._committed.add(msg["pid"])
@@ -77,6 +81,7 @@ class DaemonMetrics:
             counters.spawn_failures += 1
         elif event == "flap":
             counters.flaps += 1
+            counters.gave_up = bool(msg.get("gave_up"))
         elif event == "exit":
             counters.exits[_exit_code(msg)] += 1
             counters.last_exit = msg.get("exit_code")
@@ -102,12 +107,11 @@ class DaemonMetrics:
             lag = time.monotonic() - asked
             rows = []
             for row in d.manager.status():
-                info = d.manager.info(row["job"])
                 c = self.jobs.get(row["job"]) or JobCounters()
                 rows.append({
                     "job": row["job"], "state": row["state"], "active": row["active"],
                     "wanted": row["numprocesses"] if row["active"] else 0, "running": row["running"],
-                    "flapping": row["state"] == "flapping" or info.get("stop_reason") == "flapping",
+                    "flapping": row["state"] == "flapping" or (row["state"] == "failed" and c.gave_up),
                     "restarts": c.restarts, "spawn_failures": c.spawn_failures, "flaps": c.flaps,
                     "exits": dict(c.exits), "last_exit_code": c.last_exit,
                     "os_pids": list(zip(row["pids"], row["os_pids"])),
