@@ -141,7 +141,8 @@ def test_sigint_stops_the_jobs_too(tmp_path):
     z = InitZsupd(tmp_path, "wait", args=["--init"])
     try:
         z.wait_ready()
-        wait_for(lambda: z.call("pids", name="main"), message="main running")
+        # its SIGTERM handler is set once it speaks
+        wait_for(lambda: "orphans dead" in z.output("main"), timeout=20, message="main running")
         z.zsupd().send_signal(signal.SIGINT)
         assert z.proc.wait(30) == 42  # main got its stop signal (SIGTERM) and exited 42
     finally:
