@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench soak clean stop
+.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench soak clean stop install-service
 
 # gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
 # 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
@@ -71,6 +71,23 @@ stop:
 	@if [ -f $(STATE_DIR)/zsupd.pid ] && kill -0 $$(cat $(STATE_DIR)/zsupd.pid) 2>/dev/null; then \
 		kill -TERM $$(cat $(STATE_DIR)/zsupd.pid) && echo "zsupd (pid $$(cat $(STATE_DIR)/zsupd.pid)) is stopping"; \
 	else echo "no zsupd from make run is running ($(STATE_DIR)/zsupd.pid)"; fi
+
+# etc/zsupd.service, its ExecStart pointing at ZSUPD (default: this checkout's virtualenv),
+# into UNIT_DIR; an empty /etc/zsup/zsup.ini is made if there is none (docs/systemd.md).
+# DESTDIR stages the files elsewhere (packaging, tests) and skips systemctl.
+ZSUPD ?= $(abspath $(VENV))/bin/zsupd
+UNIT_DIR ?= /etc/systemd/system
+ZSUP_CONFIG ?= /etc/zsup/zsup.ini
+
+install-service:
+	@test -x "$(ZSUPD)" || { echo "no zsupd at $(ZSUPD): run 'make venv' or set ZSUPD=/path/to/zsupd"; exit 1; }
+	install -d "$(DESTDIR)$(UNIT_DIR)" "$(dir $(DESTDIR)$(ZSUP_CONFIG))"
+	sed -e 's|/usr/local/bin/zsupd|$(ZSUPD)|' -e 's|/etc/zsup/zsup.ini|$(ZSUP_CONFIG)|' \
+		etc/zsupd.service > "$(DESTDIR)$(UNIT_DIR)/zsupd.service"
+	test -e "$(DESTDIR)$(ZSUP_CONFIG)" || printf '[zsup]\n# docs/config.md; jobs go in [process:NAME] sections\n' \
+		> "$(DESTDIR)$(ZSUP_CONFIG)"
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; \
+		echo "installed: systemctl enable --now zsupd"; fi
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py

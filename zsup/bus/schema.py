@@ -107,6 +107,10 @@ _DECLARED = [
     _c("version", "zsupd's version and protocol", '`{"version": "…", "protocol": 1, "name": "zsupd"}`'),
     _c("commands", "The commands this daemon answers", "the sorted list of command names"),
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
+    _c("metrics", "Counters and gauges for monitoring (docs/metrics.md)",
+       "`{daemon, jobs: [{job, state, active, wanted, running, flapping, restarts, spawn_failures, flaps, exits, "
+       "last_exit_code}], processes: [{job, pid, os_pid, cpu_seconds, rss, fds, start_time}], requests: "
+       "[{cmd, outcome, count}], events: {published, dropped}, logs}`; the gateway serves it as `GET /metrics`"),
     # -- jobs
     _c("status", "A summary per job", "one row per job: `{job, state, active, numprocesses, running, pids, "
        "os_pids, started, cmd, last_error}`", group="jobs"),

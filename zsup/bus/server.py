@@ -111,6 +111,7 @@ class BusServer:
         self._publisher_thread: threading.Thread | None = None
         self._running = False
         self._stopping = False
+        self.events_sent = self.events_dropped = 0  # publisher thread only (zsup metrics)
         self._stop_lock = threading.Lock()
 
     # ------------------------------------------------------------------------ lifecycle
@@ -389,8 +390,9 @@ class BusServer:
                 try:
                     sock.send_multipart(frames, zmq.NOBLOCK)
                 except zmq.Again:
-                    pass  # a peer at its high-water mark loses this one (seq shows the gap)
+                    self.events_dropped += 1  # a peer at its high-water mark loses this one (seq shows the gap)
             sent += 1
+            self.events_sent += 1
         return not self._queue.empty()
 
     def _read_subscriptions(self, sock: zmq.Socket) -> None:

@@ -147,6 +147,7 @@ class Gateway:
                              "channel_request_lookahead": 1,
                              "max_request_body_size": 64 << 20,
                              "ident": "zsup-http"}))
+            app.count_websockets = lambda server=self.servers[-1]: len(server.websocket_manager or ())
 
     @property
     def addresses(self):

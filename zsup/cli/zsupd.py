@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog", type=int, help="backlog of the default binding")
     p.add_argument("--state-dir", help="where sockets, state and logs live (default: $ZSUP_STATE_DIR or ~/.zsup)")
     p.add_argument("--log-file", help="zsupd's own log (default: standard error)")
+    p.add_argument("--init", action="store_true",
+                   help="run as a container's init: reap every orphan at once, exit with [zsup] exit_with's "
+                   "status (on by itself when zsupd is pid 1)")
     p.add_argument("--version", action="version", version=f"zsupd {__version__}")
     p.add_argument("--create-admin-user", action="store_true",
                    help="create a gaffer admin user (--username, --password) in the store and exit")
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     http = None
     if bind:
         http = {"bind": bind, "certfile": args.certfile, "keyfile": args.keyfile, "backlog": args.backlog}
-    daemon = Daemon(config, overrides, verbose=args.verbose, http_bind=http)
+    daemon = Daemon(config, overrides, verbose=args.verbose, http_bind=http, init=args.init or os.getpid() == 1)
     try:
         with write_pidfile(pidfile):
             return daemon.run()

@@ -143,6 +143,12 @@ def endpoints(d) -> dict:
 
 
 @command
+def metrics(d) -> dict:
+    """Counters and gauges for monitoring (zsup.daemon.metrics; docs/metrics.md)."""
+    return d.metrics.snapshot()
+
+
+@command
 def commands(d) -> list[str]:
     """The commands this daemon answers."""
     return d.dispatch.names()

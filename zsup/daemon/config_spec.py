@@ -23,7 +23,7 @@ from configobj import ConfigObj
 from configobj.validate import ValidateError, Validator
 
 from zsup.bus.parse import parse_size
-from zsup.core.jobspec import to_bool, to_list, to_number
+from zsup.core.jobspec import split_job_name, to_bool, to_list, to_number
 from zsup.errors import BadRequest
 
 SETTINGS_SPEC = ConfigObj("""
@@ -44,6 +44,10 @@ log_max_bytes = size(default=10M)
 log_backups = integer(min=0, default=10)
 log_format = choice(text, json, default=text)
 log_rotate = rotation(default=none)
+log_target = choice(files, journal, syslog, default=files)  # job output: docs/logs.md
+journal_socket = path(default=None)         # /run/systemd/journal/socket
+syslog_address = syslog(default=/dev/log)   # a unix socket path, or HOST:PORT (UDP)
+exit_with = job(default=None)               # zsupd exits with this job's status (docs/systemd.md)
 ring_size = integer(min=1, default=1000)
 max_processes_total = integer(min=1, default=10000)  # wanted processes of all jobs together
 max_request_size = size(default=1M)         # bigger: bad_request; 4 times bigger: dropped unread (docs/bus.md)
@@ -153,6 +157,17 @@ def _endpoint(value, schemes):
     return value
 
 
+def _syslog(value):
+    """A unix socket path or HOST:PORT."""
+    if _blank(value):
+        return None
+    value = str(value).strip()
+    host, _, port = value.rpartition(":")
+    if not value.startswith("/") and not (host and port.isdigit() and int(port) <= 65535):
+        raise Invalid(f"expected a socket path or HOST:PORT, got {value!r}")
+    return value
+
+
 def _optional(check: Callable) -> Callable:
     return lambda value: None if _blank(value) else check(str(value).strip())
 
@@ -199,5 +214,7 @@ def validator(base_dir: str) -> Validator:
         "seconds": _converter(_seconds),
         "choice": _choice,
         "rotation": _rotation,
+        "syslog": _syslog,
+        "job": _optional(_converter(lambda value: ".".join(split_job_name(value)))),
         "bind": bind,
     })

@@ -27,8 +27,11 @@ from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
 from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
-from zsup.daemon import agent_commands, commands, key_commands, task_commands
+from zsup.daemon import agent_commands, commands, key_commands, logtargets, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
+from zsup.daemon.init import InitMode
+from zsup.daemon.metrics import DaemonMetrics
+from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
 from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
@@ -40,8 +43,9 @@ log = logging.getLogger("zsupd")
 class JobLogs:
     """Adapts the Manager's output callback to the LogWriter: one LogSettings per job spec."""
 
-    def __init__(self, writer: LogWriter, defaults: LogSettings):
+    def __init__(self, writer: LogWriter, defaults: LogSettings, target=None):
         self.writer = writer
+        self.target = target  # a LogTarget (journal, syslog) instead of the files, or None
         self.defaults = defaults
         self._cache: dict[int, tuple[JobSpec, LogSettings]] = {}
 
@@ -55,7 +59,10 @@ class JobLogs:
     def write(self, job, label, spec, pid, os_pid, seq, data) -> None:
         settings = self.settings(spec)
         if settings.log:
-            self.writer.write(job, label, settings, pid, os_pid, seq, data)
+            if self.target is None:
+                self.writer.write(job, label, settings, pid, os_pid, seq, data)
+            else:
+                self.target.write(job, label, pid, os_pid, seq, data)
 
 
 def log_defaults(settings: dict) -> LogSettings:
@@ -68,7 +75,7 @@ def log_defaults(settings: dict) -> LogSettings:
 
 class Daemon:
     def __init__(self, config: DaemonConfig, overrides: dict | None = None, verbose: int = 0,
-                 http_bind: dict | None = None):
+                 http_bind: dict | None = None, init: bool = False):
         self.config = config
         self.overrides = overrides or {}
         self.verbose = verbose
@@ -76,7 +83,10 @@ class Daemon:
         self.settings = config.settings
         self.state_dir = self.settings["state_dir"]
         self.events = EventEmitter()
-        self._wake_w = -1  # run()'s wake-up pipe
+        # The main loop sleeps on a pipe, not a threading.Event: a signal handler that set an
+        # Event could run while the main thread holds the Event's own lock (inside wait()),
+        # and hang zsupd. Writing a byte takes no lock.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._ready = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -85,6 +95,8 @@ class Daemon:
         self.bus: BusServer | None = None
         self.webhooks = None
         self._detached: set[int] = set()  # os pids of detached processes (supervisor thread)
+        self.notifier = Notifier()  # takes NOTIFY_SOCKET out of the jobs' environment
+        self.init_mode = InitMode(self, init, self.settings.get("exit_with"))
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
         self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
                                             key_commands.HANDLERS)
@@ -97,9 +109,11 @@ class Daemon:
         os.chmod(self.state_dir, 0o700)
         self.store = Store(os.path.join(self.state_dir, "zsupd.db"))
         self.log_writer = LogWriter(on_error=self._on_log_error, on_resumed=self._on_log_resumed)
-        self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings))
+        self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings),
+                                logtargets.from_settings(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
+        self.metrics = DaemonMetrics(self)
         self.bus = BusServer(
             handler=self._handle,
             endpoints=self._bus_endpoints(),
@@ -110,8 +124,12 @@ class Daemon:
         self.webhooks = Webhooks(self.config.webhooks, self.settings["webhook_timeout"], self.settings["webhook_queue"])
         self.bus.start()  # first: refuses to start when another zsupd owns the socket
         self.log_writer.start()
+        if self.job_logs.target is not None:
+            self.job_logs.target.start()
         self.events.subscribe("", self.bus.publish)
         self.events.subscribe("", self.webhooks)
+        self.events.subscribe(topics.PROC, self.metrics.on_event)
+        self.events.subscribe(topics.JOB, self.metrics.on_event)
         if self.verbose >= 2:
             self.events.subscribe(topics.IO, self._print_output)
         self.webhooks.start()
@@ -151,6 +169,8 @@ class Daemon:
         self.guard.stop()
         self.webhooks.stop()
         self.log_writer.stop()
+        if self.job_logs.target is not None:
+            self.job_logs.target.stop()
         self.bus.stop()
         self.store.close()
 
@@ -159,38 +179,48 @@ class Daemon:
         # A signal sent to the process may land on any of its threads. The C-level handler
         # then only sets a flag, and a main thread asleep on a lock would sleep on: so the
         # main thread sleeps on a pipe that the handler writes to, whichever thread ran it.
-        wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         previous_fd = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, self._on_signal)
         signal.signal(signal.SIGUSR1, self._on_signal)
         self.start()
+        self.init_mode.start()
+        self.notifier.ready(self.status_line())
+        self.notifier.start(self.status_line)
         try:
             while not self._stop_requested:
-                select.select([wake_r], [], [])
-                try:
-                    os.read(wake_r, 4096)
-                except BlockingIOError:
-                    pass
+                select.select([self._wake_r], [], [])
+                while True:
+                    try:
+                        if not os.read(self._wake_r, 4096):
+                            break
+                    except BlockingIOError:
+                        break
                 if self._stop_requested:
                     break
                 if self._reload_requested:
                     self._reload_requested = False
+                    self.notifier.reloading()
                     try:
                         self.reload_config()
                     except ZsupError:
                         pass  # already logged and published; the old config keeps running
+                    self.notifier.ready(self.status_line())
                 if self._reopen_requested:
                     self._reopen_requested = False
                     self.reopen_logs()
         finally:
             signal.set_wakeup_fd(previous_fd)
+            self.notifier.stopping()
             self.stop()
-            os.close(wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
-        return 0
+            self.notifier.stop()
+            self.init_mode.stop()
+        return self.init_mode.exit_code()
+
+    def status_line(self) -> str:
+        """One line about the jobs, for systemd's STATUS= (zsup.daemon.notify)."""
+        return summary(self.manager.status(), is_internal)
 
     def _on_signal(self, signum, frame) -> None:
         # Runs in the main thread, between two waits of the loop above: set flags, wake it.
@@ -208,10 +238,11 @@ class Daemon:
         self._wake()
 
     def _wake(self) -> None:
+        """Wake the main loop (any thread, or a signal handler)."""
         try:
-            os.write(self._wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass  # a full pipe wakes the loop anyway; a closed one means run() is over
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending anyway
 
     # ------------------------------------------------------------------ bus wiring
     def _handle(self, cmd: str, args: dict):
@@ -219,7 +250,16 @@ class Daemon:
         # child starts), but commands wait until the config's jobs are loaded: a client that
         # can ping also sees every job.
         self._ready.wait(120)
-        return self.dispatch(self, cmd, args)
+        try:
+            result = self.dispatch(self, cmd, args)
+        except ZsupError as exc:
+            self.metrics.count_request(cmd, exc.code)
+            raise
+        except BaseException:
+            self.metrics.count_request(cmd, "internal")
+            raise
+        self.metrics.count_request(cmd, "ok")
+        return result
 
     def _bus_endpoints(self) -> dict:
         router = [self.settings["bus"]] + ([self.settings["bus_tcp"]] if self.settings.get("bus_tcp") else [])
@@ -371,11 +411,14 @@ class Daemon:
             else:
                 self.manager.load(fresh[name].to_dict(), start=True)
         # a job the file still has but a run-time unload removed keeps its run-time state
+        old_settings = self.settings
         self.config = new
         self.settings = new.settings
         self.manager.max_processes_total = new.settings["max_processes_total"]
         self.job_logs.defaults = log_defaults(new.settings)
         self.job_logs._cache.clear()
+        if logtargets.settings_key(new.settings) != logtargets.settings_key(old_settings):
+            self._replace_log_target(new.settings)
         self.webhooks.hooks = type(self.webhooks)(new.webhooks).hooks
         if new.webhooks and self.webhooks._thread is None:
             self.webhooks.start()
@@ -386,6 +429,20 @@ class Daemon:
         return result
 
     # ------------------------------------------------------------------ logs
+    def _replace_log_target(self, settings: dict) -> None:
+        """A reload changed log_target (or its address): new target first, then the old one
+        is flushed and closed; one that cannot be made keeps the old one (logged)."""
+        try:
+            target = logtargets.from_settings(settings)
+        except ZsupError as exc:
+            log.error("reload: %s; job output keeps going where it went", exc.message)
+            return
+        if target is not None:
+            target.start()
+        old, self.job_logs.target = self.job_logs.target, target
+        if old is not None:
+            old.stop()
+
     def reopen_logs(self) -> None:
         self.log_writer.reopen()
         for handler in logging.getLogger().handlers:

@@ -37,6 +37,7 @@ from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
+from zsup.http.metrics import metrics_response
 from zsup.http.openapi import gateway_openapi
 from zsup.http.routes_api import api
 from zsup.http.streams import Cursors
@@ -104,6 +105,8 @@ class GatewayApp:
         self._mounts: dict[str, Any] = {}
         self._mounts_lock = threading.Lock()
         self._openapi: dict | None = None
+        #: set by whoever runs the HTTPServer: how many websockets are open (for /metrics)
+        self.count_websockets: Callable[[], int] | None = None
 
     @property
     def threads(self) -> int:
@@ -213,6 +216,8 @@ class GatewayApp:
                             {"WWW-Authenticate": challenge})
         path = req.path_info or "/"
         gaffer_keys_api.enforce(self, req, path)  # gaffer's X-Api-Key, when require_key is on
+        if path == "/metrics" and req.method in ("GET", "HEAD"):  # Prometheus (docs/metrics.md)
+            return metrics_response(self)(environ, start_response)
         for prefix in MOUNTS:
             if path == prefix or path.startswith(prefix + "/"):
                 sub = self._mount(prefix)
