@@ -147,6 +147,8 @@ class EtcdRegistrar:
             # Revoke: the node leaves the registry now, not a ttl later. Bounded by the
             # client's timeout; on failure etcd forgets the node when the lease expires.
             try:
+                # a last word first, so watchers tell a goodbye from a death
+                self.client.put(self.key, json.dumps(dict(self.document(), leaving=True)), self.lease)
                 self.client.revoke(self.lease)
                 log.info("registry: node %s left etcd", self.node_id)
             except (EtcdError, OSError) as exc:
