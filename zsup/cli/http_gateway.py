@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"(default {DEFAULT_BIND}, or the config's endpoints)")
     p.add_argument("--certfile", help="TLS certificate for --bind")
     p.add_argument("--keyfile", help="TLS key for --bind")
+    p.add_argument("--cacert", help="require client certificates signed by this CA (mutual TLS; "
+                                    "with --certfile, on every endpoint)")
     p.add_argument("--backlog", type=int, help="listen backlog for --bind")
     p.add_argument("--auth-file", help="password file (user:scheme$salt$hash lines); every endpoint")
     p.add_argument("--tokens-file", help="API tokens file (one per line); every endpoint")
@@ -97,6 +99,10 @@ def resolve(args) -> tuple[str, str, list[dict], str | None]:
                       "keyfile": args.keyfile, "backlog": args.backlog or 1024,
                       "auth_file": None, "tokens_file": None}]
     for ep in endpoints:
+        if args.cacert:
+            if not ep.get("certfile"):
+                raise ValueError(f"--cacert needs TLS: endpoint {ep['name']!r} has no certfile")
+            ep["cacert"] = args.cacert
         if args.auth_file:
             ep["auth_file"] = args.auth_file
         if args.tokens_file:
@@ -125,7 +131,7 @@ class Gateway:
             key = (ep.get("auth_file"), ep.get("tokens_file"))
             groups.setdefault(key, []).append(Endpoint(
                 name=ep["name"], bind=ep["bind"], backlog=int(ep.get("backlog") or 1024),
-                certfile=ep.get("certfile"), keyfile=ep.get("keyfile")))
+                certfile=ep.get("certfile"), keyfile=ep.get("keyfile"), cacert=ep.get("cacert")))
         for (auth_file, tokens_file), group in groups.items():
             app = GatewayApp(self.gate, Authenticator(auth_file, tokens_file), plugin_dir,
                              max_streams=max_streams)
