@@ -23,11 +23,11 @@ def node_config(etcd_url, name, port, jobs, ttl=TTL):
             + "".join(f"[process:{job}]\ncmd = {cmd}\n" for job, cmd in jobs.items()))
 
 
-def start_fleet(etcd, zsupd_factory, tmp_path, jobs_by_node):
+def start_fleet(etcd, zsupd_factory, tmp_path, jobs_by_node, ttl=TTL):
     nodes = {}
     for name, jobs in jobs_by_node.items():
         port = free_port()
-        d = zsupd_factory(node_config(etcd.etcd_url, name, port, jobs), path=tmp_path / name)
+        d = zsupd_factory(node_config(etcd.etcd_url, name, port, jobs, ttl), path=tmp_path / name)
         d.http_url = f"http://127.0.0.1:{port}"
         nodes[name] = d
     return nodes
