@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog", type=int, help="listen backlog for --bind")
     p.add_argument("--auth-file", help="password file (user:scheme$salt$hash lines); every endpoint")
     p.add_argument("--tokens-file", help="API tokens file (one per line); every endpoint")
+    p.add_argument("--cluster", metavar="URL", help="serve the fleet view (/cluster/...) of the nodes "
+                   "registered at URL: a lookupd or etcd://HOST:PORT (default: the config's registry)")
     p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
     p.add_argument("--max-streams", type=int, default=256,
                    help="open stream feeds at most (each holds a worker thread; default 256)")
@@ -163,6 +165,23 @@ class Gateway:
             server.stop()
 
 
+def fleet_of(args):
+    """The fleet for /cluster/*: --cluster, else the config's ``registry`` (and its TLS keys)."""
+    source, settings = args.cluster, {}
+    if not source and args.config:
+        from zsup.daemon.config import load_config
+
+        settings = load_config(args.config).settings
+        source = settings.get("registry") or None
+    if not source:
+        return None
+    from zsup.lookup.fleet import Fleet
+
+    return Fleet(source, cacert=settings.get("registry_cacert"), cert=settings.get("registry_cert"),
+                 key=settings.get("registry_key"), user=settings.get("registry_user"),
+                 password=settings.get("registry_password"), timeout=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hash_password is not None:
@@ -175,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bus, pub, endpoints, plugin_dir = resolve(args)
         gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout)
+        fleet = fleet_of(args)
+        for app in gateway.apps:
+            app.fleet = fleet
     except (ZsupError, ValueError) as exc:
         print(f"zsup-http: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

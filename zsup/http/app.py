@@ -28,6 +28,7 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
+from zsup.http import cluster_api as _cluster_api  # noqa: F401  (registers its routes)
 from zsup.http import gaffer_keys_api
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
@@ -100,6 +101,8 @@ class GatewayApp:
         self._mounts: dict[str, Any] = {}
         self._mounts_lock = threading.Lock()
         self._openapi: dict | None = None
+        #: the fleet for /cluster/* (zsup.http.cluster_api), set by zsup-http's --cluster
+        self.fleet = None
 
     @property
     def threads(self) -> int:

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from zsup.errors import ZsupError
 from zsup.lookup.etcd import EtcdClient, EtcdError, parse_etcd_urls
 
 __all__ = ["Fleet", "FleetError", "node_label"]
@@ -24,12 +25,11 @@ __all__ = ["Fleet", "FleetError", "node_label"]
 NODES = "/zsup/nodes/"  # zsup.lookup.etcd_registrar.NODES, without importing the bus
 
 
-class FleetError(Exception):
+class FleetError(ZsupError):
     """A node or the registry could not answer; ``code`` is the bus error code when a node said no."""
 
     def __init__(self, message: str, code: str = "unavailable"):
         super().__init__(message)
-        self.message = message
         self.code = code
 
 
@@ -39,7 +39,8 @@ def node_label(node: dict) -> str:
 
 class Fleet:
     def __init__(self, source: str, cacert: str | None = None, cert: str | None = None, key: str | None = None,
-                 timeout: float = 5.0, curve: dict | None = None):
+                 timeout: float = 5.0, curve: dict | None = None, user: str | None = None,
+                 password: str | None = None):
         self.source = source
         self.timeout = timeout
         self.curve = curve
@@ -49,8 +50,8 @@ class Fleet:
         self.etcd = None
         if not source.startswith(("http://", "https://")):
             self.etcd = EtcdClient(parse_etcd_urls(source, tls=bool(cacert or cert)), cacert=cacert, cert=cert,
-                                   key=key, user=os.environ.get("ZSUP_ETCD_USER"),
-                                   password=os.environ.get("ZSUP_ETCD_PASSWORD"), timeout=timeout)
+                                   key=key, user=user or os.environ.get("ZSUP_ETCD_USER"),
+                                   password=password or os.environ.get("ZSUP_ETCD_PASSWORD"), timeout=timeout)
         self.token = os.environ.get("ZSUP_LOOKUPD_TOKEN")
 
     # -- the registry
