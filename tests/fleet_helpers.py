@@ -20,7 +20,7 @@ def free_port():
 
 
 class Etcd:
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, port=None):
         binary = shutil.which("etcd")
         if binary is None:
             if os.environ.get("CI") == "true":
@@ -28,7 +28,7 @@ class Etcd:
             pytest.skip("etcd is not installed (apt-get install etcd-server)")
         self.data_dir = tmp_path / "etcd-data"
         self.log_path = tmp_path / "etcd.log"
-        self.port = free_port()
+        self.port = port or free_port()
         peer = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = open(self.log_path, "ab")

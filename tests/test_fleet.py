@@ -100,3 +100,37 @@ def test_a_killed_node_is_gone_within_one_ttl_and_a_stopped_one_at_once(fleet):
     nodes["node-b"].stop()
     # revoked on a clean stop: the key is gone already, no TTL to wait
     assert set(registered(client)) == {"node-c"}
+
+
+def test_zsupd_runs_without_etcd_and_registers_once_it_comes(zsupd_factory, tmp_path):
+    from fleet_helpers import Etcd
+
+    port = free_port()
+    d = zsupd_factory(f"[zsup]\nregistry = etcd://127.0.0.1:{port}\nregistry_ttl = 2\nnode_name = lonely\n"
+                      "[process:web]\ncmd = sleep 300\n", path=tmp_path / "n")
+    # no etcd: zsupd answers and works all the same
+    assert d.call("load", config={"name": "extra", "cmd": "sleep 300"})["job"] == "default.extra"
+    server = Etcd(tmp_path, port=port)
+    try:
+        client = EtcdClient(parse_etcd_urls(server.etcd_url))
+        wait_for(lambda: "lonely" in registered(client), timeout=15, message="the node once etcd is up")
+        assert registered(client)["lonely"]["jobs"] == ["default.extra", "default.web"]
+    finally:
+        server.stop()
+    assert "cannot reach etcd" in d.log()
+
+
+def test_a_registry_certificate_that_cannot_be_loaded_is_one_clear_error(tmp_path):
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    (tmp_path / "zsup.ini").write_text(f"[zsup]\nregistry = etcd://127.0.0.1:{free_port()}\n"
+                                       f"registry_cacert = {bad}\n")
+    out = subprocess.run([PYTHON, "-m", "zsup.cli.zsupd", "-c", str(tmp_path / "zsup.ini"), "--state-dir",
+                          str(tmp_path / "state")], capture_output=True, text=True, timeout=30,
+                         env=dict(__import__("os").environ, PYTHONPATH=ROOT))
+    assert out.returncode == 1
+    assert "zsupd: error: registry:" in out.stderr and "Traceback" not in out.stderr

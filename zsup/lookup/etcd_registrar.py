@@ -17,11 +17,13 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 
 from zsup import __version__
 from zsup.bus.topics import JOB, is_internal
+from zsup.errors import BadRequest
 from zsup.lookup.client import node_id, node_urls
 from zsup.lookup.etcd import EtcdClient, EtcdError, LeaseLost, parse_etcd_urls
 
@@ -53,7 +55,10 @@ class EtcdRegistrar:
         settings = daemon.config.settings
         self.ttl = max(1, int(round(settings.get("registry_ttl") or 10)))
         self.name = settings.get("node_name") or socket.gethostname()
-        self.client = client_from_settings(settings, timeout=min(5.0, max(1.0, self.ttl / 3)))
+        try:
+            self.client = client_from_settings(settings, timeout=min(5.0, max(1.0, self.ttl / 3)))
+        except (OSError, ssl.SSLError, ValueError) as exc:  # a certificate that cannot be loaded
+            raise BadRequest(f"registry: {getattr(exc, 'strerror', None) or exc}") from None
         self.node_id: str | None = None
         self.urls: dict = {}
         self.stopping = threading.Event()

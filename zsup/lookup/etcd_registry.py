@@ -206,8 +206,13 @@ class EtcdRegistry:
         return node, existing is None
 
     def unregister(self, node_id: str) -> dict:
+        node = {n["node_id"]: n for n in self._snapshot()}.get(check_node_id(node_id))
+        if node is None:
+            raise RegistryError(404, "not_found", f"no node {node_id!r}")
         try:
-            deleted = self.client.delete(NODES + check_node_id(node_id))
+            # a last word first, so that every lookupd's watchers see a goodbye, not a death
+            self.client.put(NODES + node_id, json.dumps(dict(node, leaving=True)))
+            deleted = self.client.delete(NODES + node_id)
         except EtcdError as exc:
             raise RegistryError(503, "unavailable", f"cannot write to etcd: {exc}") from None
         if not deleted:
