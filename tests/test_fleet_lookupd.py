@@ -125,3 +125,37 @@ def test_etcd_lookupd_answers_503_while_etcd_is_away(tmp_path):
             assert json.loads(exc.read())["error"]["code"] == "unavailable"
     finally:
         lookupd.stop()
+
+
+def test_http_registration_through_an_etcd_lookupd_lands_in_etcd(etcd, tmp_path):
+    from test_lookupd import http
+
+    from zsup.lookup.etcd import EtcdClient, parse_etcd_urls
+
+    one = LookupdProcess(subdir(tmp_path, "a"), "--etcd", etcd.etcd_url)
+    two = LookupdProcess(subdir(tmp_path, "b"), "--etcd", etcd.etcd_url)
+    feed = None
+    try:
+        wait_for(lambda: one.get("/nodes") == {"nodes": []}, timeout=10, message="the lookupd on etcd")
+        feed = Feed(two.url)
+        status, answer = http("POST", one.url + "/nodes", {"node_id": "n1", "name": "http-node", "jobs": ["web"],
+                                                           "ttl": 2})
+        assert status == 201, answer
+        client = EtcdClient(parse_etcd_urls(etcd.etcd_url))
+        assert registered(client)["http-node"]["jobs"] == ["default.web"]
+        wait_for(lambda: names(two) == ["http-node"], timeout=5, message="the other lookupd to see it")
+        status, answer = http("PUT", one.url + "/nodes/n1", {"jobs": ["web", "cron"]})
+        assert status == 200 and answer["node"]["name"] == "http-node"  # a partial update keeps the rest
+        wait_for(lambda: ("job.loaded", "default.cron") in feed.kinds("http-node"), timeout=5,
+                 message="job.loaded through etcd")
+        status, answer = http("DELETE", one.url + "/nodes/n1")
+        assert status == 200
+        wait_for(lambda: ("node.down", None) in feed.kinds("http-node"), timeout=5, message="node.down")
+        assert [e["reason"] for e in feed.events if e["event"] == "node.down"] == ["left"]
+        assert http("DELETE", one.url + "/nodes/n1")[0] == 404
+        assert http("POST", one.url + "/nodes", {"node_id": "bad id!"})[0] == 400
+    finally:
+        if feed is not None:
+            feed.close()
+        one.stop()
+        two.stop()
