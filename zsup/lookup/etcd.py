@@ -233,8 +233,16 @@ class Watch:
     def __init__(self, client: EtcdClient, prefix: str, start_revision: int):
         body = {"create_request": {"key": _b64(prefix), "range_end": _b64(prefix_end(prefix)),
                                    "start_revision": str(start_revision)}}
-        self._conn, self._resp = client._open("/v3/watch", body, timeout=None)
+        self._conn, self._resp = client._open("/v3/watch", body, timeout=client.timeout)
         self._closed = False
+        # A watch is quiet for as long as nothing changes: no read timeout, but TCP keepalives,
+        # so an etcd that vanished without a word (a cut cable) ends the stream within a minute.
+        sock = self._conn.sock
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 10), ("TCP_KEEPCNT", 3)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
 
     def __iter__(self) -> Iterator[tuple[str, str, str, int]]:
         try:
