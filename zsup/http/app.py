@@ -28,12 +28,12 @@ from webob import Request, Response
 
 from zsup import __version__
 from zsup.errors import ZsupError
-from zsup.http import cluster_api as _cluster_api  # noqa: F401  (registers its routes)
 from zsup.http import gaffer_keys_api
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
+from zsup.http.cluster_api import cluster
 from zsup.http.routes_api import api
 from zsup.http.routing import openapi_document
 from zsup.http.streams import Cursors
@@ -223,7 +223,8 @@ class GatewayApp:
                         return sub(environ, start_response)
                     finally:
                         release()
-        route, params, allowed = api.resolve(req.method, path)
+        table = cluster if path == "/cluster" or path.startswith("/cluster/") else api
+        route, params, allowed = table.resolve(req.method, path)
         if route is None:
             if allowed:
                 raise HTTPError(405, f"{req.method} is not allowed on {path} "

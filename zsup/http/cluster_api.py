@@ -15,10 +15,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from zsup.bus.topics import is_internal
 from zsup.errors import ZsupError
-from zsup.http.routes_api import api
+from zsup.http.routing import RouteTable
 from zsup.http.web import HTTPError, StreamResponse
 
-route = api.route
+#: A table of its own, consulted by the gateway for paths under /cluster: the fleet view is an
+#: add-on of zsup-http, not part of zsupd's API (nor of its /openapi.json).
+cluster = RouteTable()
+route = cluster.route
 
 #: a proxied stream ends when the node sends nothing for this long (ask for ?heartbeat=)
 PROXY_IDLE = 300.0
