@@ -72,3 +72,17 @@ def test_gateway_shows_the_fleet_and_relays_a_remote_stream(etcd, zsupd_factory,
         raise AssertionError("expected 404")
     except urllib.error.HTTPError as exc:
         assert exc.code == 404 and "no node 'nobody'" in json.loads(exc.read())["error"]["message"]
+
+
+def test_without_a_fleet_cluster_routes_say_how_to_get_one(zsupd_factory, tmp_path):
+    from fleet_helpers import free_port
+
+    port = free_port()
+    d = zsupd_factory(f"[zsup]\nhttp_endpoints = web\n[endpoint:web]\nbind = 127.0.0.1:{port}\n")
+    d.http_url = f"http://127.0.0.1:{port}"
+    wait_for(lambda: gateway_up(d), timeout=20, interval=0.1, message="the gateway")
+    try:
+        get(d.http_url + "/cluster/nodes")
+        raise AssertionError("expected 404")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404 and "--cluster" in json.loads(exc.read())["error"]["message"]
