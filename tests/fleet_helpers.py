@@ -38,7 +38,7 @@ class Etcd:
              "--listen-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
              "--initial-cluster", f"test=http://127.0.0.1:{peer}", "--log-level", "warn"],
-            stdout=self._log, stderr=self._log, env=dict(os.environ, ETCD_UNSUPPORTED_ARCH=""))
+            stdout=self._log, stderr=self._log)
         wait_for(self._healthy, timeout=30, interval=0.05, message="etcd to answer")
 
     @property
