@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv gaffer-venv sockjs-client browser-deps run test lint bench soak clean stop install-service
+.PHONY: venv gaffer-venv sockjs-client browser-deps etcd-server run test lint bench soak clean stop install-service
 
 # gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
 # 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
@@ -49,7 +49,12 @@ browser-deps:
 	@command -v chromium >/dev/null || { apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
 
-test: $(STAMP) $(GAFFER_STAMP) $(SOCKJS_STAMP) browser-deps
+# The fleet tests (tests/test_fleet*.py) start a real etcd: Debian's etcd-server.
+etcd-server:
+	@command -v etcd >/dev/null || { apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q etcd-server; }
+
+test: $(STAMP) $(GAFFER_STAMP) $(SOCKJS_STAMP) browser-deps etcd-server
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP)

@@ -32,9 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
                                   f"(default {DEFAULT_BIND}, or the config's endpoints)")
     p.add_argument("--certfile", help="TLS certificate for --bind")
     p.add_argument("--keyfile", help="TLS key for --bind")
+    p.add_argument("--cacert", help="require client certificates signed by this CA (mutual TLS; "
+                                    "with --certfile, on every endpoint)")
     p.add_argument("--backlog", type=int, help="listen backlog for --bind")
     p.add_argument("--auth-file", help="password file (user:scheme$salt$hash lines); every endpoint")
     p.add_argument("--tokens-file", help="API tokens file (one per line); every endpoint")
+    p.add_argument("--cluster", metavar="URL", help="serve the fleet view (/cluster/...) of the nodes "
+                   "registered at URL: a lookupd or etcd://HOST:PORT (default: the config's registry)")
     p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
     p.add_argument("--max-streams", type=int, default=256,
                    help="open stream feeds at most (each holds a worker thread; default 256)")
@@ -106,6 +110,10 @@ def resolve(args) -> tuple[str, str, list[dict], str | None]:
                       "keyfile": args.keyfile, "backlog": args.backlog or 1024,
                       "auth_file": None, "tokens_file": None}]
     for ep in endpoints:
+        if args.cacert:
+            if not ep.get("certfile"):
+                raise ValueError(f"--cacert needs TLS: endpoint {ep['name']!r} has no certfile")
+            ep["cacert"] = args.cacert
         for key in ("auth_file", "tokens_file", "max_websockets", "max_client_connections",
                     "header_timeout"):
             if getattr(args, key, None) is not None:
@@ -136,7 +144,8 @@ class Gateway:
                                          "max_websockets") if ep.get(k) is not None}
             groups.setdefault(key, []).append(Endpoint(
                 name=ep["name"], bind=ep["bind"], backlog=int(ep.get("backlog") or 1024),
-                certfile=ep.get("certfile"), keyfile=ep.get("keyfile"), **limits))
+                certfile=ep.get("certfile"), keyfile=ep.get("keyfile"), cacert=ep.get("cacert"),
+                **limits))
         for (auth_file, tokens_file), group in groups.items():
             app = GatewayApp(self.gate, Authenticator(auth_file, tokens_file), plugin_dir,
                              max_streams=max_streams)
@@ -188,6 +197,23 @@ def raise_open_files_limit(wanted: int) -> None:
         logging.getLogger("zsup.http").info("cannot raise the open files limit: %s", exc)
 
 
+def fleet_of(args):
+    """The fleet for /cluster/*: --cluster, else the config's ``registry`` (and its TLS keys)."""
+    source, settings = args.cluster, {}
+    if not source and args.config:
+        from zsup.daemon.config import load_config
+
+        settings = load_config(args.config).settings
+        source = settings.get("registry") or None
+    if not source:
+        return None
+    from zsup.lookup.fleet import Fleet
+
+    return Fleet(source, cacert=settings.get("registry_cacert"), cert=settings.get("registry_cert"),
+                 key=settings.get("registry_key"), user=settings.get("registry_user"),
+                 password=settings.get("registry_password"), timeout=args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hash_password is not None:
@@ -200,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bus, pub, endpoints, plugin_dir = resolve(args)
         gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout)
+        fleet = fleet_of(args)
+        for app in gateway.apps:
+            app.fleet = fleet
     except (ZsupError, ValueError) as exc:
         print(f"zsup-http: error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 2

@@ -3,10 +3,11 @@
 Differences from gaffer_lookupd, on purpose:
 - ``--bind`` defaults to 127.0.0.1:5010 (loopback), not 0.0.0.0:5010: exposing the registry
   is a choice; ``--bind`` may be given more than once (HOST:PORT, [IPv6]:PORT, unix:PATH).
-- ``--cacert`` is accepted for gaffer's command line and checked (a readable CA bundle, with
-  ``--certfile``), but client certificates are not requested: the shared HTTP server
-  (zsup.http.server) has no hook for it yet. Nodes trust a lookupd's certificate through their
-  system CA store or ``SSL_CERT_FILE``. Use ``--tokens-file`` to keep strangers out.
+- ``--cacert`` (with ``--certfile``) requires a client certificate signed by that CA on every
+  connection (mutual TLS), as gaffer's option promised. Nodes trust a lookupd's certificate
+  through their system CA store or ``SSL_CERT_FILE``. ``--tokens-file`` keeps strangers out too.
+- ``--etcd URL`` serves the registry kept in etcd (docs/fleet.md) instead of memory: several
+  lookupds answer the same, and a restart loses nothing.
 """
 
 from __future__ import annotations
@@ -42,8 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backlog", type=int, default=128, help="listen backlog [default: 128]")
     p.add_argument("--certfile", help="SSL certificate file (serve HTTPS)")
     p.add_argument("--keyfile", help="SSL key file")
-    p.add_argument("--cacert", help="SSL CA certificate; accepted and checked, client certificates are "
-                   "not requested (see docs/lookupd.md)")
+    p.add_argument("--cacert", help="SSL CA certificate: clients must present a certificate it signed "
+                   "(mutual TLS)")
+    p.add_argument("--etcd", metavar="URL", help="serve the fleet registry kept in etcd: "
+                   "etcd://HOST:PORT[,HOST:PORT...] (default: in memory)")
+    p.add_argument("--etcd-cacert", metavar="FILE", help="CA of etcd's certificate (https)")
+    p.add_argument("--etcd-cert", metavar="FILE", help="client certificate for etcd")
+    p.add_argument("--etcd-key", metavar="FILE", help="client key for etcd")
+    p.add_argument("--etcd-user", metavar="NAME", help="etcd user (password from $ZSUP_ETCD_PASSWORD)")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
                    help=f"seconds a node stays without a heartbeat, unless it asks for its own ttl "
                         f"[default: {DEFAULT_TTL:g}]")
@@ -95,20 +102,34 @@ def build_server(args):
     for index, bind in enumerate(args.bind or [DEFAULT_BIND]):
         try:
             endpoints.append(Endpoint(name=f"lookupd{index}", bind=bind, backlog=args.backlog,
-                                      certfile=args.certfile, keyfile=args.keyfile))
+                                      certfile=args.certfile, keyfile=args.keyfile, cacert=args.cacert))
         except ValueError as exc:
             raise UsageError(str(exc).replace(f"endpoint 'lookupd{index}': ", "--bind: ")) from None
-    registry = Registry(default_ttl=args.ttl)
+    registry = etcd_registry(args) if args.etcd else Registry(default_ttl=args.ttl)
     app = LookupApp(registry, tokens, protect_reads=args.protect_reads)
-    server = HTTPServer(app, endpoints, websocket_routes=None, threads=4,
+    # 4 threads for requests, and one per open GET /watch feed
+    server = HTTPServer(app, endpoints, websocket_routes=None, threads=4 + registry.changes.max_feeds,
                         adjustments={"ident": PROG, "channel_timeout": 30})
     return server, registry
+
+
+def etcd_registry(args):
+    from zsup.lookup.etcd import EtcdClient, parse_etcd_urls
+    from zsup.lookup.etcd_registry import EtcdRegistry
+
+    try:
+        urls = parse_etcd_urls(args.etcd, tls=bool(args.etcd_cacert or args.etcd_cert))
+        client = EtcdClient(urls, cacert=args.etcd_cacert, cert=args.etcd_cert, key=args.etcd_key,
+                            user=args.etcd_user, password=os.environ.get("ZSUP_ETCD_PASSWORD"))
+    except (ValueError, OSError, ssl.SSLError) as exc:
+        raise UsageError(f"--etcd: {getattr(exc, 'strerror', None) or exc}") from None
+    return EtcdRegistry(client, default_ttl=args.ttl)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        server, _ = build_server(args)
+        server, registry = build_server(args)
     except (UsageError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -125,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {message}", file=sys.stderr)
         return 1
     try:
+        if hasattr(registry, "start") and not registry.start(wait=5.0):
+            log.warning("etcd %s does not answer yet: reads answer 503 until it does", args.etcd)
         with write_pidfile(pidfile):
             serve(server, args, stop)
         return 0
@@ -132,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 1
     finally:
+        if hasattr(registry, "stop"):
+            registry.stop()  # ends the watch feeds, so the server's workers finish
+        else:
+            registry.changes.close()
         server.stop()
 
 
@@ -139,8 +166,9 @@ def serve(server, args, stop: threading.Event) -> None:
     for address in server.addresses:
         scheme = "https" if args.certfile else "http"
         where = str(address) if address.is_unix else f"{scheme}://{address}"
-        log.info("%s %s listening on %s (ttl %gs%s)", PROG, __version__, where, args.ttl,
-                 ", tokens required" if args.tokens_file else "")
+        log.info("%s %s listening on %s (ttl %gs%s%s)", PROG, __version__, where, args.ttl,
+                 ", tokens required" if args.tokens_file else "",
+                 f", registry in etcd {args.etcd}" if args.etcd else "")
     while not stop.wait(1.0):
         pass
     log.info("%s stopping", PROG)

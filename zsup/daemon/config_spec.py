@@ -67,6 +67,13 @@ lookupd_token_file = file(default=None)     # bearer token sent to them (first n
 node_name = string(default=None)            # the name announced to them (default: the host name)
 require_key = bool(default=False)           # gaffer's API keys on zsup-http (docs/http.md)
 public_url = url(default=None)              # this node's gateway as others reach it (default: derived)
+registry = etcd(default=list())             # etcd://HOST:PORT[,HOST:PORT]: register there (docs/fleet.md)
+registry_ttl = seconds(default=10)          # the lease: a dead node is gone this long after it died
+registry_cacert = file(default=None)        # CA of etcd's certificate (https)
+registry_cert = file(default=None)          # client certificate and key, when etcd wants them
+registry_key = file(default=None)
+registry_user = string(default=None)        # etcd's user and password, when auth is enabled
+registry_password = string(default=None)
 """.splitlines(), list_values=False, interpolation=False)
 
 ENDPOINT_SPEC = ConfigObj("""
@@ -172,6 +179,18 @@ def _optional(check: Callable) -> Callable:
     return lambda value: None if _blank(value) else check(str(value).strip())
 
 
+def _etcd_urls(value):
+    from zsup.lookup.etcd import parse_etcd_urls  # checks the form only; no client is made
+
+    if _blank(value) or value == []:
+        return []
+    try:
+        parse_etcd_urls(value)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return ",".join(value) if isinstance(value, (list, tuple)) else str(value).strip()
+
+
 def validator(base_dir: str) -> Validator:
     """A Validator that knows zsup's checks; relative paths are resolved against base_dir."""
 
@@ -217,4 +236,5 @@ def validator(base_dir: str) -> Validator:
         "syslog": _syslog,
         "job": _optional(_converter(lambda value: ".".join(split_job_name(value)))),
         "bind": bind,
+        "etcd": _etcd_urls,
     })

@@ -156,6 +156,12 @@ class Daemon:
 
             self.registrar = LookupRegistrar(self)
             self.registrar.start()
+        self.fleet_registrar = None
+        if self.settings.get("registry"):
+            from zsup.lookup.etcd_registrar import EtcdRegistrar  # its own thread: never blocks zsupd
+
+            self.fleet_registrar = EtcdRegistrar(self)
+            self.fleet_registrar.start()
         self.events.publish("sys.start", {"event": "start", "pid": os.getpid(), "state_dir": self.state_dir})
         log.info("zsupd started: bus %s, events %s", ", ".join(self.bus.endpoints["router"]),
                  ", ".join(self.bus.endpoints["pub"]))
@@ -163,6 +169,8 @@ class Daemon:
     def stop(self) -> None:
         if getattr(self, "registrar", None) is not None:
             self.registrar.stop()
+        if getattr(self, "fleet_registrar", None) is not None:
+            self.fleet_registrar.stop()
         self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
         self.plugins.stop()
         self.manager.stop()

@@ -37,6 +37,7 @@ from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate
+from zsup.http.cluster_api import cluster
 from zsup.http.metrics import metrics_response
 from zsup.http.openapi import gateway_openapi
 from zsup.http.routes_api import api
@@ -107,6 +108,8 @@ class GatewayApp:
         self._openapi: dict | None = None
         #: set by whoever runs the HTTPServer: how many websockets are open (for /metrics)
         self.count_websockets: Callable[[], int] | None = None
+        #: the fleet for /cluster/* (zsup.http.cluster_api), set by zsup-http's --cluster
+        self.fleet = None
 
     @property
     def threads(self) -> int:
@@ -231,7 +234,8 @@ class GatewayApp:
                         return sub(environ, start_response)
                     finally:
                         release()
-        route, params, allowed = api.resolve(req.method, path)
+        table = cluster if path == "/cluster" or path.startswith("/cluster/") else api
+        route, params, allowed = table.resolve(req.method, path)
         if route is None:
             if allowed:
                 raise HTTPError(405, f"{req.method} is not allowed on {path} "

@@ -139,6 +139,7 @@ class Endpoint:
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     max_client_connections: int = DEFAULT_MAX_CLIENT_CONNECTIONS
     max_websockets: int = DEFAULT_MAX_WEBSOCKETS
+    cacert: str | None = None  # set: client certificates signed by it are required (mutual TLS)
 
     def __post_init__(self) -> None:
         try:
@@ -225,6 +226,13 @@ def tls_context(endpoint: Endpoint) -> ssl.SSLContext:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or str(exc)
         raise ValueError(f"endpoint {endpoint.name!r}: cannot load TLS certificate "
                          f"{endpoint.certfile!r}: {reason}") from None
+    if endpoint.cacert:
+        try:
+            context.load_verify_locations(endpoint.cacert)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"endpoint {endpoint.name!r}: cannot load CA certificate {endpoint.cacert!r}: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
     context.set_alpn_protocols(["http/1.1"])
     return context
 

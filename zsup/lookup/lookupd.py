@@ -28,6 +28,7 @@ from typing import Iterable
 from webob import Request, Response
 
 from zsup import __version__
+from zsup.lookup.changes import Changes, diff, feed
 
 __all__ = ["DEFAULT_TTL", "MAX_TTL", "Registry", "LookupApp", "TokenFile", "RegistryError"]
 
@@ -84,6 +85,44 @@ def check_node_id(node_id: object) -> str:
     return node_id
 
 
+def check_fields(doc: dict) -> dict:
+    """A node document's fields, checked and normalised (jobs as ``session.name``, sorted)."""
+    out: dict = {}
+    if "name" in doc:
+        name = doc["name"]
+        if not isinstance(name, str) or not name or len(name) > 255:
+            raise _bad("name must be a non-empty string of up to 255 characters")
+        out["name"] = name
+    if "urls" in doc:
+        urls = doc["urls"]
+        if not isinstance(urls, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) <= 2048 for k, v in urls.items()):
+            raise _bad('urls must be an object of strings, such as {"http": "http://host:5000"}')
+        out["urls"] = dict(urls)
+    if "version" in doc:
+        version = doc["version"]
+        if version is not None and (not isinstance(version, str) or len(version) > 64):
+            raise _bad("version must be a string")
+        out["version"] = version
+    if "jobs" in doc:
+        jobs = doc["jobs"]
+        if not isinstance(jobs, list) or len(jobs) > MAX_JOBS:
+            raise _bad('jobs must be a list of job names, such as ["default.web"]')
+        out["jobs"] = sorted({job_name(j) for j in jobs})
+    if "sessions" in doc:
+        sessions = doc["sessions"]
+        if not isinstance(sessions, list) or len(sessions) > MAX_JOBS:
+            raise _bad('sessions must be a list of session names, such as ["default"]')
+        out["sessions"] = sorted({session_name(s) for s in sessions}
+                                 | {j.split(".", 1)[0] for j in out.get("jobs", ())})
+    if "ttl" in doc and doc["ttl"] is not None:
+        ttl = doc["ttl"]
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl <= MAX_TTL):
+            raise _bad(f"ttl must be a number of seconds > 0 and <= {MAX_TTL:g}")
+        out["ttl"] = float(ttl)
+    return out
+
+
 class _Node:
     __slots__ = ("node_id", "name", "urls", "version", "jobs", "sessions", "ttl",
                  "registered_at", "last_seen", "deadline")
@@ -120,6 +159,7 @@ class Registry:
         self._wall = wall_clock
         self._lock = threading.Lock()
         self._nodes: dict[str, _Node] = {}
+        self.changes = Changes()
 
     # -- writes
 
@@ -141,12 +181,13 @@ class Registry:
                 raise _bad(f"node_id {doc['node_id']!r} in the body differs from {node_id!r} in the URL")
         else:
             node_id = check_node_id(doc.get("node_id"))
-        fields = self._check_fields(doc)
+        fields = check_fields(doc)
         now = self._clock()
         with self._lock:
             self._expire(now)
             node = self._nodes.get(node_id)
             created = node is None
+            before = None if created else node.to_dict(now)
             if created:
                 if len(self._nodes) >= self.max_nodes:
                     raise RegistryError(503, "unavailable", f"registry full ({self.max_nodes} nodes)")
@@ -164,54 +205,26 @@ class Registry:
             node.deadline = now + node.ttl
             self._nodes[node_id] = node
             result = node.to_dict(now)
+        self.changes.publish(diff(before, result))
         if created:
             log.info("node %s (%s) registered: %d job(s)", node_id, result["name"], len(result["jobs"]))
         return result, created
 
-    def _check_fields(self, doc: dict) -> dict:
-        out: dict = {}
-        if "name" in doc:
-            name = doc["name"]
-            if not isinstance(name, str) or not name or len(name) > 255:
-                raise _bad("name must be a non-empty string of up to 255 characters")
-            out["name"] = name
-        if "urls" in doc:
-            urls = doc["urls"]
-            if not isinstance(urls, dict) or not all(
-                    isinstance(k, str) and isinstance(v, str) and len(v) <= 2048 for k, v in urls.items()):
-                raise _bad('urls must be an object of strings, such as {"http": "http://host:5000"}')
-            out["urls"] = dict(urls)
-        if "version" in doc:
-            version = doc["version"]
-            if version is not None and (not isinstance(version, str) or len(version) > 64):
-                raise _bad("version must be a string")
-            out["version"] = version
-        if "jobs" in doc:
-            jobs = doc["jobs"]
-            if not isinstance(jobs, list) or len(jobs) > MAX_JOBS:
-                raise _bad('jobs must be a list of job names, such as ["default.web"]')
-            out["jobs"] = sorted({job_name(j) for j in jobs})
-        if "sessions" in doc:
-            sessions = doc["sessions"]
-            if not isinstance(sessions, list) or len(sessions) > MAX_JOBS:
-                raise _bad('sessions must be a list of session names, such as ["default"]')
-            out["sessions"] = sorted({session_name(s) for s in sessions}
-                                     | {j.split(".", 1)[0] for j in out.get("jobs", ())})
-        if "ttl" in doc and doc["ttl"] is not None:
-            ttl = doc["ttl"]
-            if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not (0 < ttl <= MAX_TTL):
-                raise _bad(f"ttl must be a number of seconds > 0 and <= {MAX_TTL:g}")
-            out["ttl"] = float(ttl)
-        return out
-
     def unregister(self, node_id: str) -> dict:
         with self._lock:
-            self._expire(self._clock())
+            now = self._clock()
+            self._expire(now)
             node = self._nodes.pop(node_id, None)
         if node is None:
             raise RegistryError(404, "not_found", f"no node {node_id!r}")
+        self.changes.publish(diff(node.to_dict(now), None, "left"))
         log.info("node %s (%s) unregistered", node_id, node.name)
         return {"node_id": node_id, "deleted": True}
+
+    def tick(self) -> None:
+        """Drop the nodes whose ttl ran out (their node.down events go out)."""
+        with self._lock:
+            self._expire(self._clock())
 
     # -- reads
 
@@ -263,6 +276,7 @@ class Registry:
         dead = [n for n in self._nodes.values() if n.deadline <= now]
         for node in dead:
             del self._nodes[node.node_id]
+            self.changes.publish(diff(node.to_dict(now), None, "expired"))
             log.info("node %s (%s) expired: no heartbeat for %gs", node.node_id, node.name, node.ttl)
 
 
@@ -388,6 +402,7 @@ class LookupApp:
         "/sessions": {"GET": ("list_sessions", False)},
         "/findJob": {"GET": ("find_job", False)},
         "/findSession": {"GET": ("find_session", False)},
+        "/watch": {"GET": ("watch", False)},
     }
 
     @staticmethod
@@ -417,7 +432,8 @@ class LookupApp:
     def index(self, req):
         return _json(200, {"name": "zsup-lookupd", "version": __version__,
                            "endpoints": ["/nodes", "/nodes/<node_id>", "/jobs", "/sessions",
-                                         "/findJob?name=", "/findSession?session=", "/ping", "/version"]})
+                                         "/findJob?name=", "/findSession?session=", "/watch", "/ping",
+                                         "/version"]})
 
     def ping(self, req):
         return _json(200, {"ping": "pong"})
@@ -455,3 +471,23 @@ class LookupApp:
     def find_session(self, req):
         session = session_name(self.param(req, "session"))
         return _json(200, {"session": session, "nodes": self.registry.find_session(session)})
+
+    def watch(self, req):
+        """Fleet changes, live: JSON lines, or server-sent events when the client asks for
+        ``text/event-stream`` (or ``?format=sse``). zsup.lookup.changes says what is sent."""
+        changes = self.registry.changes
+        q = changes.subscribe()  # before the snapshot: a change in between is sent, not lost
+        if q is None:
+            raise RegistryError(503, "unavailable", f"too many open watches ({changes.max_feeds})")
+        try:
+            snapshot = self.registry.nodes()
+        except BaseException:
+            changes.unsubscribe(q)
+            raise
+        sse = req.GET.get("format") == "sse" or "text/event-stream" in req.headers.get("Accept", "")
+        resp = Response(status=200, content_type="text/event-stream" if sse else "application/x-ndjson",
+                        charset=None)
+        resp.headers["Cache-Control"] = "no-store"
+        resp.headers["X-Accel-Buffering"] = "no"
+        resp.app_iter = feed(changes, q, snapshot, sse, getattr(self.registry, "tick", None))
+        return resp

@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from zsup import __version__
+from zsup.cli.zsupctl import cluster
 from zsup.cli.zsupctl.context import DEFAULT_TIMEOUT, PROG, Ctl, UsageError, resolve_endpoints
 from zsup.cli.zsupctl.follow import cmd_logs, cmd_tail, cmd_watch
 from zsup.cli.zsupctl.format import parse_env, parse_since
@@ -58,10 +59,11 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
                    help="for a tcp:// bus: this client's CURVE secret key file (.key_secret)")
     g.add_argument("--server-key", metavar="PUBLIC_FILE", default=sup,
                    help="for a tcp:// bus: zsupd's CURVE public key file (.key)")
+    cluster.add_options(g)
 
 
 GLOBAL_DEFAULTS = {"bus": None, "pub": None, "state_dir": None, "json": False, "timeout": DEFAULT_TIMEOUT,
-                   "curve_key": None, "server_key": None}
+                   "curve_key": None, "server_key": None, **cluster.DEFAULTS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     job(add("stop", cmd_stop, "stop a job's processes (the job stays loaded)"))
     p = add("scale", cmd_scale, "set (N, =N) or change (+N, -N) a job's number of processes")
     job(p)
-    p.add_argument("n", metavar="N", help="3 or =3 sets the count; +2 adds two; -1 removes one")
+    p.add_argument("n", metavar="N", nargs="?", help="3 or =3 sets the count; +2 adds two; -1 removes one "
+                   "(with --cluster, --total N instead spreads N over the nodes)")
     for name, func, verb in (("add", cmd_add, "start N more"), ("sub", cmd_sub, "stop N of the")):
         p = add(name, func, f"{verb} processes of a job")
         job(p)
@@ -176,8 +179,18 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in GLOBAL_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    if args.command == "scale" and args.n is None and not (args.cluster and args.total is not None):
+        parser.error("scale: the following arguments are required: N")
     bus, pub = resolve_endpoints(args)
     ctl = Ctl(args, bus, pub)
+    if args.cluster:
+        try:
+            return cluster.run(args, ctl.curve)
+        except UsageError as exc:
+            parser.exit(2, f"{PROG}: error: {exc}\n")
+        except ZsupError as exc:
+            print(f"{PROG}: {exc.message}", file=sys.stderr)
+            return 1
     try:
         return args.func(ctl)
     except UsageError as exc:
