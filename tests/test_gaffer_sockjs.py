@@ -86,7 +86,8 @@ def test_event_channel(gw, page, transport):  # noqa: F811
               json.dumps({"event": "CMD", "data": {"identity": "1", "name": "jobs"}}),
               json.dumps({"event": "CMD", "data": {"identity": "2", "name": "scale",
                                                    "args": ["default.echo", "+1"]}})]
-    out = page("/channel", transport, frames, 6)
+    # 8: the subscription, two answers, the scale's update (2 names) and spawn (3) events
+    out = page("/channel", transport, frames, 8)
     assert out["transport"] == transport, out
     seen = [json.loads(m) for m in out["seen"]]
     assert seen[0] == {"event": "gaffer:subscription_success", "topic": "EVENTS"}, out
