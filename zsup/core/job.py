@@ -10,6 +10,16 @@ from zsup.core.process import Process
 from zsup.core.states import JobState, ProcessState, check_job
 
 
+def life_info(proc: Process) -> dict:
+    """A process's `info()` with its readiness (zsup/core/lifecycle.py's ProcLife), for info,
+    get_process and the HTTP API."""
+    out = proc.info()
+    life = getattr(proc, "life", None)
+    if life is not None:
+        out.update(life.info())
+    return out
+
+
 class Job:
     """State of one job. Changed only in the supervisor loop's thread; `state` only through
     `set_state` (zsup/core/states.py)."""
@@ -28,6 +38,9 @@ class Job:
         self.created = time.time()
         self.last_error: str | None = None  # why the last spawn failed; None once one succeeds
         self.last_error_time: float | None = None
+        # Processes that ended for good under `restart = never | on-failure` (pid, exit_code,
+        # term_signal, reason), since the last start: the job wants that many fewer.
+        self.finished: list[dict] = []
 
     @property
     def name(self) -> str:
@@ -41,6 +54,22 @@ class Job:
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
+    def lifecycle(self) -> dict:
+        """Readiness of the running processes and what ended for good: status rows and info."""
+        ready = unhealthy = 0
+        reason = None
+        for proc in self.running():
+            life = getattr(proc, "life", None)
+            if life is None or life.readiness == "ready":
+                ready += 1
+            elif life.readiness == "unhealthy":
+                unhealthy += 1
+            if life is not None and life.reason:
+                reason = life.reason
+        return {"ready": ready, "unhealthy": unhealthy, "reason": reason,
+                "exit_codes": [f["exit_code"] for f in self.finished], "restart": self.spec.restart,
+                "checked": self.spec.ready is not None or self.spec.health is not None}
+
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())
         return {
@@ -53,7 +82,8 @@ class Job:
             "numprocesses": self.numprocesses,
             "running": len(self.running()),
             "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
-            "processes": [p.info() for p in procs],
+            "processes": [life_info(p) for p in procs],
+            **self.lifecycle(),
             "flapping_retries": self.flapping.retries if self.flapping else 0,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,

@@ -16,6 +16,7 @@ import shlex
 from dataclasses import dataclass, field, fields
 
 from zsup.bus.parse import parse_size
+from zsup.core.checks import HEALTH_KINDS, Check, parse_check
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -26,6 +27,7 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 LOG_FORMATS = ("text", "json")
 LOG_ROTATIONS = (None, "daily", "hourly")
+RESTART_POLICIES = ("always", "on-failure", "never")
 
 #: The default per-job cap on `numprocesses` (and on `scale`); a job may set its own.
 MAX_PROCESSES = 1024
@@ -220,6 +222,15 @@ class JobSpec:
     log_max_bytes: int | None = None
     log_backups: int | None = None
     log_rotate: str | None = None
+    # Lifecycle (docs/lifecycle.md)
+    restart: str = "always"
+    ready: Check | None = None
+    ready_timeout: float = 30.0
+    health: Check | None = None
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    health_retries: int = 3
+    watchdog_sec: float | None = None
 
     @property
     def fullname(self) -> str:
@@ -270,6 +281,17 @@ class JobSpec:
         numprocesses = to_number("numprocesses", data.get("numprocesses", 1), int, 0)
         if numprocesses > max_processes:
             raise BadRequest(f"numprocesses: {numprocesses} is above max_processes ({max_processes})")
+        restart = data.get("restart") or "always"
+        if restart not in RESTART_POLICIES:
+            raise BadRequest(f"restart: expected always, on-failure or never, got {restart!r}")
+        ready = parse_check("ready", data.get("ready"))
+        health = parse_check("health", data.get("health"), HEALTH_KINDS)
+        watchdog_sec = to_number("watchdog_sec", data.get("watchdog_sec"), float, 0.01, allow_none=True,
+                                 maximum=MAX_SECONDS)
+        if health is not None and health.kind == "notify" and watchdog_sec is None:
+            raise BadRequest("health: notify as a health check needs watchdog_sec")
+        if watchdog_sec is not None and "notify" not in (str(ready), str(health)):
+            raise BadRequest("watchdog_sec: needs ready = notify (the process sends WATCHDOG=1)")
         spec = cls(
             name=name,
             session=sess,
@@ -301,6 +323,17 @@ class JobSpec:
             log_max_bytes=to_size("log_max_bytes", data.get("log_max_bytes"), allow_none=True),
             log_backups=to_number("log_backups", data.get("log_backups"), int, 0, allow_none=True),
             log_rotate=log_rotate,
+            restart=restart,
+            ready=ready,
+            ready_timeout=to_number("ready_timeout", data.get("ready_timeout", 30.0), float, 0.01,
+                                    maximum=MAX_SECONDS),
+            health=health,
+            health_interval=to_number("health_interval", data.get("health_interval", 10.0), float, 0.01,
+                                      maximum=MAX_SECONDS),
+            health_timeout=to_number("health_timeout", data.get("health_timeout", 5.0), float, 0.01,
+                                     maximum=MAX_SECONDS),
+            health_retries=to_number("health_retries", data.get("health_retries", 3), int, 1, maximum=1000),
+            watchdog_sec=watchdog_sec,
         )
         return spec
 
@@ -313,6 +346,8 @@ class JobSpec:
                 value = value.to_dict() if value else None
             elif f.name == "stop_signal":
                 value = signal_name(value)[3:] if signal_name(value).startswith("SIG") else value
+            elif isinstance(value, Check):
+                value = str(value)
             out[f.name] = value
         return out
 

@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterable
 
 from zsup.bus.parse import parse_scale, parse_signal
 from zsup.core.events import EventEmitter
-from zsup.core.job import Job
+from zsup.core.checks import CheckPool
+from zsup.core.job import Job, life_info
 from zsup.core.jobspec import MAX_SECONDS, JobSpec, check_env, split_job_name, to_number
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
@@ -89,6 +90,7 @@ class Manager(Supervision):
         self._all_gone = threading.Event()
         self._all_gone.set()
         self.stats_sampler = StatsSampler(self, stats_interval)
+        self._checks = CheckPool()
         self.started = False
         self.stopping = False
 
@@ -115,6 +117,7 @@ class Manager(Supervision):
         self.stats_sampler.stop()
         if self.subreaper:
             self._loop.call_and_wait(self._kill_adopted, timeout=10)
+        self._loop.call_and_wait(self._life_shutdown, timeout=10)
         self._loop.stop()
         self._io.stop()
         self.started = False
@@ -312,6 +315,7 @@ class Manager(Supervision):
                 "started": min((p.started for p in running), default=None),
                 "cmd": job.spec.cmd,
                 "last_error": job.last_error,
+                **job.lifecycle(),
             })
         return out
 
@@ -326,7 +330,7 @@ class Manager(Supervision):
 
     @supervised
     def get_process(self, pid) -> dict:
-        return self._process(pid, alive=False).info()
+        return life_info(self._process(pid, alive=False))
 
     def stats(self, name: str, session: str | None = None) -> dict:
         """psutil figures for every process of a job, and their sums. Sampled outside the

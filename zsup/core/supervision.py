@@ -16,6 +16,7 @@ import time
 
 from zsup.bus.topics import io_topic, job_topic, proc_topic
 from zsup.core.job import Job
+from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
 from zsup.core.states import JobState, ProcessState
@@ -37,7 +38,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision:
+class Supervision(Lifecycle):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -77,6 +78,7 @@ class Supervision:
         job.stop_reason = None
         job.last_error = job.last_error_time = None  # a new start, a new episode
         job.fast_deaths = 0
+        job.finished.clear()
         if job.flapping:
             job.flapping.retries = 0
             job.flapping.restarts.clear()
@@ -98,6 +100,7 @@ class Supervision:
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "restart")
         self._publish_job(job, "restart")
+        job.finished.clear()
         if job.active:
             self._cancel_restart(job)
             job.fast_deaths = 0
@@ -118,7 +121,7 @@ class Supervision:
         running = job.running()
         for proc in running[: max(0, len(running) - job.numprocesses)]:
             self._stop_proc(proc, "scale")  # the oldest go first
-        missing = job.numprocesses - len(running)
+        missing = job.numprocesses - len(running) - len(job.finished)
         deadline = time.monotonic() + SPAWN_SLICE
         for done in range(min(missing, SPAWN_BATCH)):
             if self._spawn(job) is None:
@@ -144,8 +147,12 @@ class Supervision:
             proc.instance = next(n for n in range(1, len(taken) + 2) if n not in taken)
             env = {**(env or {}), "ZSUP_INSTANCE": str(proc.instance)}
         try:
+            env = {**(env or {}), **self._life_env(job, proc)}
             proc.spawn(env)
-        except SpawnError as exc:
+        except (SpawnError, OSError) as exc:
+            self._life_ended(proc)
+            if not isinstance(exc, SpawnError):
+                exc = SpawnError(f"notify socket: {exc}")
             self._publish_proc(proc, "spawn_error", error=exc.message)
             if committed:
                 raise
@@ -160,6 +167,7 @@ class Supervision:
         self._pipes.add(proc)
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed,
                            instance=proc.instance)
+        self._life_spawned(job, proc)
         if not committed and job.last_error is not None:
             self._spawn_recovered(job)
         return proc
@@ -213,6 +221,7 @@ class Supervision:
         if proc.stop_timer is not None:
             proc.stop_timer.cancel()
         proc.reaped(status)
+        self._life_ended(proc)
         if not proc.spec.detach:
             self._stop_leftovers(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
@@ -233,7 +242,7 @@ class Supervision:
         self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
-        if kept and not proc.committed and not proc.stop_reason:
+        if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
             self._on_death(job, proc)
 
     # ------------------------------------------------------------------ leftovers of a dead process
@@ -315,6 +324,9 @@ class Supervision:
         """A kept-alive process died on its own (or could not spawn): restart it."""
         self._loop.assert_in_loop()
         if not job.active or self.stopping or self._jobs.get(job.name) is not job:
+            return
+        if not self._policy_restarts(job, proc):
+            self._finished(job, proc)
             return
         if job.flapping:
             if job.flapping.record_restart():
@@ -419,5 +431,7 @@ class Supervision:
         msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
                "seq": first, "lines": count}
         self.events.publish(io_topic(s, n, proc.pid, stream.label), msg, payload)
+        if proc.spec.ready is not None and proc.spec.ready.kind == "log":
+            self._log_ready(proc, payload)
         if self.log_writer is not None:
             self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)

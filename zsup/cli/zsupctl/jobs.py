@@ -164,15 +164,28 @@ def _describe_info(info: dict) -> str:
         ("job", info["job"]),
         ("state", info["state"] + ("" if info.get("active") else " (inactive)")
          + (f", {info['stop_reason']}" if info.get("stop_reason") else "")),
-        ("processes", f"{info['running']} running / {info['numprocesses']} wanted"),
+        ("processes", f"{info['running']} running / {info['numprocesses']} wanted"
+         + (f", {info['ready']} ready" if "ready" in info else "")),
         ("cmd", cmdline),
     ]
     text = "\n".join(f"{k + ':':<11} {v}" for k, v in head)
     procs = info.get("processes") or []
     if procs:
         rows = [[p["pid"], p["os_pid"], p["state"] + (" (commit)" if p.get("committed") else ""),
-                 human_duration(p.get("uptime"))] for p in procs]
-        text += "\n\n" + format_table(["PID", "OS PID", "STATE", "UPTIME"], rows)
+                 _readiness(p), human_duration(p.get("uptime"))] for p in procs]
+        text += "\n\n" + format_table(["PID", "OS PID", "STATE", "READY", "UPTIME"], rows)
+    return text
+
+
+def _readiness(proc: dict) -> str:
+    """The READY cell of `zsupctl info`: starting/ready/unhealthy, why, and sd_notify's STATUS."""
+    if proc.get("state") != "running" or "readiness" not in proc:
+        return "-"
+    text = proc["readiness"]
+    if proc.get("reason") and text != "ready":
+        text += f": {proc['reason']}"
+    if proc.get("status"):
+        text += f" ({proc['status']})"
     return text
 
 
