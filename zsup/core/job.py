@@ -41,6 +41,8 @@ class Job:
         # Processes that ended for good under `restart = never | on-failure` (pid, exit_code,
         # term_signal, reason), since the last start: the job wants that many fewer.
         self.finished: list[dict] = []
+        self.roll = None  # a rolling restart in progress (zsup/core/rolling.py)
+        self.roll_result: dict | None = None  # how the last one ended, until the next start
 
     @property
     def name(self) -> str:
@@ -68,7 +70,8 @@ class Job:
                 reason = life.reason
         return {"ready": ready, "unhealthy": unhealthy, "reason": reason,
                 "exit_codes": [f["exit_code"] for f in self.finished], "restart": self.spec.restart,
-                "checked": self.spec.ready is not None or self.spec.health is not None}
+                "checked": self.spec.ready is not None or self.spec.health is not None,
+                "roll": self.roll.info() if self.roll is not None else self.roll_result}
 
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())

@@ -28,6 +28,7 @@ FALSE_WORDS = {"0", "false", "no", "off", ""}
 LOG_FORMATS = ("text", "json")
 LOG_ROTATIONS = (None, "daily", "hourly")
 RESTART_POLICIES = ("always", "on-failure", "never")
+RESTART_MODES = ("all", "rolling")
 
 #: The default per-job cap on `numprocesses` (and on `scale`); a job may set its own.
 MAX_PROCESSES = 1024
@@ -231,6 +232,8 @@ class JobSpec:
     health_timeout: float = 5.0
     health_retries: int = 3
     watchdog_sec: float | None = None
+    restart_mode: str = "all"
+    max_surge: int = 1
 
     @property
     def fullname(self) -> str:
@@ -292,6 +295,9 @@ class JobSpec:
             raise BadRequest("health: notify as a health check needs watchdog_sec")
         if watchdog_sec is not None and "notify" not in (str(ready), str(health)):
             raise BadRequest("watchdog_sec: needs ready = notify (the process sends WATCHDOG=1)")
+        restart_mode = data.get("restart_mode") or "all"
+        if restart_mode not in RESTART_MODES:
+            raise BadRequest(f"restart_mode: expected all or rolling, got {restart_mode!r}")
         spec = cls(
             name=name,
             session=sess,
@@ -334,6 +340,8 @@ class JobSpec:
                                      maximum=MAX_SECONDS),
             health_retries=to_number("health_retries", data.get("health_retries", 3), int, 1, maximum=1000),
             watchdog_sec=watchdog_sec,
+            restart_mode=restart_mode,
+            max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
         )
         return spec
 

@@ -184,6 +184,8 @@ class Lifecycle:
         if publish:
             self._publish_proc(proc, "ready", check=str(job.spec.ready),
                                after=round(time.monotonic() - proc.started_mono, 3))
+            if job.roll is not None and proc.pid in job.roll.pending:
+                self._loop.call_soon(self._roll_ready, job, proc)
         if job.spec.health is not None and job.spec.health.kind in PROBES:
             proc.life.timers["health"] = self._loop.call_later(job.spec.health_interval, self._health_due, proc)
 
@@ -198,6 +200,9 @@ class Lifecycle:
         log.info("process %s (%s): %s", proc.pid, proc.job, reason)
         self._publish_proc(proc, "not_ready", reason=reason)
         self._stop_proc(proc, "ready_timeout")
+        job = self._jobs.get(proc.job)
+        if job is not None:
+            self._roll_lost(job, proc)
 
     # ------------------------------------------------------------------ health
     def _health_due(self, proc: Process) -> None:

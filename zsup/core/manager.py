@@ -197,6 +197,8 @@ class Manager(Supervision):
         job = self._job(spec.fullname)
         self._check_total(spec.numprocesses, replacing=job)
         was_active = job.active
+        if spec.restart_mode == "rolling" and start is not False and self._roll_update(job, spec):
+            return job.info()
         self._stop_job(job, "update", publish=False)
         job.spec = spec
         job.numprocesses = spec.numprocesses
@@ -217,9 +219,16 @@ class Manager(Supervision):
 
     @supervised
     def restart_job(self, name: str, session: str | None = None) -> dict:
-        """Replace every process of a job, keeping its current count (gaffer's stopall)."""
+        """Replace every process of a job, count kept (gaffer's stopall), as its restart_mode says."""
         job = self._job(name, session)
         self._restart_job(job)
+        return job.info()
+
+    @supervised
+    def rolling_restart(self, name: str, session: str | None = None, max_surge: int | None = None) -> dict:
+        """A rolling restart (docs/lifecycle.md); answers at once, `info` follows the roll."""
+        job = self._job(name, session)
+        self._roll_restart(job, max_surge)
         return job.info()
 
     @supervised

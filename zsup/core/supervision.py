@@ -17,6 +17,7 @@ import time
 from zsup.bus.topics import io_topic, job_topic, proc_topic
 from zsup.core.job import Job
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
+from zsup.core.rolling import Rolling
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
 from zsup.core.states import JobState, ProcessState
@@ -38,7 +39,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Lifecycle):
+class Supervision(Lifecycle, Rolling):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -73,6 +74,8 @@ class Supervision(Lifecycle):
     def _start_job(self, job: Job) -> None:
         self._loop.assert_in_loop()
         self._cancel_restart(job)
+        self._roll_cancel(job)
+        job.roll_result = None
         job.active = True
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
@@ -90,13 +93,19 @@ class Supervision(Lifecycle):
         job.active = False
         job.set_state(JobState.STOPPED)
         self._cancel_restart(job)
+        self._roll_cancel(job)
         for proc in list(job.processes.values()):
             self._stop_proc(proc, reason)
         if publish:
             self._publish_job(job, "stop", reason=reason)
 
-    def _restart_job(self, job: Job) -> None:
+    def _restart_job(self, job: Job, mode: str | None = None) -> None:
+        """Replace every process: all at once, or a rolling restart (`mode`, else the job's
+        `restart_mode`)."""
         self._loop.assert_in_loop()
+        if (mode or job.spec.restart_mode) == "rolling" and self._roll(job):
+            return
+        self._roll_cancel(job)
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "restart")
         self._publish_job(job, "restart")
@@ -119,9 +128,10 @@ class Supervision(Lifecycle):
         if not job.active or job.restart_timer is not None or self.stopping:
             return
         running = job.running()
-        for proc in running[: max(0, len(running) - job.numprocesses)]:
+        wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)  # a roll's surge
+        for proc in running[: max(0, len(running) - wanted)]:
             self._stop_proc(proc, "scale")  # the oldest go first
-        missing = job.numprocesses - len(running) - len(job.finished)
+        missing = wanted - len(running) - len(job.finished)
         deadline = time.monotonic() + SPAWN_SLICE
         for done in range(min(missing, SPAWN_BATCH)):
             if self._spawn(job) is None:
@@ -243,7 +253,8 @@ class Supervision(Lifecycle):
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
         if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
-            self._on_death(job, proc)
+            if not self._roll_lost(job, proc):
+                self._on_death(job, proc)
 
     # ------------------------------------------------------------------ leftovers of a dead process
     def _stop_leftovers(self, proc: Process) -> None:
