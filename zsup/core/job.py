@@ -42,6 +42,8 @@ class Job:
         # term_signal, reason), since the last start: the job wants that many fewer.
         self.finished: list[dict] = []
         self.roll = None  # a rolling restart in progress (zsup/core/rolling.py)
+        self.waiting: list[str] = []  # dependencies not ready yet (zsup/core/depends.py)
+        self.stop_deferred: str | None = None  # stop reason, held until dependents are gone
         self.roll_result: dict | None = None  # how the last one ended, until the next start
 
     @property
@@ -71,7 +73,8 @@ class Job:
         return {"ready": ready, "unhealthy": unhealthy, "reason": reason,
                 "exit_codes": [f["exit_code"] for f in self.finished], "restart": self.spec.restart,
                 "checked": self.spec.ready is not None or self.spec.health is not None,
-                "roll": self.roll.info() if self.roll is not None else self.roll_result}
+                "roll": self.roll.info() if self.roll is not None else self.roll_result,
+                "waiting_for": self.waiting}
 
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 
 from zsup.bus.parse import parse_size
 from zsup.core.checks import HEALTH_KINDS, Check, parse_check
+from zsup.core.depends import parse_depends
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -234,6 +235,7 @@ class JobSpec:
     watchdog_sec: float | None = None
     restart_mode: str = "all"
     max_surge: int = 1
+    depends: list = field(default_factory=list)
 
     @property
     def fullname(self) -> str:
@@ -341,6 +343,7 @@ class JobSpec:
             health_retries=to_number("health_retries", data.get("health_retries", 3), int, 1, maximum=1000),
             watchdog_sec=watchdog_sec,
             restart_mode=restart_mode,
+            depends=parse_depends(data.get("depends"), sess),
             max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
         )
         return spec

@@ -181,6 +181,8 @@ class Lifecycle:
             self._life_ready(job, proc, publish=True)
 
     def _life_ready(self, job: Job, proc: Process, publish: bool) -> None:
+        if self._waiting:
+            self._loop.call_soon(self._wake_dependents)
         if publish:
             self._publish_proc(proc, "ready", check=str(job.spec.ready),
                                after=round(time.monotonic() - proc.started_mono, 3))
@@ -293,3 +295,5 @@ class Lifecycle:
             job.active = False
             job.stop_reason = "exited"
             self._publish_job(job, "exited", exit_codes=[f["exit_code"] for f in job.finished])
+            if self._waiting:
+                self._wake_dependents()

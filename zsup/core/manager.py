@@ -90,7 +90,7 @@ class Manager(Supervision):
         self._all_gone = threading.Event()
         self._all_gone.set()
         self.stats_sampler = StatsSampler(self, stats_interval)
-        self._checks = CheckPool()
+        self._checks, self._waiting = CheckPool(), set()  # lifecycle.py; jobs waiting (depends.py)
         self.started = False
         self.stopping = False
 
@@ -143,6 +143,7 @@ class Manager(Supervision):
         """Load several jobs at once: all are checked before any is loaded, and they start in
         priority order (0 first)."""
         specs = [self._make_spec(c, session, None) for c in configs]
+        self._check_depends(specs, strict=True)
         names = [s.fullname for s in specs]
         dupes = {n for n in names if names.count(n) > 1} | {n for n in names if n in self._jobs}
         if dupes:
@@ -444,8 +445,7 @@ class Manager(Supervision):
     def unmonitor(self, pattern: str = "stats") -> None:
         self.stats_sampler.unwatch(pattern)
 
-    def snapshot(self) -> list[Process]:
-        """Live processes, for the stats sampler (a copy taken in the supervisor thread)."""
+    def snapshot(self) -> list[Process]:  # for the stats sampler (a copy made in the supervisor thread)
         return self._loop.call_and_wait(lambda: list(self._procs.values()), timeout=60)
 
     @supervised
@@ -475,6 +475,7 @@ class Manager(Supervision):
             spec = JobSpec.from_dict(config, session)
         if env:
             spec.env = {**spec.env, **check_env("env", env)}
+        self._check_depends([spec])
         return spec
 
     def _job(self, name, session=None) -> Job:

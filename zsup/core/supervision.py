@@ -17,6 +17,7 @@ import time
 from zsup.bus.topics import io_topic, job_topic, proc_topic
 from zsup.core.job import Job
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
+from zsup.core.depends import Ordering
 from zsup.core.rolling import Rolling
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
@@ -39,7 +40,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Lifecycle, Rolling):
+class Supervision(Lifecycle, Rolling, Ordering):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -50,14 +51,16 @@ class Supervision(Lifecycle, Rolling):
         for job in self._jobs.values():
             job.active = False
             self._cancel_restart(job)
+        layers = 1 + max((self._depth(j) for j in self._jobs.values() if j.spec.depends), default=0)
         for proc in list(self._procs.values()):
-            if proc.spec.detach:
-                continue  # a detached process outlives the manager by design
+            job = self._jobs.get(proc.job)
+            if proc.spec.detach or (job and (job.stop_deferred or self._stop_after_dependents(job, "shutdown"))):
+                continue  # a detached process outlives the manager by design; a dependency waits
             longest = max(longest, proc.graceful_timeout)
             self._stop_proc(proc, "shutdown")
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
-        return longest
+        return longest * layers
 
 
     def _publish_job(self, job: Job, event: str, **extra) -> None:
@@ -77,6 +80,7 @@ class Supervision(Lifecycle, Rolling):
         self._roll_cancel(job)
         job.roll_result = None
         job.active = True
+        job.stop_deferred = None
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
         job.last_error = job.last_error_time = None  # a new start, a new episode
@@ -94,8 +98,10 @@ class Supervision(Lifecycle, Rolling):
         job.set_state(JobState.STOPPED)
         self._cancel_restart(job)
         self._roll_cancel(job)
-        for proc in list(job.processes.values()):
-            self._stop_proc(proc, reason)
+        self._waiting.discard(job.name)
+        if not self._stop_later(job, reason):
+            for proc in list(job.processes.values()):
+                self._stop_proc(proc, reason)
         if publish:
             self._publish_job(job, "stop", reason=reason)
 
@@ -125,7 +131,7 @@ class Supervision(Lifecycle, Rolling):
     def _manage(self, job: Job) -> None:
         """Bring the job's running processes to its count."""
         self._loop.assert_in_loop()
-        if not job.active or job.restart_timer is not None or self.stopping:
+        if not job.active or job.restart_timer is not None or self.stopping or self._gated(job):
             return
         running = job.running()
         wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)  # a roll's surge
@@ -250,6 +256,8 @@ class Supervision(Lifecycle, Rolling):
         job = self._jobs.get(proc.job)
         kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
         self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
+        if kept and job.spec.depends:
+            self._dependency_freed(job)
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
         if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
