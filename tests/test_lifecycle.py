@@ -123,8 +123,9 @@ def test_bad_restart_and_checks_are_refused():
 def test_ready_checks_pass_once_the_server_answers(manager, recorder, scripts, kind):
     port = free_port()
     server = "http" if kind == "http" else "tcp"
+    connect = "import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['PORT'])))"
     ready = {"tcp": f"tcp:127.0.0.1:{port}", "http": f"http:http://127.0.0.1:{port}/",
-             "log": "log:^listen", "cmd": f"cmd:{PYTHON} -c \"import os, socket; socket.create_connection(('127.0.0.1', int(os.environ['PORT'])))\""}[kind]
+             "log": "log:^listen", "cmd": f'cmd:{PYTHON} -c "{connect}"'}[kind]
     manager.load({"name": "srv", "cmd": PYTHON, "args": [str(scripts / "server.py"), server, str(port), "0.6"],
                   "ready": ready, "env": {"PORT": str(port)}})
     assert readiness(manager, "srv") == ["starting"]

@@ -15,7 +15,7 @@ PROTOCOL_VERSION = 1
 INTERNAL_SESSION = "zsupd"
 
 JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete", "exited", "roll"})
-PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error", "ready", "not_ready",
+PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error", "ready", "not_ready", "hook",
                          "unhealthy"})
 SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "log_resumed", "stop"})
 
@@ -31,7 +31,7 @@ def job_topic(session: str, name: str, event: str) -> str:
 
 def proc_topic(session: str, name: str, event: str) -> str:
     """`proc.<session>.<name>.<event>`: spawn, spawn_error, exit, reap, stop_pid, flap, ready,
-    not_ready, unhealthy."""
+    not_ready, unhealthy, hook."""
     return f"proc.{session}.{name}.{event}"
 
 

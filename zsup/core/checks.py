@@ -127,15 +127,19 @@ class CheckPool:
     def submit(self, loop, check: Check, timeout: float, env: dict | None, cwd: str | None,
                done: Callable[[str | None], None]) -> None:
         """Run the probe on a worker; call `done(error_or_None)` in `loop`'s thread."""
+        self.call(loop, lambda: run_probe(check, timeout, env, cwd), done, lambda exc: f"{check}: {exc}")
+
+    def call(self, loop, fn: Callable, done: Callable, on_error: Callable) -> None:
+        """Run `fn()` on a worker; `done(result)` in `loop`'s thread (`on_error(exc)` if it raised)."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="zsup-check")
 
         def work():
             try:
-                error = run_probe(check, timeout, env, cwd)
-            except Exception as exc:  # a probe must never lose its answer
-                error = f"{check}: {exc}"
-            loop.call_soon(done, error)
+                result = fn()
+            except Exception as exc:  # a worker must never lose its answer
+                result = on_error(exc)
+            loop.call_soon(done, result)
 
         try:
             self._pool.submit(work)

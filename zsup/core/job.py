@@ -44,6 +44,8 @@ class Job:
         self.roll = None  # a rolling restart in progress (zsup/core/rolling.py)
         self.waiting: list[str] = []  # dependencies not ready yet (zsup/core/depends.py)
         self.stop_deferred: str | None = None  # stop reason, held until dependents are gone
+        self.hook_seq = 0  # lines of hook output so far (their `seq`)
+        self.hook_starts = 0  # spawns waiting for their before_start hook
         self.roll_result: dict | None = None  # how the last one ended, until the next start
 
     @property

@@ -30,6 +30,7 @@ LOG_FORMATS = ("text", "json")
 LOG_ROTATIONS = (None, "daily", "hourly")
 RESTART_POLICIES = ("always", "on-failure", "never")
 RESTART_MODES = ("all", "rolling")
+HOOKS = ("before_start", "after_start", "before_stop", "after_stop")
 
 #: The default per-job cap on `numprocesses` (and on `scale`); a job may set its own.
 MAX_PROCESSES = 1024
@@ -184,6 +185,15 @@ def resolve_gid(value) -> int | None:
     return gid
 
 
+def _command(option: str, value) -> str | None:
+    """A hook's shell command line (None: no hook)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{option}: expected a shell command, got {value!r}")
+    return check_text(option, value)
+
+
 def _path(option: str, value) -> str | None:
     if value is None or value == "":
         return None
@@ -236,6 +246,11 @@ class JobSpec:
     restart_mode: str = "all"
     max_surge: int = 1
     depends: list = field(default_factory=list)
+    before_start: str | None = None
+    after_start: str | None = None
+    before_stop: str | None = None
+    after_stop: str | None = None
+    hook_timeout: float = 30.0
 
     @property
     def fullname(self) -> str:
@@ -344,6 +359,8 @@ class JobSpec:
             watchdog_sec=watchdog_sec,
             restart_mode=restart_mode,
             depends=parse_depends(data.get("depends"), sess),
+            **{hook: _command(hook, data.get(hook)) for hook in HOOKS},
+            hook_timeout=to_number("hook_timeout", data.get("hook_timeout", 30.0), float, 0.01, maximum=MAX_SECONDS),
             max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
         )
         return spec

@@ -181,6 +181,8 @@ class Lifecycle:
             self._life_ready(job, proc, publish=True)
 
     def _life_ready(self, job: Job, proc: Process, publish: bool) -> None:
+        if job.spec.after_start:
+            self._run_hook(job, proc, "after_start")
         if self._waiting:
             self._loop.call_soon(self._wake_dependents)
         if publish:

@@ -28,8 +28,8 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from zsup.bus.parse import parse_scale, parse_signal
-from zsup.core.events import EventEmitter
 from zsup.core.checks import CheckPool
+from zsup.core.events import EventEmitter
 from zsup.core.job import Job, life_info
 from zsup.core.jobspec import MAX_SECONDS, JobSpec, check_env, split_job_name, to_number
 from zsup.core.loop import Loop

@@ -15,12 +15,13 @@ import signal
 import time
 
 from zsup.bus.topics import io_topic, job_topic, proc_topic
+from zsup.core.depends import Ordering
+from zsup.core.hooks import Hooks
 from zsup.core.job import Job
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
-from zsup.core.depends import Ordering
-from zsup.core.rolling import Rolling
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
+from zsup.core.rolling import Rolling
 from zsup.core.states import JobState, ProcessState
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Lifecycle, Rolling, Ordering):
+class Supervision(Lifecycle, Rolling, Ordering, Hooks):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -56,7 +57,7 @@ class Supervision(Lifecycle, Rolling, Ordering):
             job = self._jobs.get(proc.job)
             if proc.spec.detach or (job and (job.stop_deferred or self._stop_after_dependents(job, "shutdown"))):
                 continue  # a detached process outlives the manager by design; a dependency waits
-            longest = max(longest, proc.graceful_timeout)
+            longest = max(longest, proc.graceful_timeout + (proc.spec.hook_timeout if proc.spec.before_stop else 0))
             self._stop_proc(proc, "shutdown")
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
@@ -137,10 +138,10 @@ class Supervision(Lifecycle, Rolling, Ordering):
         wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)  # a roll's surge
         for proc in running[: max(0, len(running) - wanted)]:
             self._stop_proc(proc, "scale")  # the oldest go first
-        missing = wanted - len(running) - len(job.finished)
+        missing = wanted - len(running) - len(job.finished) - job.hook_starts
         deadline = time.monotonic() + SPAWN_SLICE
         for done in range(min(missing, SPAWN_BATCH)):
-            if self._spawn(job) is None:
+            if self._spawn_hooked(job) is None:
                 return
             if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
                 missing -= done + 1
@@ -210,6 +211,14 @@ class Supervision(Lifecycle, Rolling, Ordering):
             return
         proc.set_state(ProcessState.STOPPING)
         proc.stop_reason = reason
+        job = self._jobs.get(proc.job)
+        if job is None or not self._run_hook(job, proc, "before_stop", lambda _error: self._send_stop(proc)):
+            self._send_stop(proc)
+
+    def _send_stop(self, proc: Process) -> None:
+        """The stop signal, and SIGKILL graceful_timeout later (after before_stop, if any)."""
+        if proc.state != ProcessState.STOPPING:
+            return  # it exited while its before_stop hook ran
         sig = proc.spec.stop_signal
         if proc.spec.detach:
             proc.signal(sig)
@@ -258,6 +267,8 @@ class Supervision(Lifecycle, Rolling, Ordering):
         self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
         if kept and job.spec.depends:
             self._dependency_freed(job)
+        if job is not None and job.spec.after_stop:
+            self._run_hook(job, proc, "after_stop")
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
         if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
