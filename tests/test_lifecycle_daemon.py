@@ -71,3 +71,15 @@ def test_procfile_tool_options(tmp_path, zsupd_factory, capsys):
     wait_for(lambda: row(d, "shop.web")["ready"] == 1)
     code = procfile_main(["--endpoint", d.bus, "-d", str(app), "load", "-o", "nope.ready=tcp:1", "other"])
     assert code != 0 and "no process type 'nope'" in capsys.readouterr().err
+
+
+def test_schedule_in_the_ini_file_and_status(zsupd_factory):
+    d = zsupd_factory("""
+[process:report]
+cmd = sh -c "exit 0"
+schedule = * * * * * *
+""")
+    wait_for(lambda: row(d, "default.report")["last_run"], timeout=10, message="a run")
+    wait_for(lambda: row(d, "default.report")["state"] == "scheduled")
+    line = status_line(d, "default.report")
+    assert "scheduled" in line and "last run 20" in line and ", next 20" in line

@@ -14,7 +14,8 @@ PROTOCOL_VERSION = 1
 #: Jobs zsupd runs for itself (its HTTP gateway): never persisted, never announced.
 INTERNAL_SESSION = "zsupd"
 
-JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete", "exited", "roll"})
+JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete", "exited", "roll", "run",
+                        "run_skipped"})
 PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error", "ready", "not_ready", "hook",
                          "unhealthy"})
 SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "log_resumed", "stop"})
@@ -25,7 +26,8 @@ JOB, PROC, IO, STATS, SYS, TASK, AGENT = (f"{k}." for k in KINDS)
 
 
 def job_topic(session: str, name: str, event: str) -> str:
-    """`job.<session>.<name>.<event>`: create, start, stop, restart, update, delete, exited, roll."""
+    """`job.<session>.<name>.<event>`: create, start, stop, restart, update, delete, exited, roll, run,
+    run_skipped."""
     return f"job.{session}.{name}.{event}"
 
 

@@ -46,6 +46,9 @@ class Job:
         self.stop_deferred: str | None = None  # stop reason, held until dependents are gone
         self.hook_seq = 0  # lines of hook output so far (their `seq`)
         self.hook_starts = 0  # spawns waiting for their before_start hook
+        self.schedule_timer = None  # the next run of a scheduled job (zsup/core/schedule.py)
+        self.last_run: float | None = None
+        self.next_run: float | None = None
         self.roll_result: dict | None = None  # how the last one ended, until the next start
 
     @property
@@ -76,7 +79,8 @@ class Job:
                 "exit_codes": [f["exit_code"] for f in self.finished], "restart": self.spec.restart,
                 "checked": self.spec.ready is not None or self.spec.health is not None,
                 "roll": self.roll.info() if self.roll is not None else self.roll_result,
-                "waiting_for": self.waiting}
+                "waiting_for": self.waiting, "schedule": self.spec.schedule, "last_run": self.last_run,
+                "next_run": self.next_run}
 
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from zsup.bus.parse import parse_size
 from zsup.core.checks import HEALTH_KINDS, Check, parse_check
 from zsup.core.depends import parse_depends
+from zsup.core.schedule import parse_schedule
 from zsup.core.flapping import FlappingRule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -251,6 +252,7 @@ class JobSpec:
     before_stop: str | None = None
     after_stop: str | None = None
     hook_timeout: float = 30.0
+    schedule: str | None = None
 
     @property
     def fullname(self) -> str:
@@ -304,6 +306,9 @@ class JobSpec:
         restart = data.get("restart") or "always"
         if restart not in RESTART_POLICIES:
             raise BadRequest(f"restart: expected always, on-failure or never, got {restart!r}")
+        schedule = parse_schedule(data.get("schedule"))
+        if schedule and data.get("restart") not in (None, "", "never"):
+            raise BadRequest(f"restart: a job with a schedule is never restarted, got {restart!r}")
         ready = parse_check("ready", data.get("ready"))
         health = parse_check("health", data.get("health"), HEALTH_KINDS)
         watchdog_sec = to_number("watchdog_sec", data.get("watchdog_sec"), float, 0.01, allow_none=True,
@@ -346,7 +351,8 @@ class JobSpec:
             log_max_bytes=to_size("log_max_bytes", data.get("log_max_bytes"), allow_none=True),
             log_backups=to_number("log_backups", data.get("log_backups"), int, 0, allow_none=True),
             log_rotate=log_rotate,
-            restart=restart,
+            restart="never" if schedule else restart,
+            schedule=schedule,
             ready=ready,
             ready_timeout=to_number("ready_timeout", data.get("ready_timeout", 30.0), float, 0.01,
                                     maximum=MAX_SECONDS),

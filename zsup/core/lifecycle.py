@@ -292,7 +292,10 @@ class Lifecycle:
                              "reason": proc.stop_reason or (None if proc.os_pid else job.last_error)})
         if job.processes or len(job.finished) < job.numprocesses:
             return
-        if job.state in (JobState.RUNNING, JobState.FAILING):
+        if job.spec.schedule and job.state in (JobState.RUNNING, JobState.FAILING):
+            job.set_state(JobState.SCHEDULED)  # until the next run; still active
+            self._publish_job(job, "exited", exit_codes=[f["exit_code"] for f in job.finished])
+        elif job.state in (JobState.RUNNING, JobState.FAILING):
             job.set_state(JobState.EXITED)
             job.active = False
             job.stop_reason = "exited"

@@ -31,6 +31,7 @@ Job (all changes in the supervisor thread):
   From `failing` a job moves as from `running` (flap, fail, stop, start).
     running | failing --every process ended for good (restart = never/on-failure)--> exited
     exited --start--> running;  exited --stop--> stopped
+    a job with a `schedule`: start --> scheduled --run due--> running --all ended--> scheduled
 
 Readiness of a running process (docs/lifecycle.md), beside its ProcessState:
 
@@ -64,6 +65,7 @@ class JobState(StrEnum):
     FAILED = "failed"
     FAILING = "failing"
     EXITED = "exited"
+    SCHEDULED = "scheduled"
 
 
 class Readiness(StrEnum):
@@ -88,6 +90,11 @@ JOB_TRANSITIONS: dict[tuple[JobState, JobState], tuple[str, ...]] = {
     **{(s, J.RUNNING): ("start",) for s in (J.STOPPED, J.RUNNING, J.FAILED, J.EXITED)},
     (J.RUNNING, J.EXITED): ("exited",),
     (J.FAILING, J.EXITED): ("exited",),
+    # a scheduled job (zsup/core/schedule.py) waits, runs when due, and waits again
+    **{(s, J.SCHEDULED): ("start",) for s in (J.STOPPED, J.FAILED, J.EXITED, J.SCHEDULED)},
+    (J.SCHEDULED, J.RUNNING): ("run",),
+    (J.RUNNING, J.SCHEDULED): ("exited",),
+    (J.FAILING, J.SCHEDULED): ("exited",),
     (J.RUNNING, J.FAILING): ("spawn_error",),
     (J.FAILING, J.RUNNING): ("start", "spawn"),  # a start, or a spawn succeeded again
     (J.FLAPPING, J.RUNNING): ("start",),  # or none: the flapping retry came due

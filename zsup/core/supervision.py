@@ -22,6 +22,7 @@ from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
 from zsup.core.rolling import Rolling
+from zsup.core.schedule import Scheduling
 from zsup.core.states import JobState, ProcessState
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Lifecycle, Rolling, Ordering, Hooks):
+class Supervision(Lifecycle, Rolling, Ordering, Hooks, Scheduling):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -52,6 +53,7 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks):
         for job in self._jobs.values():
             job.active = False
             self._cancel_restart(job)
+            self._schedule_cancel(job)
         layers = 1 + max((self._depth(j) for j in self._jobs.values() if j.spec.depends), default=0)
         for proc in list(self._procs.values()):
             job = self._jobs.get(proc.job)
@@ -82,6 +84,12 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks):
         job.roll_result = None
         job.active = True
         job.stop_deferred = None
+        if job.spec.schedule:  # runs when due, not now
+            job.set_state(JobState.SCHEDULED)
+            job.stop_reason = job.last_error = job.last_error_time = None
+            self._publish_job(job, "start")
+            self._schedule_arm(job)
+            return
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
         job.last_error = job.last_error_time = None  # a new start, a new episode
@@ -99,6 +107,7 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks):
         job.set_state(JobState.STOPPED)
         self._cancel_restart(job)
         self._roll_cancel(job)
+        self._schedule_cancel(job)
         self._waiting.discard(job.name)
         if not self._stop_later(job, reason):
             for proc in list(job.processes.values()):
@@ -132,7 +141,8 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks):
     def _manage(self, job: Job) -> None:
         """Bring the job's running processes to its count."""
         self._loop.assert_in_loop()
-        if not job.active or job.restart_timer is not None or self.stopping or self._gated(job):
+        if not job.active or job.restart_timer is not None or self.stopping or job.state == JobState.SCHEDULED \
+                or self._gated(job):
             return
         running = job.running()
         wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)  # a roll's surge

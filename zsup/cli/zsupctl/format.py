@@ -119,5 +119,11 @@ def job_state(row: dict) -> str:
         if row.get("reason") and state != "ready":
             state += f": {row['reason']}"
     if row.get("schedule"):
-        state += f" (last {row.get('last_run') or '-'}, next {row.get('next_run') or '-'})"
+        if state == "scheduled" and row.get("exit_codes"):
+            state += f" (exit {','.join('-' if c is None else str(c) for c in row['exit_codes'])})"
+        state += f", last run {_when(row.get('last_run'))}, next {_when(row.get('next_run'))}"
     return state
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
