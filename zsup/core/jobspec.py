@@ -18,8 +18,8 @@ from dataclasses import dataclass, field, fields
 from zsup.bus.parse import parse_size
 from zsup.core.checks import HEALTH_KINDS, Check, parse_check
 from zsup.core.depends import parse_depends
-from zsup.core.schedule import parse_schedule
 from zsup.core.flapping import FlappingRule
+from zsup.core.schedule import parse_schedule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
 
