@@ -2,10 +2,11 @@
 `-o`, and what zsupctl status/info show, against a real zsupd."""
 
 import subprocess
+import time
 
 from conftest import PYTHON, wait_for
 from test_lifecycle import SERVER, free_port
-from test_zsupctl import zsupctl
+from test_zsupctl import Streamer, zsupctl
 
 from zsup.cli.procfile_tool import main as procfile_main
 
@@ -83,3 +84,40 @@ schedule = * * * * * *
     wait_for(lambda: row(d, "default.report")["state"] == "scheduled")
     line = status_line(d, "default.report")
     assert "scheduled" in line and "last run 20" in line and ", next 20" in line
+
+
+def test_watch_shows_the_new_events(zsupd_factory):
+    d = zsupd_factory()
+    d.call("load", config={"name": "w", "cmd": "sleep 300", "ready": "delay:0.1"})
+    d.call("load", config={"name": "once", "cmd": "true", "restart": "never"})
+    watch = Streamer(d, "watch")
+    try:
+        # the subscription reaches zsupd a moment after watch starts: trigger until it shows
+        next_try = [0.0]
+
+        def seen(lines):
+            ready = any("proc.default.w.ready" in line and "ready after" in line for line in lines)
+            exited = any("job.default.once.exited" in line and "exit codes 0" in line for line in lines)
+            if not (ready and exited) and time.monotonic() > next_try[0]:
+                d.call("restart_job", name="w")
+                d.call("start_job", name="once")
+                next_try[0] = time.monotonic() + 0.5
+            return ready and exited
+
+        watch.wait_for(seen, message="the ready and exited events")
+    finally:
+        watch.close()
+
+
+def test_watch_words_for_the_new_events():
+    from zsup.cli.zsupctl.follow import summarize
+
+    assert summarize("proc.default.web.ready", {"event": "ready", "pid": 3, "os_pid": 9, "after": 0.5,
+                                                 "check": "tcp:80"}) == "pid 3 (os pid 9) ready after 0.5s (tcp:80)"
+    assert summarize("proc.default.web.unhealthy", {"event": "unhealthy", "pid": 3, "os_pid": 9,
+                                                     "reason": "3 failed"}) == "pid 3 (os pid 9) (3 failed)"
+    assert summarize("job.default.web.roll", {"event": "roll", "job": "default.web", "phase": "failed",
+                                              "replaced": 1, "total": 3, "reason": "not ready"}) == \
+        "default.web rolling restart failed 1/3 (not ready)"
+    assert summarize("job.default.once.exited", {"event": "exited", "job": "default.once",
+                                                 "exit_codes": [0, 3]}) == "default.once exit codes 0, 3"
