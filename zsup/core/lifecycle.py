@@ -23,7 +23,7 @@ import time
 
 from zsup.core.checks import PROBES, CheckPool
 from zsup.core.job import Job
-from zsup.core.process import Process, build_env
+from zsup.core.process import Process, SpawnError, build_env
 from zsup.core.states import JobState, ProcessState, Readiness, check_readiness
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,13 @@ class Lifecycle:
                 os.chmod(self._notify_dir, 0o711)  # a job running as another user reaches its socket
             life.path = os.path.join(self._notify_dir, f"{proc.pid}.sock")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-            sock.bind(life.path)
-            if spec.uid is not None and os.geteuid() == 0:
-                os.chown(life.path, spec.uid, -1)
             life.sock = sock
+            try:
+                sock.bind(life.path)
+                if spec.uid is not None and os.geteuid() == 0:
+                    os.chown(life.path, spec.uid, -1)
+            except OSError as exc:
+                raise SpawnError(f"notify socket {life.path}: {exc.strerror or exc}") from None
             env["NOTIFY_SOCKET"] = life.path
             if spec.watchdog_sec:
                 env["WATCHDOG_USEC"] = str(int(spec.watchdog_sec * 1_000_000))
@@ -95,8 +98,6 @@ class Lifecycle:
         check = job.spec.ready
         if life.sock is not None:
             self._loop.add_reader(life.sock.fileno(), lambda _fd, p=proc: self._on_notify(p))
-            if job.spec.watchdog_sec:
-                self._arm_watchdog(proc)
         if check is None:
             life.readiness, life.ready_at = Readiness.READY, time.time()
             self._life_ready(job, proc, publish=False)
@@ -117,7 +118,8 @@ class Lifecycle:
         life.timers.clear()
         life.log_re = None
         if life.sock is not None:
-            self._loop.remove_reader(life.sock.fileno())
+            if life.sock.fileno() >= 0:
+                self._loop.remove_reader(life.sock.fileno())
             life.sock.close()
             life.sock = None
             try:
@@ -183,6 +185,8 @@ class Lifecycle:
     def _life_ready(self, job: Job, proc: Process, publish: bool) -> None:
         if job.spec.after_start:
             self._run_hook(job, proc, "after_start")
+        if job.spec.watchdog_sec and proc.life.sock is not None:
+            self._arm_watchdog(proc)  # as systemd does: from the end of the start-up
         if self._waiting:
             self._loop.call_soon(self._wake_dependents)
         if publish:

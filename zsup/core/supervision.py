@@ -176,10 +176,8 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         try:
             env = {**(env or {}), **self._life_env(job, proc)}
             proc.spawn(env)
-        except (SpawnError, OSError) as exc:
+        except SpawnError as exc:
             self._life_ended(proc)
-            if not isinstance(exc, SpawnError):
-                exc = SpawnError(f"notify socket: {exc}")
             self._publish_proc(proc, "spawn_error", error=exc.message)
             if committed:
                 raise
