@@ -79,3 +79,13 @@ def test_unknown_jobs_and_cycles_are_refused(manager, tmp_path):
     path.write_text("[process:a]\ncmd = x\ndepends = app.b\n[process:app:b]\ncmd = x\ndepends = default.a\n")
     with pytest.raises(ConfigError, match=r"depends: a cycle: default.a -> app.b -> default.a"):
         load_config(str(path))
+
+
+def test_an_update_of_a_dependency_replaces_its_processes(manager):
+    manager.load_many([{"name": "db", "cmd": "sleep", "args": ["300"]},
+                       {"name": "web", "cmd": "sleep", "args": ["300"], "depends": "db"}])
+    wait_for(lambda: manager.info("web")["running"] == 1)
+    old = manager.pids("db")
+    manager.update({"name": "db", "cmd": "sleep", "args": ["301"]})
+    wait_for(lambda: (pids := manager.pids("db")) and not set(pids) & set(old), message="db replaced")
+    assert manager.info("web")["running"] == 1

@@ -83,7 +83,8 @@ class Supervision(Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         self._roll_cancel(job)
         job.roll_result = None
         job.active = True
-        job.stop_deferred = None
+        if job.stop_deferred:  # stopped and started in one go (an update): the old ones go now
+            self._stop_deferred_now(job)
         if job.spec.schedule:  # runs when due, not now
             job.set_state(JobState.SCHEDULED)
             job.stop_reason = job.last_error = job.last_error_time = None
