@@ -121,3 +121,16 @@ def test_watch_words_for_the_new_events():
         "default.web rolling restart failed 1/3 (not ready)"
     assert summarize("job.default.once.exited", {"event": "exited", "job": "default.once",
                                                  "exit_codes": [0, 3]}) == "default.once exit codes 0, 3"
+
+
+def test_status_column_words():
+    from zsup.cli.zsupctl.format import job_state
+
+    base = {"state": "running", "running": 2, "ready": 2, "unhealthy": 0, "checked": True, "reason": None}
+    assert job_state(base) == "ready"
+    assert job_state({**base, "checked": False}) == "running"
+    assert job_state({**base, "ready": 1, "reason": "tcp:80: refused"}) == "starting (1/2 ready): tcp:80: refused"
+    assert job_state({**base, "unhealthy": 1, "reason": "3 failed"}) == "unhealthy: 3 failed"
+    assert job_state({"state": "exited", "exit_codes": [0, None]}) == "exited (0,-)"
+    assert job_state({"state": "failing", "last_error": "before_start: exited with 3"}) == \
+        "failing: before_start: exited with 3"
