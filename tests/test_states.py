@@ -22,7 +22,7 @@ def spec(name="x", **extra):
 # ------------------------------------------------------------------ the state machines
 def test_state_strings_are_the_ones_clients_know():
     assert {s.value for s in ProcessState} == {"spawning", "running", "stopping", "exited"}
-    assert {s.value for s in JobState} == {"stopped", "running", "flapping", "failed", "failing"}
+    assert {s.value for s in JobState} == {"stopped", "running", "flapping", "failed", "failing", "exited", "scheduled"}
     assert ProcessState.RUNNING == "running" and f"{JobState.FAILED}" == "failed"
 
 

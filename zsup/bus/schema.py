@@ -142,6 +142,11 @@ _DECLARED = [
        "`{added, removed, changed, unchanged}`; a bad file is refused (`bad_request`) and nothing changes"),
     _c("restart_job", "Replace every process of a job", "the job's info (every process replaced, count kept)",
        NAME, SESSION, group="jobs"),
+    _c("rolling_restart", "Replace a job's processes one by one",
+       "the job's info at once; `roll` in `info` follows the roll (`rolling`, `done`, or `failed` with "
+       "the reason: the old processes keep serving); a job with nothing running is just restarted",
+       NAME, SESSION, _p("max_surge", "integer", "new processes started at a time (default: the job's "
+                         "`max_surge`)", None, bounds=(1, 1_000_000)), group="jobs"),
     _c("restart", "Restart every active job",
        "the restarted job names (every active job, in priority order; zsupd's own are skipped)",
        group="jobs"),

@@ -14,8 +14,10 @@ PROTOCOL_VERSION = 1
 #: Jobs zsupd runs for itself (its HTTP gateway): never persisted, never announced.
 INTERNAL_SESSION = "zsupd"
 
-JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete"})
-PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error"})
+JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete", "exited", "roll", "run",
+                        "run_skipped"})
+PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error", "ready", "not_ready", "hook",
+                         "unhealthy"})
 SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "log_resumed", "stop"})
 
 #: The first part of every topic; "<kind>." subscribes to all of a kind.
@@ -24,12 +26,14 @@ JOB, PROC, IO, STATS, SYS, TASK, AGENT = (f"{k}." for k in KINDS)
 
 
 def job_topic(session: str, name: str, event: str) -> str:
-    """`job.<session>.<name>.<event>`: create, start, stop, restart, update, delete."""
+    """`job.<session>.<name>.<event>`: create, start, stop, restart, update, delete, exited, roll, run,
+    run_skipped."""
     return f"job.{session}.{name}.{event}"
 
 
 def proc_topic(session: str, name: str, event: str) -> str:
-    """`proc.<session>.<name>.<event>`: spawn, spawn_error, exit, reap, stop_pid, flap."""
+    """`proc.<session>.<name>.<event>`: spawn, spawn_error, exit, reap, stop_pid, flap, ready,
+    not_ready, unhealthy, hook."""
     return f"proc.{session}.{name}.{event}"
 
 

@@ -55,3 +55,22 @@ def app_port(args: argparse.Namespace, procfile: Procfile) -> int:
     """The base PORT: -p, else PORT from the env files, else from the environment, else 5000."""
     return base_port(getattr(args, "port", None), procfile.env)
 
+
+def apply_options(jobs: list[dict], options: list[str] | None) -> list[dict]:
+    """`-o TYPE.KEY=VALUE` (or `-o KEY=VALUE` for every type): job options beyond what a
+    Procfile says, such as `-o web.ready=tcp:5000` or `-o restart=on-failure`. zsupd checks
+    them as any job option (JobSpec.from_dict)."""
+    from zsup.errors import BadRequest
+
+    by_name = {job["name"]: job for job in jobs}
+    for option in options or []:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise BadRequest(f"-o {option!r}: expected [TYPE.]KEY=VALUE")
+        ptype, dot, key = key.rpartition(".")
+        if dot and ptype not in by_name:
+            raise BadRequest(f"-o {option!r}: no process type {ptype!r} in the Procfile")
+        for job in [by_name[ptype]] if dot else jobs:
+            job[key] = value
+    return jobs
+

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from zsup.bus.client import Client, default_endpoints
 from zsup.bus.typed import BusCommands
-from zsup.cli.procfile_app import app_name, app_port, load_procfile
+from zsup.cli.procfile_app import app_name, app_port, apply_options, load_procfile
 from zsup.errors import BadRequest, NotFound, Unavailable, ZsupError, error_from_dict
 from zsup.services.procfile import parse_concurrency, strip_instance_prefix
 
@@ -118,7 +118,7 @@ def cmd_load(args: argparse.Namespace, out: TextIO) -> int:
     procfile = load_procfile(args, args.name)
     if not procfile.processes:
         raise BadRequest(f"{procfile.path}: no process types to load")
-    jobs = procfile.job_dicts(concurrency, port=app_port(args, procfile))
+    jobs = apply_options(procfile.job_dicts(concurrency, port=app_port(args, procfile)), args.option)
     conn = connect(args)
     try:
         names = conn.load_session(session=procfile.app, configs=jobs)

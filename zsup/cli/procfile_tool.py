@@ -115,6 +115,8 @@ def build_parser() -> ToolParser:
 
     sp = add("load", cmd_load, "Load the Procfile application into zsupd as a session, and start it.")
     concurrency(sp)
+    sp.add_argument("-o", "--option", action="append", metavar="[TYPE.]KEY=VALUE",
+                    help="a job option for one type (or all), e.g. web.ready=tcp:5000, restart=on-failure")
     sp.add_argument("name", nargs="?", metavar="APP",
                     help="session name (default: the application folder's name; '.' = the current folder)")
 

@@ -10,6 +10,16 @@ from zsup.core.process import Process, encode_json
 from zsup.core.states import JobState, ProcessState, check_job
 
 
+def life_info(proc: Process) -> dict:
+    """A process's `info()` with its readiness (zsup/core/lifecycle.py's ProcLife), for info,
+    get_process and the HTTP API."""
+    out = proc.info()
+    life = getattr(proc, "life", None)
+    if life is not None:
+        out.update(life.info())
+    return out
+
+
 class Job:
     """State of one job. Changed only in the supervisor loop's thread; `state` only through
     `set_state` (zsup/core/states.py)."""
@@ -30,6 +40,18 @@ class Job:
         self.last_error_time: float | None = None
         self.last_error_exit = False  # last_error is a process that exited at once, not a spawn error
         self._config_json: tuple = (None, b"")  # (spec, its encoded to_dict())
+        # Processes that ended for good under `restart = never | on-failure` (pid, exit_code,
+        # term_signal, reason), since the last start: the job wants that many fewer.
+        self.finished: list[dict] = []
+        self.roll = None  # a rolling restart in progress (zsup/core/rolling.py)
+        self.waiting: list[str] = []  # dependencies not ready yet (zsup/core/depends.py)
+        self.stop_deferred: str | None = None  # stop reason, held until dependents are gone
+        self.hook_seq = 0  # lines of hook output so far (their `seq`)
+        self.hook_starts = 0  # spawns waiting for their before_start hook
+        self.schedule_timer = None  # the next run of a scheduled job (zsup/core/schedule.py)
+        self.last_run: float | None = None
+        self.next_run: float | None = None
+        self.roll_result: dict | None = None  # how the last one ended, until the next start
 
     @property
     def name(self) -> str:
@@ -43,6 +65,25 @@ class Job:
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
+    def lifecycle(self) -> dict:
+        """Readiness of the running processes and what ended for good: status rows and info."""
+        ready = unhealthy = 0
+        reason = None
+        for proc in self.running():
+            life = getattr(proc, "life", None)
+            if life is None or life.readiness == "ready":
+                ready += 1
+            elif life.readiness == "unhealthy":
+                unhealthy += 1
+            if life is not None and life.reason:
+                reason = life.reason
+        return {"ready": ready, "unhealthy": unhealthy, "reason": reason,
+                "exit_codes": [f["exit_code"] for f in self.finished], "restart": self.spec.restart,
+                "checked": self.spec.ready is not None or self.spec.health is not None,
+                "roll": self.roll.info() if self.roll is not None else self.roll_result,
+                "waiting_for": self.waiting, "schedule": self.spec.schedule, "last_run": self.last_run,
+                "next_run": self.next_run}
+
     def info_json(self) -> bytes:
         """`info()` as JSON, built from each process's cached fragment and the config
         encoded once per spec: a job of hundreds of processes costs a join, not a re-encode."""
@@ -52,7 +93,8 @@ class Job:
         head = self._head(procs)
         now = time.time()
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
-                         b",".join([p.info_json(now) for p in procs]), b"]}"])
+                         b",".join([p.info_json(now) if getattr(p, "life", None) is None
+                                    else encode_json(life_info(p)) for p in procs]), b"]}"])
 
     def _head(self, procs: list[Process]) -> dict:
         return {
@@ -65,6 +107,7 @@ class Job:
             "numprocesses": self.numprocesses,
             "running": len(self.running()),
             "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
+            **self.lifecycle(),
             "flapping_retries": self.flapping.retries if self.flapping else 0,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,
@@ -73,4 +116,4 @@ class Job:
 
     def info(self) -> dict:
         procs = list(self.processes.values()) + list(self.committed.values())
-        return {**self._head(procs), "processes": [p.info() for p in procs], "config": self.spec.to_dict()}
+        return {**self._head(procs), "processes": [life_info(p) for p in procs], "config": self.spec.to_dict()}

@@ -16,7 +16,10 @@ import shlex
 from dataclasses import dataclass, field, fields
 
 from zsup.bus.parse import parse_size
+from zsup.core.checks import HEALTH_KINDS, Check, parse_check
+from zsup.core.depends import parse_depends
 from zsup.core.flapping import FlappingRule
+from zsup.core.schedule import parse_schedule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
 
@@ -26,6 +29,9 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 LOG_FORMATS = ("text", "json")
 LOG_ROTATIONS = (None, "daily", "hourly")
+RESTART_POLICIES = ("always", "on-failure", "never")
+RESTART_MODES = ("all", "rolling")
+HOOKS = ("before_start", "after_start", "before_stop", "after_stop")
 
 #: The default per-job cap on `numprocesses` (and on `scale`); a job may set its own.
 MAX_PROCESSES = 1024
@@ -180,6 +186,15 @@ def resolve_gid(value) -> int | None:
     return gid
 
 
+def _command(option: str, value) -> str | None:
+    """A hook's shell command line (None: no hook)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRequest(f"{option}: expected a shell command, got {value!r}")
+    return check_text(option, value)
+
+
 def _path(option: str, value) -> str | None:
     if value is None or value == "":
         return None
@@ -220,6 +235,24 @@ class JobSpec:
     log_max_bytes: int | None = None
     log_backups: int | None = None
     log_rotate: str | None = None
+    # Lifecycle (docs/lifecycle.md)
+    restart: str = "always"
+    ready: Check | None = None
+    ready_timeout: float = 30.0
+    health: Check | None = None
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    health_retries: int = 3
+    watchdog_sec: float | None = None
+    restart_mode: str = "all"
+    max_surge: int = 1
+    depends: list = field(default_factory=list)
+    before_start: str | None = None
+    after_start: str | None = None
+    before_stop: str | None = None
+    after_stop: str | None = None
+    hook_timeout: float = 30.0
+    schedule: str | None = None
 
     @property
     def fullname(self) -> str:
@@ -270,6 +303,23 @@ class JobSpec:
         numprocesses = to_number("numprocesses", data.get("numprocesses", 1), int, 0)
         if numprocesses > max_processes:
             raise BadRequest(f"numprocesses: {numprocesses} is above max_processes ({max_processes})")
+        restart = data.get("restart") or "always"
+        if restart not in RESTART_POLICIES:
+            raise BadRequest(f"restart: expected always, on-failure or never, got {restart!r}")
+        schedule = parse_schedule(data.get("schedule"))
+        if schedule and data.get("restart") not in (None, "", "never"):
+            raise BadRequest(f"restart: a job with a schedule is never restarted, got {restart!r}")
+        ready = parse_check("ready", data.get("ready"))
+        health = parse_check("health", data.get("health"), HEALTH_KINDS)
+        watchdog_sec = to_number("watchdog_sec", data.get("watchdog_sec"), float, 0.01, allow_none=True,
+                                 maximum=MAX_SECONDS)
+        if health is not None and health.kind == "notify" and watchdog_sec is None:
+            raise BadRequest("health: notify as a health check needs watchdog_sec")
+        if watchdog_sec is not None and "notify" not in (str(ready), str(health)):
+            raise BadRequest("watchdog_sec: needs ready = notify (the process sends WATCHDOG=1)")
+        restart_mode = data.get("restart_mode") or "all"
+        if restart_mode not in RESTART_MODES:
+            raise BadRequest(f"restart_mode: expected all or rolling, got {restart_mode!r}")
         spec = cls(
             name=name,
             session=sess,
@@ -301,6 +351,23 @@ class JobSpec:
             log_max_bytes=to_size("log_max_bytes", data.get("log_max_bytes"), allow_none=True),
             log_backups=to_number("log_backups", data.get("log_backups"), int, 0, allow_none=True),
             log_rotate=log_rotate,
+            restart="never" if schedule else restart,
+            schedule=schedule,
+            ready=ready,
+            ready_timeout=to_number("ready_timeout", data.get("ready_timeout", 30.0), float, 0.01,
+                                    maximum=MAX_SECONDS),
+            health=health,
+            health_interval=to_number("health_interval", data.get("health_interval", 10.0), float, 0.01,
+                                      maximum=MAX_SECONDS),
+            health_timeout=to_number("health_timeout", data.get("health_timeout", 5.0), float, 0.01,
+                                     maximum=MAX_SECONDS),
+            health_retries=to_number("health_retries", data.get("health_retries", 3), int, 1, maximum=1000),
+            watchdog_sec=watchdog_sec,
+            restart_mode=restart_mode,
+            depends=parse_depends(data.get("depends"), sess),
+            **{hook: _command(hook, data.get(hook)) for hook in HOOKS},
+            hook_timeout=to_number("hook_timeout", data.get("hook_timeout", 30.0), float, 0.01, maximum=MAX_SECONDS),
+            max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
         )
         return spec
 
@@ -313,6 +380,8 @@ class JobSpec:
                 value = value.to_dict() if value else None
             elif f.name == "stop_signal":
                 value = signal_name(value)[3:] if signal_name(value).startswith("SIG") else value
+            elif isinstance(value, Check):
+                value = str(value)
             out[f.name] = value
         return out
 

@@ -28,9 +28,10 @@ from collections import OrderedDict
 from typing import Any, Callable, Iterable
 
 from zsup.bus.parse import parse_scale, parse_signal
+from zsup.core.checks import CheckPool
 from zsup.core.events import EventEmitter
-from zsup.core.job import Job
-from zsup.core.jobspec import MAX_SECONDS, JobSpec, check_env, split_job_name, to_number
+from zsup.core.job import Job, life_info
+from zsup.core.jobspec import MAX_SECONDS, check_env, to_number
 from zsup.core.loop import Loop
 from zsup.core.output import OutputStream
 from zsup.core.pipes import PipeReader
@@ -89,6 +90,7 @@ class Manager(Supervision):
         self._all_gone = threading.Event()
         self._all_gone.set()
         self.stats_sampler = StatsSampler(self, stats_interval)
+        self._checks, self._waiting = CheckPool(), set()  # lifecycle.py; jobs waiting (depends.py)
         self.started = False
         self.stopping = False
 
@@ -115,6 +117,7 @@ class Manager(Supervision):
         self.stats_sampler.stop()
         if self.subreaper:
             self._loop.call_and_wait(self._kill_adopted, timeout=10)
+        self._loop.call_and_wait(self._life_shutdown, timeout=10)
         self._loop.stop()
         self._io.stop()
         self.started = False
@@ -140,6 +143,7 @@ class Manager(Supervision):
         """Load several jobs at once: all are checked before any is loaded, and they start in
         priority order (0 first)."""
         specs = [self._make_spec(c, session, None) for c in configs]
+        self._check_depends(specs, strict=True)
         names = [s.fullname for s in specs]
         dupes = {n for n in names if names.count(n) > 1} | {n for n in names if n in self._jobs}
         if dupes:
@@ -194,6 +198,8 @@ class Manager(Supervision):
         job = self._job(spec.fullname)
         self._check_total(spec.numprocesses, replacing=job)
         was_active = job.active
+        if spec.restart_mode == "rolling" and start is not False and self._roll_update(job, spec):
+            return job.info()
         self._stop_job(job, "update", publish=False)
         job.spec = spec
         job.numprocesses = spec.numprocesses
@@ -214,9 +220,16 @@ class Manager(Supervision):
 
     @supervised
     def restart_job(self, name: str, session: str | None = None) -> dict:
-        """Replace every process of a job, keeping its current count (gaffer's stopall)."""
+        """Replace every process of a job, count kept (gaffer's stopall), as its restart_mode says."""
         job = self._job(name, session)
         self._restart_job(job)
+        return job.info()
+
+    @supervised
+    def rolling_restart(self, name: str, session: str | None = None, max_surge: int | None = None) -> dict:
+        """A rolling restart (docs/lifecycle.md); answers at once, `info` follows the roll."""
+        job = self._job(name, session)
+        self._roll_restart(job, max_surge)
         return job.info()
 
     @supervised
@@ -321,6 +334,7 @@ class Manager(Supervision):
                 "started": min((p.started for p in running), default=None),
                 "cmd": job.spec.cmd,
                 "last_error": job.last_error,
+                **job.lifecycle(),
             })
         return out
 
@@ -335,7 +349,7 @@ class Manager(Supervision):
 
     @supervised
     def get_process(self, pid) -> dict:
-        return self._process(pid, alive=False).info()
+        return life_info(self._process(pid, alive=False))
 
     def stats(self, name: str, session: str | None = None) -> dict:
         """psutil figures for every process of a job, and their sums. Sampled outside the
@@ -440,8 +454,7 @@ class Manager(Supervision):
     def unmonitor(self, pattern: str = "stats") -> None:
         self.stats_sampler.unwatch(pattern)
 
-    def snapshot(self) -> list[Process]:
-        """Live processes, for the stats sampler (a copy taken in the supervisor thread)."""
+    def snapshot(self) -> list[Process]:  # for the stats sampler (a copy made in the supervisor thread)
         return self._loop.call_and_wait(lambda: list(self._procs.values()), timeout=60)
 
     @supervised
@@ -455,41 +468,3 @@ class Manager(Supervision):
     def ignore_child(self, os_pid: int) -> None:
         """A child of this process that zsup did not spawn (never reaped as an orphan)."""
         self._ignored_os_pids.add(os_pid)
-
-    # ------------------------------------------------------------------ lookups (supervisor thread)
-    def _make_spec(self, config, session, env) -> JobSpec:
-        if isinstance(config, JobSpec):
-            spec = config
-            if session and session != spec.session:
-                spec = JobSpec.from_dict({**spec.to_dict(), "session": session})
-        else:
-            if not isinstance(config, dict):
-                raise BadRequest("config: a job must be a JSON object")
-            config = dict(config)
-            if session:
-                config.pop("session", None)
-            spec = JobSpec.from_dict(config, session)
-        if env:
-            spec.env = {**spec.env, **check_env("env", env)}
-        return spec
-
-    def _job(self, name, session=None) -> Job:
-        if isinstance(name, Job):
-            return name
-        sess, short = split_job_name(name, session)
-        job = self._jobs.get(f"{sess}.{short}")
-        if job is None:
-            raise NotFound(f"no job {sess}.{short}")
-        return job
-
-    def _process(self, pid, alive: bool = True) -> Process:
-        try:
-            pid = int(pid)
-        except (TypeError, ValueError):
-            raise BadRequest(f"pid: expected an integer, got {pid!r}") from None
-        proc = self._procs.get(pid)
-        if proc is None and not alive:
-            proc = self._exited.get(pid)
-        if proc is None:
-            raise NotFound(f"no process {pid}")
-        return proc

@@ -29,6 +29,17 @@ Job (all changes in the supervisor thread):
   `failing` means the job wants processes but cannot spawn them (missing binary, bad cwd,
   bad user): retried on the back-off or flapping schedule, with the reason in `last_error`.
   From `failing` a job moves as from `running` (flap, fail, stop, start).
+    running | failing --every process ended for good (restart = never/on-failure)--> exited
+    exited --start--> running;  exited --stop--> stopped
+    a job with a `schedule`: start --> scheduled --run due--> running --all ended--> scheduled
+
+Readiness of a running process (docs/lifecycle.md), beside its ProcessState:
+
+    starting --check passed (or no `ready` check)--> ready --health failed--> unhealthy
+    unhealthy --health passed again--> ready
+
+  A process that does not become ready in `ready_timeout`, or stays unhealthy for
+  `health_retries` checks, is stopped and counted as a death (back-off, flapping).
 """
 
 from __future__ import annotations
@@ -53,6 +64,14 @@ class JobState(StrEnum):
     FLAPPING = "flapping"
     FAILED = "failed"
     FAILING = "failing"
+    EXITED = "exited"
+    SCHEDULED = "scheduled"
+
+
+class Readiness(StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    UNHEALTHY = "unhealthy"
 
 
 P, J = ProcessState, JobState
@@ -68,7 +87,14 @@ PROCESS_TRANSITIONS: dict[tuple[ProcessState, ProcessState], tuple[str, ...]] = 
 # (from, to) -> the events (job.<session>.<name>.<event>, or proc.….flap) that may go with
 # the change; which one depends on the cause (start, retry, update...), as described above.
 JOB_TRANSITIONS: dict[tuple[JobState, JobState], tuple[str, ...]] = {
-    **{(s, J.RUNNING): ("start",) for s in (J.STOPPED, J.RUNNING, J.FAILED)},
+    **{(s, J.RUNNING): ("start",) for s in (J.STOPPED, J.RUNNING, J.FAILED, J.EXITED)},
+    (J.RUNNING, J.EXITED): ("exited",),
+    (J.FAILING, J.EXITED): ("exited",),
+    # a scheduled job (zsup/core/schedule.py) waits, runs when due, and waits again
+    **{(s, J.SCHEDULED): ("start",) for s in (J.STOPPED, J.FAILED, J.EXITED, J.SCHEDULED)},
+    (J.SCHEDULED, J.RUNNING): ("run",),
+    (J.RUNNING, J.SCHEDULED): ("exited",),
+    (J.FAILING, J.SCHEDULED): ("exited",),
     (J.RUNNING, J.FAILING): ("spawn_error",),
     (J.FAILING, J.RUNNING): ("start", "spawn"),  # a start, or a spawn succeeded again
     (J.FLAPPING, J.RUNNING): ("start",),  # or none: the flapping retry came due
@@ -80,6 +106,21 @@ JOB_TRANSITIONS: dict[tuple[JobState, JobState], tuple[str, ...]] = {
     (J.FLAPPING, J.FAILED): ("flap", "stop"),
     (J.FAILING, J.FAILED): ("flap", "stop"),
 }
+
+
+R = Readiness
+
+# (from, to) -> the event (proc.<session>.<name>.<event>) that goes with the change.
+READINESS_TRANSITIONS: dict[tuple[Readiness, Readiness], tuple[str, ...]] = {
+    (R.STARTING, R.READY): ("ready",),
+    (R.READY, R.UNHEALTHY): ("unhealthy",),
+    (R.UNHEALTHY, R.READY): ("healthy",),
+}
+
+
+def check_readiness(old: Readiness, new: Readiness, pid: int) -> None:
+    if (old, new) not in READINESS_TRANSITIONS:
+        raise IllegalTransition(f"process {pid}: no readiness transition {old.value} -> {new.value}")
 
 
 def check_process(old: ProcessState, new: ProcessState, pid: int) -> None:

@@ -15,10 +15,18 @@ import signal
 import time
 
 from zsup.bus.topics import io_topic, job_topic, proc_topic
+from zsup.core.depends import Ordering
+from zsup.core.hooks import Hooks
 from zsup.core.job import Job
+from zsup.core.jobspec import JobSpec, check_env, split_job_name
+from zsup.core.leftovers import Leftovers
+from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
+from zsup.core.rolling import Rolling
+from zsup.core.schedule import Scheduling
 from zsup.core.states import JobState, ProcessState
+from zsup.errors import BadRequest, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +35,6 @@ BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
 START_GRACE = 5.0  # a process that fails within this long of its start could not start: `failing`
 BACKOFF_BASE = 0.01
 BACKOFF_MAX = 10.0
-GROUP_CHECK_FIRST = 0.02  # first look at a lingering process group, then twice as late each time
-GROUP_CHECK_MAX = 0.5
 # Spawning a big count is done in slices: at most this long (and this many) per turn of the
 # supervisor loop, which then serves what queued meanwhile (a `status`, an exit, a SIGTERM)
 # before the next slice. One fork+exec costs about a millisecond. A small count (up to
@@ -38,7 +44,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision:
+class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -49,14 +55,17 @@ class Supervision:
         for job in self._jobs.values():
             job.active = False
             self._cancel_restart(job)
+            self._schedule_cancel(job)
+        layers = 1 + max((self._depth(j) for j in self._jobs.values() if j.spec.depends), default=0)
         for proc in list(self._procs.values()):
-            if proc.spec.detach:
-                continue  # a detached process outlives the manager by design
-            longest = max(longest, proc.graceful_timeout)
+            job = self._jobs.get(proc.job)
+            if proc.spec.detach or (job and (job.stop_deferred or self._stop_after_dependents(job, "shutdown"))):
+                continue  # a detached process outlives the manager by design; a dependency waits
+            longest = max(longest, proc.graceful_timeout + (proc.spec.hook_timeout if proc.spec.before_stop else 0))
             self._stop_proc(proc, "shutdown")
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
-        return longest
+        return longest * layers
 
 
     def _publish_job(self, job: Job, event: str, **extra) -> None:
@@ -73,12 +82,23 @@ class Supervision:
     def _start_job(self, job: Job) -> None:
         self._loop.assert_in_loop()
         self._cancel_restart(job)
+        self._roll_cancel(job)
+        job.roll_result = None
         job.active = True
+        if job.stop_deferred:  # stopped and started in one go (an update): the old ones go now
+            self._stop_deferred_now(job)
+        if job.spec.schedule:  # runs when due, not now
+            job.set_state(JobState.SCHEDULED)
+            job.stop_reason = job.last_error = job.last_error_time = None
+            self._publish_job(job, "start")
+            self._schedule_arm(job)
+            return
         job.set_state(JobState.RUNNING)
         job.stop_reason = None
         job.last_error = job.last_error_time = None  # a new start, a new episode
         job.last_error_exit = False
         job.fast_deaths = 0
+        job.finished.clear()
         if job.flapping:
             job.flapping.retries = 0
             job.flapping.restarts.clear()
@@ -90,16 +110,26 @@ class Supervision:
         job.active = False
         job.set_state(JobState.STOPPED)
         self._cancel_restart(job)
-        for proc in list(job.processes.values()):
-            self._stop_proc(proc, reason)
+        self._roll_cancel(job)
+        self._schedule_cancel(job)
+        self._waiting.discard(job.name)
+        if not self._stop_later(job, reason):
+            for proc in list(job.processes.values()):
+                self._stop_proc(proc, reason)
         if publish:
             self._publish_job(job, "stop", reason=reason)
 
-    def _restart_job(self, job: Job) -> None:
+    def _restart_job(self, job: Job, mode: str | None = None) -> None:
+        """Replace every process: all at once, or a rolling restart (`mode`, else the job's
+        `restart_mode`)."""
         self._loop.assert_in_loop()
+        if (mode or job.spec.restart_mode) == "rolling" and self._roll(job):
+            return
+        self._roll_cancel(job)
         for proc in list(job.processes.values()):
             self._stop_proc(proc, "restart")
         self._publish_job(job, "restart")
+        job.finished.clear()
         if job.active:
             self._cancel_restart(job)
             job.fast_deaths = 0
@@ -115,15 +145,17 @@ class Supervision:
     def _manage(self, job: Job) -> None:
         """Bring the job's running processes to its count."""
         self._loop.assert_in_loop()
-        if not job.active or job.restart_timer is not None or self.stopping:
+        if not job.active or job.restart_timer is not None or self.stopping or job.state == JobState.SCHEDULED \
+                or self._gated(job):
             return
         running = job.running()
-        for proc in running[: max(0, len(running) - job.numprocesses)]:
+        wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)  # a roll's surge
+        for proc in running[: max(0, len(running) - wanted)]:
             self._stop_proc(proc, "scale")  # the oldest go first
-        missing = job.numprocesses - len(running)
+        missing = wanted - len(running) - len(job.finished) - job.hook_starts
         deadline = time.monotonic() + SPAWN_SLICE
         for done in range(min(missing, SPAWN_BATCH)):
-            if self._spawn(job) is None:
+            if self._spawn_hooked(job) is None:
                 return
             if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
                 missing -= done + 1
@@ -146,8 +178,10 @@ class Supervision:
             proc.instance = next(n for n in range(1, len(taken) + 2) if n not in taken)
             env = {**(env or {}), "ZSUP_INSTANCE": str(proc.instance)}
         try:
+            env = {**(env or {}), **self._life_env(job, proc)}
             proc.spawn(env)
         except SpawnError as exc:
+            self._life_ended(proc)
             self._publish_proc(proc, "spawn_error", error=exc.message)
             if committed:
                 raise
@@ -162,6 +196,7 @@ class Supervision:
         self._pipes.add(proc)
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed,
                            instance=proc.instance)
+        self._life_spawned(job, proc)
         if not committed and job.last_error is not None:
             if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
                 self._loop.call_later(START_GRACE, self._check_survived, job, proc)
@@ -209,6 +244,14 @@ class Supervision:
             return
         proc.set_state(ProcessState.STOPPING)
         proc.stop_reason = reason
+        job = self._jobs.get(proc.job)
+        if job is None or not self._run_hook(job, proc, "before_stop", lambda _error: self._send_stop(proc)):
+            self._send_stop(proc)
+
+    def _send_stop(self, proc: Process) -> None:
+        """The stop signal, and SIGKILL graceful_timeout later (after before_stop, if any)."""
+        if proc.state != ProcessState.STOPPING:
+            return  # it exited while its before_stop hook ran
         sig = proc.spec.stop_signal
         if proc.spec.detach:
             proc.signal(sig)
@@ -236,6 +279,7 @@ class Supervision:
         if proc.stop_timer is not None:
             proc.stop_timer.cancel()
         proc.reaped(status)
+        self._life_ended(proc)
         if not proc.spec.detach:
             self._stop_leftovers(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
@@ -254,64 +298,15 @@ class Supervision:
         job = self._jobs.get(proc.job)
         kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
         self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
+        if kept and job.spec.depends:
+            self._dependency_freed(job)
+        if job is not None and job.spec.after_stop:
+            self._run_hook(job, proc, "after_stop")
         if not any(not p.spec.detach for p in self._procs.values()):
             self._all_gone.set()
-        if kept and not proc.committed and not proc.stop_reason:
-            self._on_death(job, proc)
-
-    # ------------------------------------------------------------------ leftovers of a dead process
-    def _stop_leftovers(self, proc: Process) -> None:
-        """The leader of a process group was reaped: stop what is left of its group (its
-        background children, a crashed server's workers). They get the job's stop signal and,
-        graceful_timeout later, SIGKILL; a group zsup was already stopping gets SIGKILL at once
-        (its members had their stop signal). The group is watched until it is empty, then
-        `group_listeners` hear of it (the orphan guard keeps it until then).
-
-        The group id cannot be reused while the group has a member, zombie or not; a check
-        against our own live processes covers the instant after it empties."""
-        self._loop.assert_in_loop()
-        pgid = proc.os_pid
-        sig = signal.SIGKILL if proc.stop_reason else proc.spec.stop_signal
-        # just reaped, in this thread: no process of ours can have this pid yet (no O(n) check)
-        if not self._signal_group(pgid, sig, check_ours=False):
-            return  # the usual case: the group died with its leader
-        log.debug("process %s (%s) exited, leaving members of its group %s: signal %s", proc.pid, proc.job,
-                  pgid, sig)
-        self._lingering[pgid] = proc
-        if sig != signal.SIGKILL:
-            self._loop.call_later(proc.graceful_timeout, self._kill_group, pgid, proc)
-        self._loop.call_later(GROUP_CHECK_FIRST, self._check_group, pgid, proc, GROUP_CHECK_FIRST)
-
-    def _signal_group(self, pgid: int, sig: int, check_ours: bool = True) -> bool:
-        """killpg, unless pgid is gone or is now the group of another of our processes."""
-        if check_ours and any(p.os_pid == pgid and p.state != ProcessState.EXITED for p in self._procs.values()):
-            return False
-        try:
-            os.killpg(pgid, sig)
-            return True
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True  # a member that changed user: still there, and still watched
-
-    def _kill_group(self, pgid: int, proc: Process) -> None:
-        self._loop.assert_in_loop()
-        if self._lingering.get(pgid) is proc and self._signal_group(pgid, signal.SIGKILL):
-            log.info("process group %s (%s) ignored its stop signal for %ss: SIGKILL", pgid, proc.job,
-                     proc.graceful_timeout)
-
-    def _check_group(self, pgid: int, proc: Process, delay: float) -> None:
-        self._loop.assert_in_loop()
-        if self._lingering.get(pgid) is not proc:
-            return
-        self._reap_orphans()  # members re-parented to us: their zombies would keep the group
-        if self._signal_group(pgid, 0):
-            delay = min(delay * 2, GROUP_CHECK_MAX)
-            self._loop.call_later(delay, self._check_group, pgid, proc, delay)
-            return
-        del self._lingering[pgid]
-        for listener in self.group_listeners:
-            listener(pgid)
+        if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
+            if not self._roll_lost(job, proc):
+                self._on_death(job, proc)
 
     # ------------------------------------------------------------------ detached, found again
     def _adopt_detached(self, job: Job) -> None:
@@ -339,6 +334,9 @@ class Supervision:
         """A kept-alive process died on its own (or could not spawn): restart it."""
         self._loop.assert_in_loop()
         if not job.active or self.stopping or self._jobs.get(job.name) is not job:
+            return
+        if not self._policy_restarts(job, proc):
+            self._finished(job, proc)
             return
         if job.flapping:
             if job.flapping.record_restart():
@@ -384,59 +382,44 @@ class Supervision:
             job.stop_reason = "flapping"
             self._publish_job(job, "stop", reason="flapping")
 
-    # ------------------------------------------------------------------ orphans (subreaper)
-    def _children_os_pids(self) -> set[int]:
-        pids: set[int] = set()
+    # ------------------------------------------------------------------ lookups (supervisor thread)
+    def _make_spec(self, config, session, env) -> JobSpec:
+        if isinstance(config, JobSpec):
+            spec = config
+            if session and session != spec.session:
+                spec = JobSpec.from_dict({**spec.to_dict(), "session": session})
+        else:
+            if not isinstance(config, dict):
+                raise BadRequest("config: a job must be a JSON object")
+            config = dict(config)
+            if session:
+                config.pop("session", None)
+            spec = JobSpec.from_dict(config, session)
+        if env:
+            spec.env = {**spec.env, **check_env("env", env)}
+        self._check_depends([spec])
+        return spec
+
+    def _job(self, name, session=None) -> Job:
+        if isinstance(name, Job):
+            return name
+        sess, short = split_job_name(name, session)
+        job = self._jobs.get(f"{sess}.{short}")
+        if job is None:
+            raise NotFound(f"no job {sess}.{short}")
+        return job
+
+    def _process(self, pid, alive: bool = True) -> Process:
         try:
-            tasks = os.listdir("/proc/self/task")
-        except OSError:
-            return pids
-        for tid in tasks:
-            try:
-                with open(f"/proc/self/task/{tid}/children") as f:
-                    pids.update(int(p) for p in f.read().split())
-            except OSError:
-                continue
-        return pids
-
-    def _orphans(self) -> set[int]:
-        ours = {p.os_pid for p in self._procs.values()} | self._ignored_os_pids
-        return self._children_os_pids() - ours
-
-    def _reap_orphans(self) -> None:
-        self._loop.assert_in_loop()
-        for os_pid in self._orphans():
-            try:
-                os.waitpid(os_pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-
-    def _reap_orphans_every(self, interval: float) -> None:
-        self._reap_orphans()
-        self._loop.call_later(interval, self._reap_orphans_every, interval)
-
-    def _kill_adopted(self) -> None:
-        """At shutdown, the grandchildren we adopted as subreaper go too: no orphans."""
-        self._loop.assert_in_loop()
-        for pgid in list(self._lingering):
-            self._signal_group(pgid, signal.SIGKILL)
-        orphans = self._orphans()
-        for os_pid in orphans:
-            try:
-                os.kill(os_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + 2
-        while orphans and time.monotonic() < deadline:
-            for os_pid in list(orphans):
-                try:
-                    if os.waitpid(os_pid, os.WNOHANG)[0]:
-                        orphans.discard(os_pid)
-                except ChildProcessError:
-                    orphans.discard(os_pid)
-            if orphans:
-                time.sleep(0.01)
-
+            pid = int(pid)
+        except (TypeError, ValueError):
+            raise BadRequest(f"pid: expected an integer, got {pid!r}") from None
+        proc = self._procs.get(pid)
+        if proc is None and not alive:
+            proc = self._exited.get(pid)
+        if proc is None:
+            raise NotFound(f"no process {pid}")
+        return proc
 
     # ------------------------------------------------------------------ IO thread
     def _on_lines(self, proc: Process, stream: OutputStream, first: int, count: int, payload: bytes) -> None:
@@ -445,6 +428,8 @@ class Supervision:
         msg = {"pid": proc.pid, "os_pid": proc.os_pid, "job": proc.job, "label": stream.label,
                "seq": first, "lines": count}
         self.events.publish(io_topic(s, n, proc.pid, stream.label), msg, payload)
+        if proc.spec.ready is not None and proc.spec.ready.kind == "log":
+            self._log_ready(proc, payload)
         if self.log_writer is not None:
             self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)
 

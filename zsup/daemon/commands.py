@@ -74,7 +74,7 @@ def check_handler(name: str, fn: Callable) -> None:
 # scale, unload, restart, signal or replace them, nor add jobs to their session, so no call
 # made through the gateway can take the gateway down. Reading them (status, info, logs) is fine.
 # Bulk commands (start_all, stop_all, restart) skip them instead of refusing.
-_BY_NAME = ("unload", "reload", "restart_job", "start_job", "stop_job", "scale", "commit", "killall")
+_BY_NAME = ("unload", "reload", "restart_job", "rolling_restart", "start_job", "stop_job", "scale", "commit", "killall")
 _BY_PID = ("stop_process", "kill", "send", "writelines")
 _BY_SESSION = ("load_session", "unload_session")
 
@@ -245,6 +245,11 @@ def reload(d, name: str | None = None, session: str | None = None) -> Any:
 @command
 def restart_job(d, name: str, session: str | None = None) -> dict:
     return d.manager.restart_job(_name(name, session))
+
+
+@command
+def rolling_restart(d, name: str, session: str | None = None, max_surge: int | None = None) -> dict:
+    return d.manager.rolling_restart(_name(name, session), max_surge=max_surge)
 
 
 @command

@@ -44,6 +44,7 @@ from urllib.parse import urlsplit
 from configobj import ConfigObj, ConfigObjError, DuplicateError
 from configobj.validate import ValidateError
 
+from zsup.core.depends import DependencyError, check_graph
 from zsup.core.jobspec import DEFAULT_SESSION, JobSpec, check_name
 from zsup.core.signals import parse_signal
 from zsup.daemon.config_spec import ENDPOINT_OPTIONAL, ENDPOINT_SPEC, SETTINGS_SPEC, validator
@@ -250,6 +251,11 @@ class _Reader:
                                 "http_endpoints")
         hooks = self.webhooks(webhooks, raw[webhooks]) if webhooks else []
         jobs = self.jobs(raw, processes, envs, settings)
+        try:  # `depends`: every job named is in the file, and no cycle (zsup/core/depends.py)
+            check_graph({job.fullname: job.depends for job in jobs})
+        except DependencyError as exc:
+            sname = next(s for s, sess, name in processes if f"{sess}.{name}" == exc.job)
+            raise self.fail(exc.message.partition(": ")[2], sname, "depends") from None
         total = sum(job.numprocesses for job in jobs)
         if total > settings["max_processes_total"]:
             raise self.fail(f"the jobs want {total} processes in all, above max_processes_total "

@@ -133,9 +133,18 @@ def summarize(topic: str, msg: dict) -> str:
             text += f" ({msg['reason']})"
         if event == "spawn_error":
             text = f"cannot spawn: {msg.get('error')}"
+        elif event == "ready":
+            text += f" ready after {msg.get('after')}s ({msg.get('check')})"
+        elif event == "hook":
+            text += f" {msg.get('hook')} " + (f"failed: {msg['error']}" if msg.get("error") else "ok")
         return text
     if kind == "job":
-        return f"{msg.get('job', '')}" + (f" ({msg['reason']})" if msg.get("reason") else "")
+        extra = ""
+        if event == "exited":
+            extra = f" exit codes {', '.join(map(str, msg.get('exit_codes') or []))}"
+        elif event == "roll":
+            extra = f" rolling restart {msg.get('phase')} {msg.get('replaced', 0)}/{msg.get('total', 0)}"
+        return f"{msg.get('job', '')}{extra}" + (f" ({msg['reason']})" if msg.get("reason") else "")
     if kind == "stats":
         return f"cpu {msg.get('cpu', 0):.1f}% mem {msg.get('mem', 0):.1f}% rss {human_bytes(msg.get('rss'))}"
     if kind == "sys":

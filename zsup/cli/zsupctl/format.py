@@ -100,8 +100,30 @@ def parse_env(text: str) -> tuple[str, str]:
 
 
 def job_state(row: dict) -> str:
-    """The STATE cell of `zsupctl status`: the job's state, and why when it cannot spawn."""
+    """The STATE cell of `zsupctl status`: the job's state, and why when it cannot spawn;
+    `starting`/`ready`/`unhealthy` for a running job with checks, `exited` with the codes."""
     state = row.get("state", "-")
     if row.get("last_error") and state in ("failing", "flapping", "failed"):
         return f"{state}: {row['last_error']}"
+    if state == "exited":
+        codes = ",".join("-" if c is None else str(c) for c in row.get("exit_codes") or [])
+        return f"exited ({codes})" if codes else state
+    if state == "running" and "ready" in row:
+        running, ready = row.get("running", 0), row.get("ready", 0)
+        if row.get("unhealthy"):
+            state = "unhealthy"
+        elif ready < running:
+            state = f"starting ({ready}/{running} ready)"
+        elif row.get("checked"):
+            state = "ready"
+        if row.get("reason") and state != "ready":
+            state += f": {row['reason']}"
+    if row.get("schedule"):
+        if state == "scheduled" and row.get("exit_codes"):
+            state += f" (exit {','.join('-' if c is None else str(c) for c in row['exit_codes'])})"
+        state += f", last run {_when(row.get('last_run'))}, next {_when(row.get('next_run'))}"
     return state
+
+
+def _when(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"

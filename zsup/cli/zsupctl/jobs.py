@@ -135,6 +135,27 @@ def cmd_sub(ctl: Ctl) -> int:
     return _scale(ctl, f"-{ctl.args.n}")
 
 
+def cmd_restart(ctl: Ctl) -> int:
+    """Replace a job's processes. `--rolling` asks zsupd for a rolling restart and follows
+    it (through `info`) until it is done or failed; exit status 1 if it failed."""
+    if not ctl.args.rolling:
+        info = ctl.call("restart_job", **_name_args(ctl))
+        ctl.emit(info, lambda r: f"restarted {r['job']}")
+        return 0
+    args = _name_args(ctl)
+    if ctl.args.max_surge:
+        args["max_surge"] = ctl.args.max_surge
+    info = ctl.call("rolling_restart", **args)
+    while (info.get("roll") or {}).get("phase") == "rolling":
+        time.sleep(0.2)
+        info = ctl.call("info", **_name_args(ctl))
+    roll = info.get("roll") or {"phase": "done", "replaced": 0, "total": 0}
+    ctl.emit(info, lambda r: f"rolling restart of {r['job']}: {roll['phase']}, "
+                             f"{roll.get('replaced', 0)}/{roll.get('total', 0)} replaced"
+                             + (f": {roll['reason']}" if roll.get("reason") else ""))
+    return 1 if roll["phase"] == "failed" else 0
+
+
 def cmd_reload(ctl: Ctl) -> int:
     """With a job: restart its processes (count back to the config's). Without: re-read the
     daemon's config file, like SIGHUP, and say what changed."""
@@ -164,15 +185,28 @@ def _describe_info(info: dict) -> str:
         ("job", info["job"]),
         ("state", info["state"] + ("" if info.get("active") else " (inactive)")
          + (f", {info['stop_reason']}" if info.get("stop_reason") else "")),
-        ("processes", f"{info['running']} running / {info['numprocesses']} wanted"),
+        ("processes", f"{info['running']} running / {info['numprocesses']} wanted"
+         + (f", {info['ready']} ready" if "ready" in info else "")),
         ("cmd", cmdline),
     ]
     text = "\n".join(f"{k + ':':<11} {v}" for k, v in head)
     procs = info.get("processes") or []
     if procs:
         rows = [[p["pid"], p["os_pid"], p["state"] + (" (commit)" if p.get("committed") else ""),
-                 human_duration(p.get("uptime"))] for p in procs]
-        text += "\n\n" + format_table(["PID", "OS PID", "STATE", "UPTIME"], rows)
+                 _readiness(p), human_duration(p.get("uptime"))] for p in procs]
+        text += "\n\n" + format_table(["PID", "OS PID", "STATE", "READY", "UPTIME"], rows)
+    return text
+
+
+def _readiness(proc: dict) -> str:
+    """The READY cell of `zsupctl info`: starting/ready/unhealthy, why, and sd_notify's STATUS."""
+    if proc.get("state") != "running" or "readiness" not in proc:
+        return "-"
+    text = proc["readiness"]
+    if proc.get("reason") and text != "ready":
+        text += f": {proc['reason']}"
+    if proc.get("status"):
+        text += f" ({proc['status']})"
     return text
 
 

@@ -26,6 +26,7 @@ from zsup.cli.zsupctl.jobs import (
     cmd_processes,
     cmd_reload,
     cmd_reopen_logs,
+    cmd_restart,
     cmd_scale,
     cmd_send,
     cmd_sessions,
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, func, f"{verb} processes of a job")
         job(p)
         p.add_argument("n", metavar="N", type=_positive_int, help="how many processes")
+    p = add("restart", cmd_restart, "replace a job's processes: all at once (or as its restart_mode "
+            "says), or one by one with --rolling")
+    job(p)
+    p.add_argument("--rolling", action="store_true",
+                   help="start a new process, wait until it is ready, stop an old one, repeat")
+    p.add_argument("--max-surge", type=_positive_int, metavar="N",
+                   help="with --rolling: new processes started at a time (default: the job's max_surge)")
     p = add("reload", cmd_reload, "restart a job's processes; without NAME, reload zsupd's config file")
     job(p, optional=True)
     job(add("info", cmd_info, "a job's state, command and processes"))
