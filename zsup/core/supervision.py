@@ -444,7 +444,8 @@ class Supervision:
                "seq": first, "lines": count}
         self.events.publish(io_topic(s, n, proc.pid, stream.label), msg, payload)
         if self.log_writer is not None:
-            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)
+            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload,
+                                  count)
 
 
 def _last_line(proc: Process, limit: int = 200) -> str:

@@ -76,11 +76,15 @@ PIECE = 16 * 1024
 IOV_MAX = 1024  # Linux's limit on the buffers of one writev
 
 
-def _text_size(data: bytes, first: bytes, short: bytes) -> tuple[int, int]:
-    """(bytes, lines) of a batch in the text format, computed without formatting it."""
-    n = data.count(b"\n")
-    nlines = n if data[-1:] == b"\n" else n + 1
-    return len(first) + len(data) + len(short) * (nlines - 1) + (nlines - n), nlines
+def _text_size(data: bytes, first: bytes, short: bytes, nlines: int) -> int:
+    """The bytes of a batch of `nlines` lines in the text format, computed without formatting it."""
+    ends = data[-1:] == b"\n"
+    return len(first) + len(data) + len(short) * (nlines - 1) + (not ends)
+
+
+def _count_lines(data: bytes) -> int:
+    """Lines as OutputStream counts them: newlines, plus one for a last piece without one."""
+    return data.count(b"\n") + (data[-1:] != b"\n")
 
 
 def _text_pieces(data: bytes, first: bytes, short: bytes) -> Iterator[tuple[bytes, int]]:
@@ -210,18 +214,22 @@ class LogWriter(Rotation, DiskTrouble):
         self._compressor.start()
 
     def write(self, job: str, label: str, settings: LogSettings, pid: int, os_pid: int, seq: int,
-              data: bytes) -> None:
+              data: bytes, lines: int | None = None) -> None:
         """Queue whole lines of one stream (`seq` numbers the first). Never blocks, never raises.
 
+        `lines` is their number as OutputStream counts them (newlines, plus one for a last
+        piece without one); the IO thread knows it already, so the writer need not count again.
         The time is taken here, when the lines arrive, not when they reach the disk.
         """
         if not settings.log or not data:
             return
-        item = (job, label, settings, pid, os_pid, seq, data, self._clock())
+        if lines is None:
+            lines = _count_lines(data)
+        item = (job, label, settings, pid, os_pid, seq, data, lines, self._clock())
         with self._qlock:
             if (self._stopped or len(self._queue) >= self._max_batches
                     or self._queued_bytes + len(data) > self._max_bytes):
-                self._queue_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+                self._queue_dropped += lines
                 return
             self._queue.append(item)
             self._queued_bytes += len(data)
@@ -336,7 +344,7 @@ class LogWriter(Rotation, DiskTrouble):
                         self._write_batch(*item)
                     except Exception:  # a bug here must not end logging for everyone
                         log.exception("log writer: unexpected error")
-                        self._lines_dropped += item[6].count(b"\n")
+                        self._lines_dropped += item[7]
                     continue
                 self._flush_all()
                 if item.kind == "stop":
@@ -373,14 +381,14 @@ class LogWriter(Rotation, DiskTrouble):
             f.settings = settings
         return f
 
-    def _write_batch(self, job, label, settings, pid, os_pid, seq, data, t) -> None:
+    def _write_batch(self, job, label, settings, pid, os_pid, seq, data, nlines, t) -> None:
         f = self._route(job, label, settings, pid)
         if f is None:
-            self._lines_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+            self._lines_dropped += nlines
             return
         if f.fd is None:
             if time.monotonic() < f.retry_at or not self._open(f):
-                self._lines_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+                self._lines_dropped += nlines
                 return
         if settings.log_format == "text":
             sec, us = divmod(int(t * 1_000_000), 1_000_000)
@@ -390,7 +398,7 @@ class LogWriter(Rotation, DiskTrouble):
             head = b"%s.%06dZ %d:" % (self._ts_text, us, pid)  # `TIME PID:`
             short = head + b" "  # `TIME PID: `, the prefix of every line but the first
             first = head + b"%d " % seq
-            nbytes, nlines = _text_size(data, first, short)
+            nbytes = _text_size(data, first, short, nlines)
             self._append(f, _text_pieces(data, first, short), nbytes, nlines, t, seq, head, short)
             return
         text = data.decode("utf-8", "replace")
