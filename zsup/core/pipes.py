@@ -1,7 +1,8 @@
 """The IO loop's work: read every child's output pipes, write their stdin.
 
-One thread serves every child (no thread per process). Reads are large so that a chatty
-child costs a few system calls per 256 KiB, not per line; lines are cut by OutputStream.
+One thread serves every child (no thread per process). Reads are large (up to 1 MiB, into
+one reused buffer) so that a chatty child costs a few system calls per MiB, not per line;
+lines are cut by OutputStream.
 Writes to stdin never block: what a child does not read yet waits in a bounded buffer.
 """
 
