@@ -1,6 +1,7 @@
 """A flood of short lines through a real zsupd: every line reaches the log file (with its time
 and pid) and the bus (seq without a gap), whole and in order. Nothing here asserts a speed."""
 
+import random
 import re
 import shutil
 
@@ -69,3 +70,25 @@ def test_a_million_short_lines_reach_the_log_and_the_bus_complete_and_in_order(z
     assert explicit[0] == (1, 1)
     assert all(implied == seq for implied, seq in explicit)
     assert len(explicit) < LINES // 100, "the batches were not batched"
+
+
+def test_text_pieces_are_the_whole_batch_with_a_prefix_on_every_line(monkeypatch):
+    """The piecewise formatting equals formatting each line alone, for any cut of the pieces."""
+    from zsup.core.logfiles import batch
+
+    rnd = random.Random(14)
+    for _ in range(400):
+        data = b"".join(rnd.choice([b"a", b"bc", b"\n", b"x" * 50, b"\n\n"]) for _ in range(rnd.randint(1, 300)))
+        monkeypatch.setattr(batch, "PIECE", rnd.choice([1, 3, 16, 200]))
+        lines = data.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()
+        expected = b"".join((b"T 7:5 " if i == 0 else b"T 7: ") + line + b"\n" for i, line in enumerate(lines))
+        pieces = list(batch.text_pieces(data, b"T 7:5 ", b"T 7: "))
+        assert b"".join(buf for buf, _ in pieces) == expected
+        assert sum(k for _, k in pieces) == len(lines) == batch.count_lines(data)
+        assert batch.text_size(data, b"T 7:5 ", b"T 7: ", len(lines)) == len(expected)
+        end = 0
+        for buf, k in pieces:  # a piece that ends lines ends at a line end: a write may stop there
+            end += len(buf)
+            assert not k or expected[end - 1:end] == b"\n"

@@ -3,7 +3,6 @@ to files from one background thread (see the package's docstring for why)."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -11,6 +10,7 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
+from zsup.core.logfiles import batch
 from zsup.core.logfiles.reader import _open_all, read_log
 from zsup.core.logfiles.rotate import Rotation, _period_end
 from zsup.core.logfiles.settings import (
@@ -63,91 +63,6 @@ class _Marker:
     def __init__(self, kind: str):
         self.kind = kind
         self.done = threading.Event()
-
-
-_json_str = json.JSONEncoder(ensure_ascii=False).encode
-
-# A text batch is prefixed in pieces of about this much input (~90 KB of output for short
-# lines) and the pieces are written as they are made, with `os.writev`, never joined: the
-# writer's memory stays small and warm instead of a fresh ~5.5 MB per 1 MiB batch (fresh
-# memory means page faults, and those were most of the writer's CPU time), and each piece is
-# still in the cache when the kernel copies it.
-PIECE = 16 * 1024
-IOV_MAX = 1024  # Linux's limit on the buffers of one writev
-
-
-def _text_size(data: bytes, first: bytes, short: bytes, nlines: int) -> int:
-    """The bytes of a batch of `nlines` lines in the text format, computed without formatting it."""
-    ends = data[-1:] == b"\n"
-    return len(first) + len(data) + len(short) * (nlines - 1) + (not ends)
-
-
-def _count_lines(data: bytes) -> int:
-    """Lines as OutputStream counts them: newlines, plus one for a last piece without one."""
-    return data.count(b"\n") + (data[-1:] != b"\n")
-
-
-def _text_pieces(data: bytes, first: bytes, short: bytes) -> Iterator[tuple[bytes, int]]:
-    """The text format of one batch, piece by piece: `first` before its first line, `short`
-    before every other one, a newline after the last. Yields (buffer, lines ended in it);
-    a buffer with lines > 0 ends at a line end, so a write may stop after it.
-
-    No Python work per line: one C-level `replace` and one `rfind` per PIECE of input.
-    """
-    size_short = len(short)
-    nl_short = b"\n" + short
-    size, pos, lead = len(data), 0, first
-    while size - pos > PIECE:
-        cut = data.rfind(b"\n", pos, pos + PIECE)
-        if cut < 0:  # one line longer than a piece
-            cut = data.find(b"\n", pos + PIECE)
-            if cut < 0 or cut == size - 1:
-                break
-        # Every newline here is followed by another line: each gets that line's prefix,
-        # which is cut off again (a view, no copy) so that the buffer ends at a line end.
-        out = data[pos:cut + 1].replace(b"\n", nl_short)
-        yield lead, 0
-        yield memoryview(out)[:-size_short], (len(out) - (cut + 1 - pos)) // size_short
-        lead, pos = short, cut + 1
-    tail = data[pos:] if pos else data
-    n = tail.count(b"\n")
-    yield lead, 0
-    if tail[-1:] == b"\n":
-        yield (tail.replace(b"\n", nl_short, n - 1) if n > 1 else tail), n
-    else:  # a piece of an over-long line (or a last line without its newline)
-        yield (tail.replace(b"\n", nl_short) if n else tail) + b"\n", n + 1
-
-
-def _write_all(fd: int, parts: list[bytes], nbytes: int) -> None:
-    """Write `parts` in order with as few `writev` calls as the kernel allows."""
-    if len(parts) == 1 and nbytes == len(parts[0]):
-        view = memoryview(parts[0])
-        while view:
-            view = view[os.write(fd, view):]
-        return
-    i = 0
-    while i < len(parts):
-        group = parts[i:i + IOV_MAX]
-        want = sum(map(len, group))
-        n = os.writev(fd, group)
-        if n == want:
-            i += len(group)
-            continue
-        # A short write (a signal, a full disk): finish the piece it stopped in, go on.
-        for j, part in enumerate(group):
-            if n < len(part):
-                view = memoryview(part)[n:]
-                while view:
-                    view = view[os.write(fd, view):]
-                i += j + 1
-                break
-            n -= len(part)
-
-
-def _format_time(t: float) -> str:
-    """`2026-11-25T14:29:43.123456Z`: UTC, microseconds (truncated, so parsing never goes later)."""
-    sec, us = divmod(int(t * 1_000_000), 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".%06dZ" % us
 
 
 class LogWriter(Rotation, DiskTrouble):
@@ -224,7 +139,7 @@ class LogWriter(Rotation, DiskTrouble):
         if not settings.log or not data:
             return
         if lines is None:
-            lines = _count_lines(data)
+            lines = batch.count_lines(data)
         item = (job, label, settings, pid, os_pid, seq, data, lines, self._clock())
         with self._qlock:
             if (self._stopped or len(self._queue) >= self._max_batches
@@ -398,23 +313,23 @@ class LogWriter(Rotation, DiskTrouble):
             head = b"%s.%06dZ %d:" % (self._ts_text, us, pid)  # `TIME PID:`
             short = head + b" "  # `TIME PID: `, the prefix of every line but the first
             first = head + b"%d " % seq
-            nbytes = _text_size(data, first, short, nlines)
-            self._append(f, _text_pieces(data, first, short), nbytes, nlines, t, seq, head, short)
+            nbytes = batch.text_size(data, first, short, nlines)
+            self._append(f, batch.text_pieces(data, first, short), nbytes, nlines, t, seq, head, short)
             return
         text = data.decode("utf-8", "replace")
         lines = text.split("\n")
         if not lines[-1]:
             lines.pop()
-        head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (_format_time(t), pid, os_pid)
-        tail = ', "label": %s, "line": ' % _json_str(label)
+        head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (batch.format_time(t), pid, os_pid)
+        tail = ', "label": %s, "line": ' % batch.json_str(label)
         chunk = "".join([
-            f"{head}{s}{tail}{_json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
+            f"{head}{s}{tail}{batch.json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
         ]).encode()
         self._append(f, iter([(chunk, len(lines))]), len(chunk), len(lines), t)
 
     def _append(self, f: _File, parts: Iterator[tuple[bytes, int]], nbytes: int, nlines: int, t: float,
                 seq: int = 0, head: bytes = b"", short: bytes = b"") -> None:
-        """Queue a formatted batch (`parts` as `_text_pieces` yields them, `nbytes` in all) for
+        """Queue a formatted batch (`parts` as `batch.text_pieces` yields them, `nbytes` in all) for
         `f`, rotating first (by time, or by size if it would not fit).
 
         `seq`, `head` and `short` describe a text batch (its first seq, `TIME PID:` and the short
@@ -536,7 +451,7 @@ class LogWriter(Rotation, DiskTrouble):
             # Where this write starts, asked of the file: an outside `copytruncate` may have
             # emptied it, and a failed write is cut back to exactly here.
             start = os.lseek(f.fd, 0, os.SEEK_END)
-            _write_all(f.fd, parts, nbytes)
+            batch.write_all(f.fd, parts, nbytes)
         except OSError as exc:
             try:  # keep whole lines only: undo what part of this write got in
                 if start is not None:
