@@ -40,6 +40,7 @@ ROWS = [
     ("output", "output 1M lines, all captured", "lines_per_s", "Mlines/s", "circus", "supervisord", 2),
     ("output", "output 1M lines, zsup bus subscriber only", "bus_s", "s", None, None, 3),
     ("output", "output 1M lines, zsup log file only", "log_s", "s", None, None, 3),
+    ("output", "output 1M lines, zsup with logs off (bus)", "nolog_lines_per_s", "Mlines/s", None, None, 2),
     ("control", "status of 200, p50", "p50_ms", "ms", "circus", "supervisord", 2),
     ("control", "status of 200, p99", "p99_ms", "ms", "circus", "supervisord", 2),
     ("control", "full info of a job of 200, p50", "info_p50_ms", "ms", "circus", "supervisord", 2),
@@ -104,7 +105,7 @@ def values(result: dict, key: str | None, metric: str) -> list[float]:
     for r in runs:
         v = r.get(metric)
         if isinstance(v, (int, float)):
-            out.append(v / 1e6 if metric == "lines_per_s" else v)
+            out.append(v / 1e6 if metric in ("lines_per_s", "nolog_lines_per_s") else v)
     return out
 
 

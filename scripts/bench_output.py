@@ -9,6 +9,8 @@
   The job is loaded with numprocesses = 0 and run once with `commit`.
 - supervisord: its stdout_logfile (stdout_logfile_maxbytes = 0, no rotation; startsecs = 0
   and autorestart = false, so a one-shot child is not a failed start to retry).
+- zsup with logs off (`log = false`): the same run, done when the bus subscriber has all
+  1,000,000 lines (`nolog_lines_per_s`): the cost of capture and publishing alone.
 - circus: a FileStream (respawn = False).
 Machine limit: the same `cat` piped to `wc -l`. Reported as lines/s (1e6 / seconds).
 """
@@ -64,8 +66,8 @@ class LineCounter:
             self.f.close()
 
 
-def run_zsup() -> dict:
-    d = bl.ZsupDaemon([], settings={"log_max_bytes": 0})
+def run_zsup(log: bool = True) -> dict:
+    d = bl.ZsupDaemon([], settings={"log_max_bytes": 0} if log else {"log": "false"})
     d.start()
     d.wait_ready()
     from zsup.bus.client import Subscriber
@@ -81,6 +83,8 @@ def run_zsup() -> dict:
     counter = LineCounter(log_path)
     bus_lines = 0
     t_bus = t_log = None
+    if not log:
+        t_log = 0.0
     t0 = time.monotonic()
     pid = d.call("commit", name="out")["pid"]
     deadline = t0 + 120
@@ -99,6 +103,8 @@ def run_zsup() -> dict:
             t_log = time.monotonic()
     sub.close()
     counter.close()
+    if not log:
+        return {"seconds": t_bus - t0, "lines_per_s": LINES / (t_bus - t0), "bus_lines": bus_lines}
     total = max(t_bus, t_log) - t0
     return {"seconds": total, "lines_per_s": LINES / total, "bus_s": t_bus - t0, "log_s": t_log - t0,
             "bus_lines": bus_lines, "log_lines": counter.lines}
@@ -129,7 +135,13 @@ def run_file_daemon(kind: str) -> dict:
 
 
 def run_one(kind: str, tuned: bool) -> dict:
-    return run_zsup() if kind == "zsup" else run_file_daemon(kind)
+    if kind != "zsup":
+        return run_file_daemon(kind)
+    result = run_zsup()
+    for d in list(bl._daemons):
+        d.stop()
+    result["nolog_lines_per_s"] = run_zsup(log=False)["lines_per_s"]
+    return result
 
 
 def limit() -> dict:
@@ -137,7 +149,7 @@ def limit() -> dict:
     out = subprocess.run(f"{bl.CAT} {data_file()} | wc -l", shell=True, capture_output=True, check=True)
     t1 = time.monotonic()
     assert int(out.stdout) == LINES, out.stdout
-    return {"seconds": t1 - t0, "lines_per_s": LINES / (t1 - t0)}
+    return {"seconds": t1 - t0, "lines_per_s": LINES / (t1 - t0), "nolog_lines_per_s": LINES / (t1 - t0)}
 
 
 if __name__ == "__main__":

@@ -38,12 +38,28 @@ class OutputStream:
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Take raw bytes; return the chunks of lines they completed."""
-        buf = self._partial + data if self._partial else data
-        end = buf.rfind(b"\n") + 1
+        return self.feed_buffer(data, len(data))
+
+    def feed_buffer(self, buf: bytes | bytearray, n: int) -> list[tuple[int, int, bytes]]:
+        """Like feed(buf[:n]), for a read buffer the caller reuses: nothing here keeps `buf`.
+
+        Each byte is copied once, into the payload of its batch (the ring, the bus and the log
+        share that one object); only the partial last line is copied again into `_partial`.
+        """
+        end = buf.rfind(b"\n", 0, n) + 1
         out = []
-        if end:
-            out.append(self._add(buf[:end], buf.count(b"\n", 0, end)))
-        rest = buf[end:]
+        with memoryview(buf) as view:
+            if end:
+                if self._partial:
+                    payload = self._partial + view[:end]
+                elif end == len(buf) and buf.__class__ is bytes:
+                    payload = buf  # the whole read, as is
+                else:
+                    payload = bytes(view[:end])
+                out.append(self._add(payload, payload.count(b"\n")))
+                rest = bytes(view[end:n])
+            else:
+                rest = self._partial + view[:n]
         while len(rest) >= self.max_line:
             out.append(self._add(rest[: self.max_line], 1))
             rest = rest[self.max_line :]

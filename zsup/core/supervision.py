@@ -431,7 +431,8 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         if proc.spec.ready is not None and proc.spec.ready.kind == "log":
             self._log_ready(proc, payload)
         if self.log_writer is not None:
-            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload)
+            self.log_writer.write(proc.job, stream.label, proc.spec, proc.pid, proc.os_pid, first, payload,
+                                  count)
 
 
 def _last_line(proc: Process, limit: int = 200) -> str:

@@ -56,11 +56,11 @@ class JobLogs:
             self._cache[id(spec)] = hit
         return hit[1]
 
-    def write(self, job, label, spec, pid, os_pid, seq, data) -> None:
+    def write(self, job, label, spec, pid, os_pid, seq, data, lines=None) -> None:
         settings = self.settings(spec)
         if settings.log:
             if self.target is None:
-                self.writer.write(job, label, settings, pid, os_pid, seq, data)
+                self.writer.write(job, label, settings, pid, os_pid, seq, data, lines)
             else:
                 self.target.write(job, label, pid, os_pid, seq, data)
 

@@ -3,7 +3,6 @@ to files from one background thread (see the package's docstring for why)."""
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import threading
@@ -11,6 +10,7 @@ import time
 from collections import deque
 from typing import Callable, Iterator
 
+from zsup.core.logfiles import batch
 from zsup.core.logfiles.reader import _open_all, read_log
 from zsup.core.logfiles.rotate import Rotation, _period_end
 from zsup.core.logfiles.settings import (
@@ -63,15 +63,6 @@ class _Marker:
     def __init__(self, kind: str):
         self.kind = kind
         self.done = threading.Event()
-
-
-_json_str = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def _format_time(t: float) -> str:
-    """`2026-11-25T14:29:43.123456Z`: UTC, microseconds (truncated, so parsing never goes later)."""
-    sec, us = divmod(int(t * 1_000_000), 1_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + ".%06dZ" % us
 
 
 class LogWriter(Rotation, DiskTrouble):
@@ -138,18 +129,22 @@ class LogWriter(Rotation, DiskTrouble):
         self._compressor.start()
 
     def write(self, job: str, label: str, settings: LogSettings, pid: int, os_pid: int, seq: int,
-              data: bytes) -> None:
+              data: bytes, lines: int | None = None) -> None:
         """Queue whole lines of one stream (`seq` numbers the first). Never blocks, never raises.
 
+        `lines` is their number as OutputStream counts them (newlines, plus one for a last
+        piece without one); the IO thread knows it already, so the writer need not count again.
         The time is taken here, when the lines arrive, not when they reach the disk.
         """
         if not settings.log or not data:
             return
-        item = (job, label, settings, pid, os_pid, seq, data, self._clock())
+        if lines is None:
+            lines = batch.count_lines(data)
+        item = (job, label, settings, pid, os_pid, seq, data, lines, self._clock())
         with self._qlock:
             if (self._stopped or len(self._queue) >= self._max_batches
                     or self._queued_bytes + len(data) > self._max_bytes):
-                self._queue_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+                self._queue_dropped += lines
                 return
             self._queue.append(item)
             self._queued_bytes += len(data)
@@ -264,7 +259,7 @@ class LogWriter(Rotation, DiskTrouble):
                         self._write_batch(*item)
                     except Exception:  # a bug here must not end logging for everyone
                         log.exception("log writer: unexpected error")
-                        self._lines_dropped += item[6].count(b"\n")
+                        self._lines_dropped += item[7]
                     continue
                 self._flush_all()
                 if item.kind == "stop":
@@ -301,14 +296,14 @@ class LogWriter(Rotation, DiskTrouble):
             f.settings = settings
         return f
 
-    def _write_batch(self, job, label, settings, pid, os_pid, seq, data, t) -> None:
+    def _write_batch(self, job, label, settings, pid, os_pid, seq, data, nlines, t) -> None:
         f = self._route(job, label, settings, pid)
         if f is None:
-            self._lines_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+            self._lines_dropped += nlines
             return
         if f.fd is None:
             if time.monotonic() < f.retry_at or not self._open(f):
-                self._lines_dropped += data.count(b"\n") + (not data.endswith(b"\n"))
+                self._lines_dropped += nlines
                 return
         if settings.log_format == "text":
             sec, us = divmod(int(t * 1_000_000), 1_000_000)
@@ -317,32 +312,25 @@ class LogWriter(Rotation, DiskTrouble):
                 self._ts_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
             head = b"%s.%06dZ %d:" % (self._ts_text, us, pid)  # `TIME PID:`
             short = head + b" "  # `TIME PID: `, the prefix of every line but the first
-            # No Python work per line: one C-level replace puts the short prefix after every
-            # newline but the last (a 1 MiB batch takes about a millisecond of GIL time).
-            n = data.count(b"\n")
-            if data[-1:] == b"\n":
-                body = data.replace(b"\n", b"\n" + short, n - 1) if n > 1 else data
-                nlines = n
-            else:  # a piece of an over-long line (or a last line without its newline)
-                body = (data.replace(b"\n", b"\n" + short) if n else data) + b"\n"
-                nlines = n + 1
-            chunk = b"%s%d %s" % (head, seq, body)
-            self._append(f, chunk, nlines, t, seq, head, short)
+            first = head + b"%d " % seq
+            nbytes = batch.text_size(data, first, short, nlines)
+            self._append(f, batch.text_pieces(data, first, short), nbytes, nlines, t, seq, head, short)
             return
         text = data.decode("utf-8", "replace")
         lines = text.split("\n")
         if not lines[-1]:
             lines.pop()
-        head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (_format_time(t), pid, os_pid)
-        tail = ', "label": %s, "line": ' % _json_str(label)
+        head = '{"time": "%s", "pid": %d, "os_pid": %d, "seq": ' % (batch.format_time(t), pid, os_pid)
+        tail = ', "label": %s, "line": ' % batch.json_str(label)
         chunk = "".join([
-            f"{head}{s}{tail}{_json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
+            f"{head}{s}{tail}{batch.json_str(line)}}}\n" for s, line in zip(range(seq, seq + len(lines)), lines)
         ]).encode()
-        self._append(f, chunk, len(lines), t)
+        self._append(f, iter([(chunk, len(lines))]), len(chunk), len(lines), t)
 
-    def _append(self, f: _File, chunk: bytes, nlines: int, t: float, seq: int = 0, head: bytes = b"",
-                short: bytes = b"") -> None:
-        """Queue a formatted batch for `f`, rotating first (by time, or by size if it would not fit).
+    def _append(self, f: _File, parts: Iterator[tuple[bytes, int]], nbytes: int, nlines: int, t: float,
+                seq: int = 0, head: bytes = b"", short: bytes = b"") -> None:
+        """Queue a formatted batch (`parts` as `batch.text_pieces` yields them, `nbytes` in all) for
+        `f`, rotating first (by time, or by size if it would not fit).
 
         `seq`, `head` and `short` describe a text batch (its first seq, `TIME PID:` and the short
         prefix `TIME PID: ` of its other lines), so a split batch can begin each piece anew.
@@ -356,13 +344,14 @@ class LogWriter(Rotation, DiskTrouble):
                     self._rotate(f, "time")
                 f.period_end = _period_end(t, settings.log_rotate)
         max_bytes = settings.log_max_bytes
-        if max_bytes and f.size + f.pending_bytes + len(chunk) > max_bytes:
-            if len(chunk) > max_bytes and nlines > 1:
+        if max_bytes and f.size + f.pending_bytes + nbytes > max_bytes:
+            if nbytes > max_bytes and nlines > 1:  # rare: a batch larger than a whole file
+                chunk = b"".join([buf for buf, _ in parts])
                 self._append_split(f, chunk, nlines, seq, head, short, max_bytes)
                 return
             if f.size + f.pending_bytes > 0:
                 self._rotate(f, "size")
-        self._add(f, chunk, nlines)
+        self._add(f, parts, nbytes, nlines)
 
     def _append_split(self, f: _File, chunk: bytes, nlines: int, seq: int, head: bytes, short: bytes,
                       max_bytes: int) -> None:
@@ -391,23 +380,33 @@ class LogWriter(Rotation, DiskTrouble):
                 cut = chunk.find(b"\n", pos)  # chunks always end with a newline
             piece = lead + chunk[pos + skip:cut + 1] if skip else chunk[pos:cut + 1]
             k = chunk.count(b"\n", pos, cut + 1)
-            self._add(f, piece, k)
+            self._add(f, iter([(piece, k)]), len(piece), k)
             nlines -= k
             seq += k
             pos = cut + 1
             if short:
                 lead, skip = head + b"%d " % seq, len(short)
 
-    def _add(self, f: _File, chunk: bytes, nlines: int) -> None:
+    def _add(self, f: _File, parts: Iterator[tuple[bytes, int]], nbytes: int, nlines: int) -> None:
+        """Queue `parts` (`nbytes`, `nlines` in all) for `f`; write as soon as FLUSH_BYTES gathered."""
         if f.fd is None:  # a rotation could not reopen the file
             self._lines_dropped += nlines
             return
-        f.pending.append(chunk)
-        f.pending_bytes += len(chunk)
-        f.pending_lines += nlines
-        self._dirty.add(f)
-        if f.pending_bytes >= FLUSH_BYTES:
-            self._flush(f)
+        pending = f.pending
+        for buf, k in parts:
+            pending.append(buf)
+            f.pending_bytes += len(buf)
+            if k:
+                f.pending_lines += k
+                nlines -= k
+                if f.pending_bytes >= FLUSH_BYTES:  # only at a line end
+                    self._flush(f)
+                    if f.fd is None:  # the write failed: the rest of the batch is lost too
+                        self._lines_dropped += nlines
+                        return
+                    pending = f.pending
+        if pending:
+            self._dirty.add(f)
 
     def _open(self, f: _File) -> bool:
         """Open (creating the folder) and learn size and age; on failure start/continue an episode."""
@@ -438,7 +437,8 @@ class LogWriter(Rotation, DiskTrouble):
         self._dirty.discard(f)
         if not f.pending:
             return
-        data = b"".join(f.pending) if len(f.pending) > 1 else f.pending[0]
+        parts = f.pending
+        nbytes = f.pending_bytes
         nlines = f.pending_lines
         f.pending = []
         f.pending_bytes = 0
@@ -451,10 +451,7 @@ class LogWriter(Rotation, DiskTrouble):
             # Where this write starts, asked of the file: an outside `copytruncate` may have
             # emptied it, and a failed write is cut back to exactly here.
             start = os.lseek(f.fd, 0, os.SEEK_END)
-            view = memoryview(data)
-            while view:
-                n = os.write(f.fd, view)
-                view = view[n:]
+            batch.write_all(f.fd, parts, nbytes)
         except OSError as exc:
             try:  # keep whole lines only: undo what part of this write got in
                 if start is not None:
@@ -464,10 +461,10 @@ class LogWriter(Rotation, DiskTrouble):
             self._close(f)
             self._fail(f, exc, "write", nlines)
             return
-        f.size = start + len(data)
+        f.size = start + nbytes
         f.last_write = time.monotonic()
         self._lines_written += nlines
-        self._bytes_written += len(data)
+        self._bytes_written += nbytes
         if f.failing:
             self._recovered(f)
 
@@ -495,3 +492,4 @@ class LogWriter(Rotation, DiskTrouble):
             self._close(f)
             f.retry_at = 0.0  # try at once, even a file that was failing
         log.info("log files reopened")
+
