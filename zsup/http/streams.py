@@ -32,7 +32,8 @@ import time
 from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
-from zsup.http.adapter import waitress_channel
+from zsup.http.adapter import stream_hub, waitress_channel
+from zsup.http.hub import Client
 
 # Cursors and event_line_count are imported from here too (app.py, tests).
 from zsup.http.feeds import Cursors, LineFeed, event_json_text, event_line_count, sse_event, sse_line  # noqa: F401
@@ -167,6 +168,92 @@ def _feed_loop(feed: LineFeed, heartbeat: float | None, disconnected: Callable[[
         feed.close()
 
 
+class HandOver:
+    """An app_iter that gives the socket to the stream hub once the head is written.
+
+    Its first ``next`` (in the waitress worker) waits for the channel to hand the socket over
+    and attaches ``client``; then it ends: the worker is free, the hub writes the stream.
+    ``join(client)`` runs first (it adds the client to its source, queueing the first bytes).
+    """
+
+    def __init__(self, hub, client: Client, channel, join: Callable[[Client], None]):
+        self.hub, self.client, self.channel, self.join = hub, client, channel, join
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        client = self.client
+        try:
+            self.join(client)
+        except BaseException:
+            self.close()
+            raise
+
+        def take(sock) -> None:
+            client.sock = sock
+            self.hub.attach(client)
+
+        if not self.channel.hand_over(take):
+            self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        client = self.client
+        if client.hub is None:  # never attached: nothing else will free it
+            client.gone = True
+            if client.source is not None:
+                client.source.wake()
+            client.release()
+
+
+def _chunked(req) -> bool:
+    return req.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+
+
+def _hub_stream(ctx, req, hub, proc: dict, label: str, after: int, sse: bool,
+                heartbeat: float | None, release: Callable[[], None]) -> StreamResponse:
+    if sse:
+        client = Client(None, kind="sse", chunked=_chunked(req),
+                        fmt_event=lambda event: sse_event(event, label),
+                        fmt_line=lambda seq, line: sse_line(seq, line, label),
+                        final=DROPPED_SSE, beat=b": heartbeat\n\n", heartbeat=heartbeat,
+                        release=release, after=after)
+        first = b"retry: 3000\n\n"
+    else:
+        client = Client(None, kind="raw", chunked=_chunked(req), fmt_event=_event_data,
+                        fmt_line=lambda seq, line: line, final=DROPPED_TEXT, beat=b"\n",
+                        heartbeat=heartbeat, release=release, after=after)
+        first = b""
+
+    def join(client: Client) -> None:
+        while not hub.line_source(ctx.gate, proc, label, _batch_delay).join(client, after, first):
+            pass  # it ended just now: a new one
+
+    body = HandOver(hub, client, waitress_channel(req.environ), join)
+    if sse:
+        return StreamResponse(body, "text/event-stream; charset=utf-8")
+    return StreamResponse(body)
+
+
+def _event_data(event: Event) -> bytes:
+    return event.data or b""
+
+
+def _batch_delay() -> float:
+    return BATCH_DELAY
+
+
+#: What a dropped client (it fell ``max_buffer`` bytes behind) gets last.
+DROPPED_SSE = (b'event: dropped\ndata: {"reason": "the client fell too far behind; '
+               b'reconnect with Last-Event-ID to resume"}\n\n')
+DROPPED_TEXT = b'\n{"dropped": "the client fell too far behind"}\n'
+
+
 def _disconnected(req) -> Callable[[], bool]:
     return req.environ.get("waitress.client_disconnected") or (lambda: False)
 
@@ -206,6 +293,10 @@ def stream(ctx, req, pid, label):
         from webob import Response
         return Response(status=204)
     release = ctx.acquire_stream()
+    hub = stream_hub(req.environ) if feed_name != "longpoll" else None
+    if hub is not None:
+        return _hub_stream(ctx, req, hub, proc, label, after, feed_name == "eventsource",
+                           heartbeat, release)
     try:
         feed = LineFeed(ctx.gate, proc, label, after)
     except BaseException:
