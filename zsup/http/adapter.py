@@ -212,7 +212,7 @@ class Channel(HTTPChannel):
 
     _handover: tuple[Callable[[Any], None], threading.Event] | None = None
     _handed_over = False
-    _handover_lock = threading.Lock()  # shared by every channel: held for an instant
+    _handover_lock = threading.RLock()  # shared by every channel: held for an instant
 
     def _handover_ready(self) -> bool:
         return (self._handover is not None and not self._detached
@@ -292,6 +292,7 @@ class Channel(HTTPChannel):
     def del_channel(self, map=None):
         self._release_client(self.server)
         super().del_channel(map)
+        self._cancel_handover()  # closed before the hand-over: its worker stops waiting
 
     # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
 
@@ -342,7 +343,6 @@ class Channel(HTTPChannel):
     def handle_close(self):
         if not self._detached:
             super().handle_close()
-            self._cancel_handover()
 
     # -- TLS
 

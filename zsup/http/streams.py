@@ -33,6 +33,7 @@ from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
 from zsup.http.adapter import stream_hub, waitress_channel
+from zsup.http.busgate import memo
 from zsup.http.hub import Client
 
 # Cursors and event_line_count are imported from here too (app.py, tests).
@@ -254,6 +255,22 @@ DROPPED_SSE = (b'event: dropped\ndata: {"reason": "the client fell too far behin
 DROPPED_TEXT = b'\n{"dropped": "the client fell too far behind"}\n'
 
 
+def _watch_sse(event: Event) -> bytes:
+    m = memo(event)
+    out = m.get("watch-sse")
+    if out is None:
+        out = m["watch-sse"] = f"event: {event.topic}\ndata: {event_json_text(event)}\n\n".encode()
+    return out
+
+
+def _watch_json(event: Event) -> bytes:
+    m = memo(event)
+    out = m.get("watch-json")
+    if out is None:
+        out = m["watch-json"] = (event_json_text(event) + "\n").encode()
+    return out
+
+
 def _disconnected(req) -> Callable[[], bool]:
     return req.environ.get("waitress.client_disconnected") or (lambda: False)
 
@@ -374,6 +391,26 @@ def _watch(ctx, req, pattern: str):
         raise
     disconnected = _disconnected(req)
     sse = feed_name == "eventsource"
+    hub = stream_hub(req.environ)
+    if hub is not None:
+        def release_all() -> None:
+            sub.close()
+            release()
+
+        client = Client(None, kind="watch", chunked=_chunked(req),
+                        fmt_event=_watch_sse if sse else _watch_json, fmt_line=None,
+                        final=DROPPED_SSE if sse else DROPPED_TEXT,
+                        beat=b": heartbeat\n\n" if sse else b"\n", heartbeat=heartbeat,
+                        release=release_all)
+
+        def join(client: Client) -> None:
+            if sse:
+                client.out.extend(client.frame(b"retry: 3000\n\n"))
+            hub.event_source(sub, client, _batch_delay)
+
+        body = HandOver(hub, client, waitress_channel(req.environ), join)
+        return StreamResponse(body, "text/event-stream; charset=utf-8" if sse
+                              else "application/x-ndjson")
 
     def gen() -> Iterator[bytes]:
         try:
