@@ -64,8 +64,14 @@ class Client:
 
     def __init__(self, sock, *, kind: str, chunked: bool, fmt_event: Callable[[Event], bytes],
                  fmt_line: Callable[[int, bytes], bytes], final: bytes, beat: bytes,
-                 heartbeat: float | None, release: Callable[[], None], after: int = 0):
+                 heartbeat: float | None, release: Callable[[], None], after: int = 0,
+                 reads: bool = True, on_end: Callable[[], None] | None = None,
+                 on_close: Callable[[], None] | None = None):
         self.sock = sock
+        #: False for a websocket: ws4py's manager reads it (the hub holds a dup to write).
+        self.reads = reads
+        self.on_end, self.on_close = on_end, on_close
+        self.registered = False
         self.kind, self.chunked = kind, chunked
         self.fmt_event, self.fmt_line = fmt_event, fmt_line
         self.final, self.beat, self.heartbeat = final, beat, heartbeat
@@ -289,6 +295,7 @@ class Hub:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._attach: collections.deque = collections.deque()
+        self._detach: collections.deque = collections.deque()
         self._marked: collections.deque = collections.deque()
         self._timers: list = []  # (due, n, source), the hub thread's
         self._timer_requests: collections.deque = collections.deque()
@@ -355,8 +362,51 @@ class Hub:
         """`client` has new bytes, or is over its bound (a pumping worker)."""
         self._marked.append(client)
 
+    def send(self, client: Client, data: bytes) -> None:
+        """Queue bytes for `client` now (any thread), without waiting for a pump."""
+        if client.push([data], self.max_buffer) or client.overflow:
+            self._marked.append(client)
+            self._wake()
+
+    def write_now(self, client: Client, data: bytes) -> None:
+        """Send `data` from this thread when nothing is queued before it, else queue it (a
+        websocket's own frames: pong, close), so a close frame is out before its socket
+        is shut. Never blocks."""
+        with client.lock:
+            if client.gone:
+                return
+            sent = 0
+            if not client.out:
+                try:
+                    sent = client.sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError:
+                    return  # gone: its owner tells us
+            if sent < len(data):
+                client.out.append(data[sent:])
+                client.size += len(data) - sent
+        if sent < len(data):
+            self._marked.append(client)
+            self._wake()
+
+    def detach(self, client: Client) -> None:
+        """Its owner closed the connection (any thread): forget it, close the hub's socket."""
+        client.on_close = None
+        client.gone = True
+        self._detach.append(client)
+        self._wake()
+
     def end(self, client: Client) -> None:
-        """The stream is over: close once what is queued is written (chunked: the last chunk)."""
+        """The stream is over: close once what is queued is written (chunked: the last chunk).
+
+        A client with ``on_end`` (a websocket) is told instead, and closes in its own time."""
+        if client.on_end is not None:
+            try:
+                client.on_end()
+            except Exception:
+                log.debug("ending a stream client failed", exc_info=True)
+            return
         with client.lock:
             if client.chunked and not client.gone:
                 client.out.append(b"0\r\n\r\n")
@@ -401,7 +451,7 @@ class Hub:
                 timeout = next_scan - now
                 if self._timers:
                     timeout = min(timeout, self._timers[0][0] - now)
-                if self._attach or self._marked or self._timer_requests:
+                if self._attach or self._marked or self._timer_requests or self._detach:
                     timeout = 0
                 for key, mask in self._selector.select(max(0.0, timeout)):
                     client = key.data
@@ -418,6 +468,8 @@ class Hub:
                         self._flush(client)
                 while self._attach:
                     self._add(self._attach.popleft())
+                while self._detach:
+                    self._close(self._detach.popleft())
                 while self._timer_requests:
                     due, source = self._timer_requests.popleft()
                     heapq.heappush(self._timers, (due, next(self._count), source))
@@ -454,7 +506,9 @@ class Hub:
             return
         try:
             client.sock.setblocking(False)
-            self._selector.register(client.sock, selectors.EVENT_READ, client)
+            if client.reads:
+                self._selector.register(client.sock, selectors.EVENT_READ, client)
+                client.registered = True
         except (OSError, ValueError):
             self._close(client)
             return
@@ -526,9 +580,17 @@ class Hub:
         want = not empty
         if want != client.want_write:
             client.want_write = want
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            events = ((selectors.EVENT_READ if client.reads else 0)
+                      | (selectors.EVENT_WRITE if want else 0))
             try:
-                self._selector.modify(sock, events, client)
+                if not events:
+                    self._selector.unregister(sock)
+                    client.registered = False
+                elif client.registered:
+                    self._selector.modify(sock, events, client)
+                else:
+                    self._selector.register(sock, events, client)
+                    client.registered = True
             except (KeyError, ValueError, OSError):
                 self._close(client)
 
@@ -566,15 +628,23 @@ class Hub:
 
     def _close(self, client: Client) -> None:
         """Close the socket and free the slot (the hub thread)."""
-        if client in self.clients:
-            self.clients.discard(client)
+        self.clients.discard(client)
+        if client.registered:
+            client.registered = False
             try:
                 self._selector.unregister(client.sock)
             except (KeyError, ValueError, OSError):
                 pass
         was_gone, client.gone = client.gone, True
+        on_close, client.on_close = client.on_close, None
+        if on_close is not None:
+            try:
+                on_close()
+            except Exception:
+                pass
         try:
-            client.sock.close()
+            if client.sock is not None:
+                client.sock.close()
         except OSError:
             pass
         if not was_gone and client.source is not None:

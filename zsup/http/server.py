@@ -225,7 +225,7 @@ class HTTPServer:
         self._manager = WebSocketManager(SelectorPoller())
         self._hub = Hub()
         upgrader = WebSocketUpgrader(self.websocket_routes, self.authorize, self._manager,
-                                      self.websocket_timeout)
+                                      self.websocket_timeout, hub=self._hub)
         for index, (endpoint, sock) in enumerate(bound):
             try:
                 limits = Limits(endpoint.name, endpoint.header_timeout,
@@ -286,7 +286,7 @@ class HTTPServer:
     def _teardown(self, timeout: float) -> None:
         """Every step runs, whatever an earlier one raised; the first error is raised last."""
         errors: list[BaseException] = []
-        for step in (self._stop_http, self._stop_hub, self._stop_websockets):
+        for step in (self._stop_http, self._stop_websockets, self._stop_hub):
             try:
                 step(timeout)
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others
