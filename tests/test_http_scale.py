@@ -65,9 +65,11 @@ def test_a_vanished_client_of_a_silent_stream_frees_its_thread(zsupd_factory, tm
                      "/watch/nothing.here."):
             conn = g.connection()
             conn.request("GET", path)
-            if "longpoll" not in path:
-                conn.getresponse().close()
+            # (the response is kept: closing it would close the connection at once)
+            resp = conn.getresponse() if "longpoll" not in path else None
             wait_for(lambda: app.open_streams == 1, message="the stream to open")
+            if resp is not None:
+                resp.close()
             conn.close()  # no heartbeat, no output: only the closed connection tells
             wait_for(lambda: app.open_streams == 0, timeout=10, message=f"{path} to be released")
     finally:

@@ -309,8 +309,8 @@ def stream(ctx, req, pid, label):
         # Nothing will ever come: 204 tells a browser's EventSource not to reconnect.
         from webob import Response
         return Response(status=204)
-    release = ctx.acquire_stream()
     hub = stream_hub(req.environ) if feed_name != "longpoll" else None
+    release = ctx.acquire_stream(holds_thread=hub is None)
     if hub is not None:
         return _hub_stream(ctx, req, hub, proc, label, after, feed_name == "eventsource",
                            heartbeat, release)
@@ -383,7 +383,8 @@ def _watch(ctx, req, pattern: str):
         raise HTTPError(400, f"feed: expected continuous or eventsource, got {feed_name!r}")
     heartbeat = parse_heartbeat(req.GET.get("heartbeat"))
     ctx.gate.ping()  # a clear 503 now rather than a silent stream
-    release = ctx.acquire_stream()
+    hub = stream_hub(req.environ)
+    release = ctx.acquire_stream(holds_thread=hub is None)
     try:
         sub = ctx.gate.subscribe([pattern])
     except BaseException:
@@ -391,7 +392,6 @@ def _watch(ctx, req, pattern: str):
         raise
     disconnected = _disconnected(req)
     sse = feed_name == "eventsource"
-    hub = stream_hub(req.environ)
     if hub is not None:
         def release_all() -> None:
             sub.close()
