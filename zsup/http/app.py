@@ -87,7 +87,7 @@ def _undecodable(environ: dict) -> str | None:
 
 class GatewayApp:
     def __init__(self, gate: BusGate, authenticator: Authenticator | None = None,
-                 plugin_dir: str | None = None, max_streams: int = 256, rest_threads: int = 16):
+                 plugin_dir: str | None = None, max_streams: int = 10000, rest_threads: int = 16):
         self.gate = gate
         self.authenticator = authenticator or Authenticator()
         self.plugin_dir = plugin_dir

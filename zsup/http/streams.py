@@ -15,14 +15,13 @@ Feeds of ``GET /streams/<pid>/<label>``:
 many idle seconds (60 for ``true``). A stream ends when its process exits, after its last
 lines. Lines lost by a slow subscriber (a ``seq`` gap) are fetched again with ``read_output``.
 
-Fan-out is cheap per client (zsup.http.feeds): an output event is decoded once (the gate's
-fan-out thread) and formatted once (``sse_event``, memoized on the shared Event); each
-client's thread drains its queue and writes all of it as one chunk, batched by
-``BATCH_DELAY`` while the stream is busy.
-
-Every live feed holds one waitress worker thread while open: app.py sizes the pool to
-``max_streams`` plus threads kept for REST, and refuses a stream beyond ``max_streams`` with
-503, so streams can never starve the REST routes.
+Live feeds (continuous, eventsource, /watch) are served by the stream hub (zsup.http.hub):
+the waitress worker answers the head, hands the socket over (``HandOver``) and is free; every
+client of one stream shares one LineFeed, and each batch of lines is formatted once per feed
+type (``sse_event``, memoized on the shared Event). Longpolls, and live feeds served by
+another WSGI server (no hub), run on their worker thread as before (``_feed_loop``,
+``BATCH_DELAY`` batching); app.py caps those at ``held_threads``. Every stream takes one of
+``max_streams`` slots (503 beyond), freed when it ends or its client goes.
 """
 
 from __future__ import annotations
