@@ -61,6 +61,7 @@ def measure() -> dict:
     gateway_mod = os.path.join(bl.ROOT, "zsup", "cli", "http_gateway.py")
     if not os.path.exists(gateway_mod):
         raise Skip("no HTTP gateway yet (zsup/cli/http_gateway.py is missing)")
+    _raise_fd_limit()  # for the clients, and the gateway (it inherits it)
     script = os.path.join(tempfile_dir(), "chatty.py")
     with open(script, "w") as f:
         f.write(RATE_SCRIPT)
@@ -125,7 +126,6 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
 
     import psutil
 
-    _raise_fd_limit()
     gproc = psutil.Process(gw.pid)
     sel = selectors.DefaultSelector()
     sse_request = (f"GET /streams/{pid}/stdout?feed=eventsource HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n"

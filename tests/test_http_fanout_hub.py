@@ -6,7 +6,6 @@ import os
 import re
 import selectors
 import socket
-import ssl
 import sys
 import threading
 import time

@@ -81,18 +81,6 @@ WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 _Channel = Channel
 
 
-def _raise_fd_limit() -> None:
-    """Open streams and websockets cost a descriptor each (no thread): allow the hard limit."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft != hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ImportError, ValueError, OSError):
-        pass
-
-
 # --------------------------------------------------------------------------------------------
 # The server
 
@@ -230,7 +218,6 @@ class HTTPServer:
                 close_quietly(sock)
             raise
 
-        _raise_fd_limit()
         options = {"ident": "zsup", "asyncore_use_poll": True, **self.adjustments}
         adj = Adjustments(threads=self.threads, **options)
         self._dispatcher = ThreadedTaskDispatcher()

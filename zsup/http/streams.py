@@ -33,10 +33,10 @@ from typing import Callable, Iterator
 from zsup.bus.protocol import Event
 from zsup.http.adapter import stream_hub, waitress_channel
 from zsup.http.busgate import memo
-from zsup.http.hub import Client
 
 # Cursors and event_line_count are imported from here too (app.py, tests).
 from zsup.http.feeds import Cursors, LineFeed, event_json_text, event_line_count, sse_event, sse_line  # noqa: F401
+from zsup.http.hub import Client
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
 

@@ -33,9 +33,9 @@ from urllib.parse import parse_qs, unquote
 
 from ws4py.websocket import WebSocket
 
+from zsup.bus.protocol import Event
 from zsup.errors import ZsupError
 from zsup.http import gaffer_ws
-from zsup.bus.protocol import Event
 from zsup.http.adapter import connection_lost
 from zsup.http.busgate import memo
 from zsup.http.feeds import LineFeed, event_json_text, event_lines
