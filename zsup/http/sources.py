@@ -106,6 +106,7 @@ class Source:
         self.scheduled = False
         self.last_pump = float("-inf")  # when it last pushed bytes
         self.ended = False
+        self.had_clients = False
 
     def wake(self, *_: object) -> None:
         """Pump soon (any thread; the subscription's hook)."""
@@ -121,7 +122,7 @@ class Source:
                 return
             for client in [c for c in self.clients if c.gone]:
                 self.clients.discard(client)
-            if not self.clients:
+            if not self.clients and self.had_clients:  # the last one left
                 self.ended = True
                 self.close()
                 return
@@ -151,8 +152,7 @@ class LineSource(Source):
         self.gate, self.pid, self.label = gate, proc["pid"], label
         self.feed = LineFeed(gate, proc, label, (proc.get("last_seq") or {}).get(label, 0))
         self._pending = self.feed.initial
-        self.feed.sub.on_ready = self.wake
-        self.wake()
+        self.feed.sub.on_ready = self.wake  # (its first pump comes with its first client)
 
     def join(self, client: Client, after: int, first: bytes) -> bool:
         """Add a client that wants the lines after `after` (any thread; may call the bus).
@@ -167,6 +167,7 @@ class LineSource(Source):
             client.next = max(after + 1, upto)
             client.source = self
             self.clients.add(client)
+            self.had_clients = True
         head = [first] if first else []
         if after + 1 < upto:
             try:
@@ -180,6 +181,7 @@ class LineSource(Source):
             with client.lock:
                 client.out.extendleft(reversed(client.frame(data)))
                 client.size += len(data)
+        self.wake()
         return True
 
     def due(self, now: float) -> bool:
@@ -234,6 +236,7 @@ class EventSource(Source):
         self.sub = sub
         client.source = self
         self.clients.add(client)
+        self.had_clients = True
         sub.on_ready = self.wake
 
     def take_and_push(self) -> None:
