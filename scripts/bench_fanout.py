@@ -7,8 +7,7 @@ process (`python -m zsup.cli.http_gateway --bus ... --pub ... --bind 127.0.0.1:P
 --max-client-connections 20000`); the clients (non-blocking sockets in one thread: SSE over
 HTTP/1.0, websockets with their RFC 6455 handshake) connect in waves of 500, then read for
 5 s (3 in quick mode) after a 3 s warm-up (1 s up to 1,000 clients). Counted: lines per
-client (`data:` lines, or text
-frames). Reported: lines/s delivered to each client (median) and to the slowest one (of
+client (`data:` lines, or text frames). Reported: lines/s delivered to each client (median) and to the slowest one (of
 either kind), to all together, what the child produced, and the gateway's threads (most seen
 while they are open), RSS and CPU. BENCH_FANOUT_SSE / BENCH_FANOUT_WS change the counts.
 If the gateway is missing or fails, the result is {"skipped": reason}, never an exception.
@@ -238,4 +237,6 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
 
 
 if __name__ == "__main__":
-    bl.scenario_main("fanout", run_one, variants=[("zsup", False)])
+    # One round: connecting 10,000 clients takes most of a minute, and `make bench` gives
+    # this scenario 120 s (scripts/bench.py).
+    bl.scenario_main("fanout", run_one, variants=[("zsup", False)], default_rounds=1)
