@@ -297,16 +297,18 @@ def test_streams_beyond_the_cap_get_503(zsupd_factory, tmp_path):
     gateway = start_gateway(d, tmp_path, max_streams=2)
     try:
         g = GW(d, gateway, tmp_path)
-        conns = []
+        conns, responses = [], []  # a response dropped closes its connection: keep them
         for _ in range(2):
             c = g.connection()
             c.request("GET", "/watch/x.?heartbeat=0.1")
-            assert c.getresponse().status == 200
+            responses.append(c.getresponse())
+            assert responses[-1].status == 200
             conns.append(c)
         a = g.get("/watch/x.")
         assert a.status == 503 and "too many open streams" in a.json["error"]["message"]
         assert g.get("/sessions").status == 200
         conns.pop().close()
+        responses.pop().close()
         # the heartbeat finds the client gone and frees its slot
         wait_for(lambda: gateway.apps[0].open_streams < 2, timeout=10)
         c = g.connection()

@@ -40,11 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="URL", help="serve the fleet view (/cluster/...) of the nodes "
                    "registered at URL: a lookupd or etcd://HOST:PORT (default: the config's registry)")
     p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
-    p.add_argument("--max-streams", type=int, default=256,
-                   help="open stream feeds at most (each holds a worker thread; default 256)")
+    p.add_argument("--max-streams", type=int, default=10000,
+                   help="open stream feeds at most (default 10000; longpolls: 16 at once)")
     p.add_argument("--max-websockets", type=int,
                    help="websockets open at once per endpoint (default: the endpoint's "
-                        "max_websockets, 256); more are refused with 503")
+                        "max_websockets, 10000); more are refused with 503")
     p.add_argument("--max-client-connections", type=int,
                    help="HTTP connections open at once per client IP address and endpoint "
                         "(default: the endpoint's max_client_connections, 64)")
@@ -126,7 +126,7 @@ class Gateway:
     (endpoints that share their password and tokens files share a server)."""
 
     def __init__(self, bus: str, pub: str, endpoints: list[dict], plugin_dir: str | None = None,
-                 max_streams: int = 256, timeout: float = 5.0):
+                 max_streams: int = 10000, timeout: float = 5.0):
         from zsup.http.app import GatewayApp
         from zsup.http.auth import Authenticator, check_private
         from zsup.http.busgate import BusGate

@@ -68,6 +68,7 @@ __all__ = [
     "make_server",
     "prepend_unread",
     "quiet_resets",
+    "stream_hub",
     "waitress_channel",
     "wants_websocket",
 ]
@@ -150,6 +151,12 @@ def waitress_channel(environ: dict):
     return channel if hasattr(channel, "reset_drained_outbuf") else None
 
 
+def stream_hub(environ: dict):
+    """The stream hub of the server that serves the request of ``environ`` (None: none)."""
+    channel = waitress_channel(environ)
+    return getattr(channel.server, "hub", None) if channel is not None else None
+
+
 def wants_websocket(request) -> bool:
     """Whether a parsed waitress request asks for ``Upgrade: websocket``."""
     upgrade = request.headers.get("UPGRADE", "")
@@ -182,6 +189,61 @@ class Channel(HTTPChannel):
             old.close()
         except Exception:  # another waitress version: do without
             pass
+
+    def hand_over(self, take: Callable[[Any], None], timeout: float = 30.0) -> bool:
+        """From the worker serving a streaming response, after its head was written.
+
+        Once everything the channel queued is sent, the loop thread takes the socket out of
+        waitress (as for a websocket) and calls ``take(sock)``; this waits for that. False when
+        the connection closed first, or the loop did not get to it within ``timeout``: then
+        nothing was taken. Whatever the worker writes afterwards is discarded (waitress sees a
+        closed connection: its last chunk of a chunked answer is the taker's to send).
+        """
+        done = threading.Event()
+        with self._handover_lock:
+            if self._detached or not self.connected:
+                return False
+            self._handover = (take, done)
+        self.server.trigger.pull_trigger()
+        done.wait(timeout)
+        with self._handover_lock:
+            self._handover = None
+            return self._handed_over
+
+    _handover: tuple[Callable[[Any], None], threading.Event] | None = None
+    _handed_over = False
+    _handover_lock = threading.RLock()  # shared by every channel: held for an instant
+
+    def _handover_ready(self) -> bool:
+        return (self._handover is not None and not self._detached
+                and not self.total_outbufs_len)
+
+    def _do_handover(self) -> None:
+        """In the loop thread: the socket leaves waitress for the taker."""
+        with self._handover_lock:
+            pending, self._handover = self._handover, None
+            if pending is None:
+                return
+            take, done = pending
+            sock = self.socket
+            self.del_channel()
+            self._detached = True
+            self._handed_over = True
+            self.socket = None  # a late close() from the loop must not close the stream
+            self.connected = False
+        try:
+            take(sock)
+        except Exception:
+            logger.exception("handing a stream over failed")
+            close_socket(sock)
+        finally:
+            done.set()
+
+    def _cancel_handover(self) -> None:
+        with self._handover_lock:
+            pending, self._handover = self._handover, None
+        if pending is not None:
+            pending[1].set()
 
     _tls = False
     _tls_handshaking = False
@@ -230,6 +292,7 @@ class Channel(HTTPChannel):
     def del_channel(self, map=None):
         self._release_client(self.server)
         super().del_channel(map)
+        self._cancel_handover()  # closed before the hand-over: its worker stops waiting
 
     # -- readiness: waitress's rules, unless a handshake or an upgrade is under way
 
@@ -250,7 +313,7 @@ class Channel(HTTPChannel):
             return False
         if self._tls_handshaking:
             return self._tls_want_write or self.will_close
-        return super().writable() or self._upgrade_ready()
+        return super().writable() or self._upgrade_ready() or self._handover_ready()
 
     def handle_read(self):
         if self._detached:
@@ -274,6 +337,8 @@ class Channel(HTTPChannel):
             self._begin_upgrade()
         else:
             super().handle_write()
+            if self._handover_ready():
+                self._do_handover()
 
     def handle_close(self):
         if not self._detached:

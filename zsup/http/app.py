@@ -93,7 +93,7 @@ def _undecodable(environ: dict) -> str | None:
 
 class GatewayApp:
     def __init__(self, gate: BusGate, authenticator: Authenticator | None = None,
-                 plugin_dir: str | None = None, max_streams: int = 256, rest_threads: int = 16):
+                 plugin_dir: str | None = None, max_streams: int = 10000, rest_threads: int = 16):
         self.gate = gate
         self.authenticator = authenticator or Authenticator()
         self.plugin_dir = plugin_dir
@@ -101,6 +101,7 @@ class GatewayApp:
         self.rest_threads = rest_threads
         self.cursors = Cursors()
         self._slots = threading.BoundedSemaphore(max_streams)
+        self._held = threading.BoundedSemaphore(min(max_streams, self.held_threads))
         self.open_streams = 0
         self._count_lock = threading.Lock()
         self._mounts: dict[str, Any] = {}
@@ -111,9 +112,13 @@ class GatewayApp:
         #: the fleet for /cluster/* (zsup.http.cluster_api), set by zsup-http's --cluster
         self.fleet = None
 
+    #: Requests that hold their worker while open (longpolls, mounted apps; live feeds and
+    #: websockets leave theirs for zsup.http.hub): at most this many at once.
+    held_threads = 16
+
     @property
     def threads(self) -> int:
-        return self.max_streams + self.rest_threads
+        return min(self.max_streams, self.held_threads) + self.rest_threads
 
     # -- hooks for HTTPServer
 
@@ -146,9 +151,14 @@ class GatewayApp:
 
     # -- stream slots
 
-    def acquire_stream(self) -> Callable[[], None]:
-        """Take one of `max_streams` slots (503 when none is left); returns its release."""
+    def acquire_stream(self, holds_thread: bool = True) -> Callable[[], None]:
+        """Take one of `max_streams` slots (503 when none is left); returns its release.
+        A stream that `holds_thread` also takes one of `held_threads` (503 when none)."""
+        if holds_thread and not self._held.acquire(blocking=False):
+            raise HTTPError(503, f"too many open long-polls ({self.held_threads}); try again later")
         if not self._slots.acquire(blocking=False):
+            if holds_thread:
+                self._held.release()
             raise HTTPError(503, f"too many open streams ({self.max_streams}); try again later")
         with self._count_lock:
             self.open_streams += 1
@@ -162,6 +172,8 @@ class GatewayApp:
                 released = True
                 self.open_streams -= 1
             self._slots.release()
+            if holds_thread:
+                self._held.release()
         return release
 
     def openapi(self) -> dict:

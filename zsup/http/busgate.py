@@ -98,6 +98,10 @@ class Subscription:
         self.closed = False
         self.last_get = time.monotonic()
         self._close_lock = threading.Lock()
+        #: Called (by the fan-out thread, or the closing thread) after each event is queued
+        #: and once at close, when set: a consumer that serves many subscriptions from a few
+        #: threads (zsup.http.hub) learns which one to read. It must not block.
+        self.on_ready = None
 
     def get(self, timeout: float | None = None) -> Event | None:
         """The next event, or None after `timeout` seconds or when the subscription is closed."""
@@ -152,16 +156,20 @@ class Subscription:
         """Queue an event; False when the queue is full (the event is dropped)."""
         try:
             self._queue.put_nowait(event)
-            return True
         except queue.Full:
             self.dropped += 1
             return False
+        if self.on_ready is not None:
+            self.on_ready(self)
+        return True
 
     def _wake_consumer(self) -> None:
         try:
             self._queue.put_nowait(None)
         except queue.Full:
             pass  # the consumer has plenty to read; it finds `closed` afterwards
+        if self.on_ready is not None:
+            self.on_ready(self)
 
 
 class BusGate(BusCommands):

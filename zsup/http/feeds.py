@@ -188,6 +188,29 @@ class LineFeed:
             out += self.take_queued()
         return out
 
+    @property
+    def next_check(self) -> float:
+        """When ``poll`` next asks the ring (an idle stream, or an exit seen only there)."""
+        return self._next_check
+
+    def poll(self) -> list:
+        """What came (items as in ``wait_batch``), without waiting: for a hub that pumps
+        many feeds from a few threads when their subscription wakes them or ``next_check``
+        is due. May call the bus (``read_output``)."""
+        out = self.take_queued()
+        if out or self.ended:
+            return out
+        now = time.monotonic()
+        if self.sub.closed:
+            out += self.catch_up()
+            self.ended = True
+        elif now >= self._next_check:
+            if now - self._last_output < self._check_every and self.state != "exited":
+                self._next_check = self._last_output + self._check_every
+            else:
+                out += self._idle_check(now)
+        return out
+
     def take_queued(self) -> list:
         """What is already queued (items as in ``wait_batch``), without waiting."""
         out: list = []

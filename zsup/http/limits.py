@@ -17,7 +17,7 @@ logger = logging.getLogger("zsup.http")
 #: websockets open at once (per endpoint).
 DEFAULT_HEADER_TIMEOUT = 10.0
 DEFAULT_MAX_CLIENT_CONNECTIONS = 64
-DEFAULT_MAX_WEBSOCKETS = 256
+DEFAULT_MAX_WEBSOCKETS = 10000  # no thread each (zsup.http.hub): memory and fds bound it
 
 
 @dataclass(frozen=True)

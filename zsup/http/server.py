@@ -52,6 +52,7 @@ from zsup.http.adapter import (
     make_loop,
     make_server,
 )
+from zsup.http.hub import Hub
 from zsup.http.limits import Limits
 from zsup.http.listen import (
     DEFAULT_BIND,
@@ -134,6 +135,7 @@ class HTTPServer:
         self._dispatcher: ThreadedTaskDispatcher | None = None
         self._waitress: Any = None
         self._manager: WebSocketManager | None = None
+        self._hub: Hub | None = None
         self._loop_thread: threading.Thread | None = None
         self._state = "new"
         self._state_lock = threading.Lock()
@@ -149,6 +151,11 @@ class HTTPServer:
     def websocket_manager(self) -> WebSocketManager | None:
         """The ws4py manager holding the open websockets (for broadcast, counting)."""
         return self._manager
+
+    @property
+    def stream_hub(self) -> Hub | None:
+        """The hub serving the open live feeds (zsup.http.hub), once started."""
+        return self._hub
 
     def start(self) -> None:
         with self._state_lock:
@@ -216,8 +223,9 @@ class HTTPServer:
         self._dispatcher = ThreadedTaskDispatcher()
         self._dispatcher.set_thread_count(self.threads)
         self._manager = WebSocketManager(SelectorPoller())
+        self._hub = Hub()
         upgrader = WebSocketUpgrader(self.websocket_routes, self.authorize, self._manager,
-                                      self.websocket_timeout)
+                                      self.websocket_timeout, hub=self._hub)
         for index, (endpoint, sock) in enumerate(bound):
             try:
                 limits = Limits(endpoint.name, endpoint.header_timeout,
@@ -230,9 +238,11 @@ class HTTPServer:
                 for _, later in bound[index:]:
                     close_quietly(later)
                 raise
+            server.hub = self._hub
             self._servers.append(server)
         self._waitress = make_loop(self._map, adj, self._servers, self._dispatcher)
         self._manager.start()
+        self._hub.start()
         self._loop_thread = threading.Thread(target=self._waitress.run, name="zsup-http-loop",
                                              daemon=True)
         self._loop_thread.start()
@@ -276,7 +286,7 @@ class HTTPServer:
     def _teardown(self, timeout: float) -> None:
         """Every step runs, whatever an earlier one raised; the first error is raised last."""
         errors: list[BaseException] = []
-        for step in (self._stop_http, self._stop_websockets):
+        for step in (self._stop_http, self._stop_websockets, self._stop_hub):
             try:
                 step(timeout)
             except BaseException as exc:  # noqa: BLE001 - re-raised below, after the others
@@ -324,6 +334,10 @@ class HTTPServer:
             # Tasks the loop queued after the first shutdown (an upgrade spotted at the last
             # moment) hold sockets that nothing else would close.
             self._dispatcher.shutdown(cancel_pending=True, timeout=0)
+
+    def _stop_hub(self, timeout: float) -> None:
+        if self._hub is not None:
+            self._hub.stop(timeout)
 
     def _stop_websockets(self, timeout: float) -> None:
         if self._manager is None:

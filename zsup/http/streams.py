@@ -15,14 +15,13 @@ Feeds of ``GET /streams/<pid>/<label>``:
 many idle seconds (60 for ``true``). A stream ends when its process exits, after its last
 lines. Lines lost by a slow subscriber (a ``seq`` gap) are fetched again with ``read_output``.
 
-Fan-out is cheap per client (zsup.http.feeds): an output event is decoded once (the gate's
-fan-out thread) and formatted once (``sse_event``, memoized on the shared Event); each
-client's thread drains its queue and writes all of it as one chunk, batched by
-``BATCH_DELAY`` while the stream is busy.
-
-Every live feed holds one waitress worker thread while open: app.py sizes the pool to
-``max_streams`` plus threads kept for REST, and refuses a stream beyond ``max_streams`` with
-503, so streams can never starve the REST routes.
+Live feeds (continuous, eventsource, /watch) are served by the stream hub (zsup.http.hub):
+the waitress worker answers the head, hands the socket over (``HandOver``) and is free; every
+client of one stream shares one LineFeed, and each batch of lines is formatted once per feed
+type (``sse_event``, memoized on the shared Event). Longpolls, and live feeds served by
+another WSGI server (no hub), run on their worker thread as before (``_feed_loop``,
+``BATCH_DELAY`` batching); app.py caps those at ``held_threads``. Every stream takes one of
+``max_streams`` slots (503 beyond), freed when it ends or its client goes.
 """
 
 from __future__ import annotations
@@ -32,10 +31,12 @@ import time
 from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
-from zsup.http.adapter import waitress_channel
+from zsup.http.adapter import stream_hub, waitress_channel
+from zsup.http.busgate import memo
 
 # Cursors and event_line_count are imported from here too (app.py, tests).
 from zsup.http.feeds import Cursors, LineFeed, event_json_text, event_line_count, sse_event, sse_line  # noqa: F401
+from zsup.http.hub import Client
 from zsup.http.routes_api import api
 from zsup.http.web import HTTPError, StreamResponse, read_body
 
@@ -167,6 +168,108 @@ def _feed_loop(feed: LineFeed, heartbeat: float | None, disconnected: Callable[[
         feed.close()
 
 
+class HandOver:
+    """An app_iter that gives the socket to the stream hub once the head is written.
+
+    Its first ``next`` (in the waitress worker) waits for the channel to hand the socket over
+    and attaches ``client``; then it ends: the worker is free, the hub writes the stream.
+    ``join(client)`` runs first (it adds the client to its source, queueing the first bytes).
+    """
+
+    def __init__(self, hub, client: Client, channel, join: Callable[[Client], None]):
+        self.hub, self.client, self.channel, self.join = hub, client, channel, join
+        self._done = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        if self._done:
+            raise StopIteration
+        self._done = True
+        client = self.client
+        try:
+            self.join(client)
+        except BaseException:
+            self.close()
+            raise
+
+        def take(sock) -> None:
+            client.sock = sock
+            self.hub.attach(client)
+
+        if not self.channel.hand_over(take):
+            self.close()
+        raise StopIteration
+
+    def close(self) -> None:
+        client = self.client
+        if client.hub is None:  # never attached: nothing else will free it
+            client.gone = True
+            if client.source is not None:
+                client.source.wake()
+            client.release()
+
+
+def _chunked(req) -> bool:
+    return req.environ.get("SERVER_PROTOCOL") == "HTTP/1.1"
+
+
+def _hub_stream(ctx, req, hub, proc: dict, label: str, after: int, sse: bool,
+                heartbeat: float | None, release: Callable[[], None]) -> StreamResponse:
+    if sse:
+        client = Client(None, kind="sse", chunked=_chunked(req),
+                        fmt_event=lambda event: sse_event(event, label),
+                        fmt_line=lambda seq, line: sse_line(seq, line, label),
+                        final=DROPPED_SSE, beat=b": heartbeat\n\n", heartbeat=heartbeat,
+                        release=release, after=after)
+        first = b"retry: 3000\n\n"
+    else:
+        client = Client(None, kind="raw", chunked=_chunked(req), fmt_event=_event_data,
+                        fmt_line=lambda seq, line: line, final=DROPPED_TEXT, beat=b"\n",
+                        heartbeat=heartbeat, release=release, after=after)
+        first = b""
+
+    def join(client: Client) -> None:
+        while not hub.line_source(ctx.gate, proc, label, _batch_delay).join(client, after, first):
+            pass  # it ended just now: a new one
+
+    body = HandOver(hub, client, waitress_channel(req.environ), join)
+    if sse:
+        return StreamResponse(body, "text/event-stream; charset=utf-8")
+    return StreamResponse(body)
+
+
+def _event_data(event: Event) -> bytes:
+    return event.data or b""
+
+
+def _batch_delay() -> float:
+    return BATCH_DELAY
+
+
+#: What a dropped client (it fell ``max_buffer`` bytes behind) gets last.
+DROPPED_SSE = (b'event: dropped\ndata: {"reason": "the client fell too far behind; '
+               b'reconnect with Last-Event-ID to resume"}\n\n')
+DROPPED_TEXT = b'\n{"dropped": "the client fell too far behind"}\n'
+
+
+def _watch_sse(event: Event) -> bytes:
+    m = memo(event)
+    out = m.get("watch-sse")
+    if out is None:
+        out = m["watch-sse"] = f"event: {event.topic}\ndata: {event_json_text(event)}\n\n".encode()
+    return out
+
+
+def _watch_json(event: Event) -> bytes:
+    m = memo(event)
+    out = m.get("watch-json")
+    if out is None:
+        out = m["watch-json"] = (event_json_text(event) + "\n").encode()
+    return out
+
+
 def _disconnected(req) -> Callable[[], bool]:
     return req.environ.get("waitress.client_disconnected") or (lambda: False)
 
@@ -205,7 +308,11 @@ def stream(ctx, req, pid, label):
         # Nothing will ever come: 204 tells a browser's EventSource not to reconnect.
         from webob import Response
         return Response(status=204)
-    release = ctx.acquire_stream()
+    hub = stream_hub(req.environ) if feed_name != "longpoll" else None
+    release = ctx.acquire_stream(holds_thread=hub is None)
+    if hub is not None:
+        return _hub_stream(ctx, req, hub, proc, label, after, feed_name == "eventsource",
+                           heartbeat, release)
     try:
         feed = LineFeed(ctx.gate, proc, label, after)
     except BaseException:
@@ -275,7 +382,8 @@ def _watch(ctx, req, pattern: str):
         raise HTTPError(400, f"feed: expected continuous or eventsource, got {feed_name!r}")
     heartbeat = parse_heartbeat(req.GET.get("heartbeat"))
     ctx.gate.ping()  # a clear 503 now rather than a silent stream
-    release = ctx.acquire_stream()
+    hub = stream_hub(req.environ)
+    release = ctx.acquire_stream(holds_thread=hub is None)
     try:
         sub = ctx.gate.subscribe([pattern])
     except BaseException:
@@ -283,6 +391,25 @@ def _watch(ctx, req, pattern: str):
         raise
     disconnected = _disconnected(req)
     sse = feed_name == "eventsource"
+    if hub is not None:
+        def release_all() -> None:
+            sub.close()
+            release()
+
+        client = Client(None, kind="watch", chunked=_chunked(req),
+                        fmt_event=_watch_sse if sse else _watch_json, fmt_line=None,
+                        final=DROPPED_SSE if sse else DROPPED_TEXT,
+                        beat=b": heartbeat\n\n" if sse else b"\n", heartbeat=heartbeat,
+                        release=release_all)
+
+        def join(client: Client) -> None:
+            if sse:
+                client.out.extend(client.frame(b"retry: 3000\n\n"))
+            hub.event_source(sub, client, _batch_delay)
+
+        body = HandOver(hub, client, waitress_channel(req.environ), join)
+        return StreamResponse(body, "text/event-stream; charset=utf-8" if sse
+                              else "application/x-ndjson")
 
     def gen() -> Iterator[bytes]:
         try:

@@ -10,24 +10,36 @@
   frames ``{"topic", "msg"[, "data"]}`` (``.`` or nothing: every event).
 - gaffer 0.5's ``/channel/websocket`` and ``/<pid>/channel[/<label>]``: zsup.http.gaffer_ws.
 
-Each open websocket has one pump thread in the gateway that moves lines or events from its
-gate subscription to the socket (ws4py's manager thread must never block on a slow client);
-zsupd sees none of this: all of them share the gateway's one SUB socket.
+Served by the gateway's stream hub (zsup.http.hub), as the live HTTP feeds are: ws4py's
+manager reads the socket, the hub writes it (a dup of it, non-blocking): each output line is
+framed once per event for every websocket of that stream (one text frame per line, binary
+when it is not UTF-8), a websocket that falls ``max_buffer`` bytes behind is closed (1008,
+"too slow"), and ws4py's own frames (pong, close) go through the hub's queue so nothing
+interleaves. Over TLS (one SSL object cannot be written and read by two threads) and without
+a hub, each websocket has its own pump thread instead, as before. zsupd sees none of this:
+all of them share the gateway's one SUB socket.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
+import ssl
+import struct
 import threading
 from urllib.parse import parse_qs, unquote
 
 from ws4py.websocket import WebSocket
 
+from zsup.bus.protocol import Event
 from zsup.errors import ZsupError
 from zsup.http import gaffer_ws
 from zsup.http.adapter import connection_lost
-from zsup.http.feeds import LineFeed, event_json_text
+from zsup.http.busgate import memo
+from zsup.http.feeds import LineFeed, event_json_text, event_lines
+from zsup.http.hub import Client
 
 log = logging.getLogger("zsup.http.websockets")
 
@@ -36,14 +48,95 @@ def _error_frame(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
 
 
+def ws_frame(payload: bytes, binary: bool = False) -> bytes:
+    """One unmasked, final server frame (RFC 6455 section 5.2)."""
+    first = 0x82 if binary else 0x81
+    n = len(payload)
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload
+
+
+def _line_frame(seq: int, line: bytes) -> bytes:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError:
+        return ws_frame(line, True)
+    return ws_frame(line)
+
+
+def _event_frames(event: Event) -> bytes:
+    """Every line of an output event as frames, made once per event for every websocket."""
+    m = memo(event)
+    out = m.get("ws")
+    if out is None:
+        out = m["ws"] = b"".join(_line_frame(0, line) for line in event_lines(event))
+    return out
+
+
+def _event_json_frame(event: Event) -> bytes:
+    m = memo(event)
+    out = m.get("ws-json")
+    if out is None:
+        out = m["ws-json"] = ws_frame(event_json_text(event).encode("utf-8"))
+    return out
+
+
+_TOO_SLOW = struct.pack("!H", 1008) + b"too slow: dropped"
+DROPPED_FRAME = bytes((0x88, len(_TOO_SLOW))) + _TOO_SLOW
+
+
 class _PumpedSocket(WebSocket):
-    """A websocket fed by a pump thread until the source ends or the socket closes."""
+    """A websocket fed by the stream hub, or by a pump thread (TLS, no hub), until the source
+    ends or the socket closes."""
+
+    end_reason = ""
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None):
         super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
                          heartbeat_freq=heartbeat_freq)
         self._stop = threading.Event()
         self._pump_thread: threading.Thread | None = None
+        self._hub = None
+        self._hub_client: Client | None = None
+
+    def _hub_for(self):
+        """The hub that will write this websocket, or None (TLS, or no hub)."""
+        hub = (self.environ or {}).get("zsup.hub")
+        if hub is None or isinstance(self.sock, ssl.SSLSocket):
+            return None
+        return hub
+
+    def _make_client(self, hub, kind: str, fmt_event, fmt_line, release) -> Client:
+        dup = socket.socket(fileno=os.dup(self.sock.fileno()))
+        dup.setblocking(False)
+
+        def shut() -> None:  # dropped: ws4py's read sees the end and terminates it
+            try:
+                dup.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        def end() -> None:  # the source ended (the process exited, the gateway stops)
+            if not self._stop.is_set():
+                self.close(1000, self.end_reason)
+
+        self._hub = hub
+        self._hub_client = Client(dup, kind=kind, chunked=False, fmt_event=fmt_event,
+                                  fmt_line=fmt_line, final=DROPPED_FRAME, beat=b"",
+                                  heartbeat=None, release=release, reads=False, on_end=end,
+                                  on_close=shut)
+        return self._hub_client
+
+    def _write(self, b):
+        client = self._hub_client
+        if client is None:
+            return super()._write(b)
+        if self.terminated or self.sock is None:
+            raise RuntimeError("Cannot send on a terminated websocket")
+        self._hub.write_now(client, b)
 
     def opened(self):
         self._pump_thread = threading.Thread(target=self._pump_safely, daemon=True,
@@ -64,6 +157,9 @@ class _PumpedSocket(WebSocket):
 
     def closed(self, code, reason=None):
         self._stop.set()
+        if self._hub_client is not None:
+            self._hub.detach(self._hub_client)
+            self.release()
 
     def pump(self):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -75,6 +171,8 @@ class _PumpedSocket(WebSocket):
 class ProcessSocket(_PumpedSocket):
     """``/wstreams/<pid>``: stdin in, output lines out."""
 
+    end_reason = "process exited"
+
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None, *,
                  gate, proc: dict, label: str):
         super().__init__(sock, protocols, extensions, environ, heartbeat_freq)
@@ -85,6 +183,14 @@ class ProcessSocket(_PumpedSocket):
 
     def opened(self):
         after = (self.proc.get("last_seq") or {}).get(self.label, 0)
+        hub = self._hub_for()
+        if hub is not None:
+            client = self._make_client(hub, "ws", _event_frames, _line_frame, lambda: None)
+            while not hub.line_source(self.gate, self.proc, self.label, lambda: 0.05).join(
+                    client, after, b""):
+                pass
+            hub.attach(client)
+            return
         self.feed = LineFeed(self.gate, self.proc, self.label, after)
         super().opened()
 
@@ -105,6 +211,9 @@ class ProcessSocket(_PumpedSocket):
     def release(self):
         if self.feed is not None:
             self.feed.close()
+        client = self._hub_client
+        if client is not None and client.source is not None:
+            client.source.wake()  # it forgets the client (gone)
 
     def received_message(self, message):
         data = message.data
@@ -130,6 +239,12 @@ class ChannelSocket(_PumpedSocket):
 
     def opened(self):
         self.sub = self.gate.subscribe(self.patterns)
+        hub = self._hub_for()
+        if hub is not None:
+            client = self._make_client(hub, "ws-json", _event_json_frame, None, self.sub.close)
+            hub.event_source(self.sub, client, lambda: 0.05)
+            hub.attach(client)
+            return
         super().opened()
 
     def pump(self):

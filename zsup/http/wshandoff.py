@@ -139,8 +139,9 @@ class WebSocketUpgrader:
     """Turns an upgrade request on a detached socket into a managed ws4py websocket."""
 
     def __init__(self, routes: WebSocketRoutes | None, authorize: Authorize,
-                 manager: WebSocketManager, io_timeout: float) -> None:
+                 manager: WebSocketManager, io_timeout: float, hub=None) -> None:
         self.routes = routes
+        self.hub = hub  # zsup.http.hub.Hub: given to websockets as environ["zsup.hub"]
         self.authorize = authorize
         self.manager = manager
         self.io_timeout = io_timeout
@@ -199,6 +200,8 @@ class WebSocketUpgrader:
                 self._refuse(sock, 503, f"too many open websockets ({limits.max_websockets}); "
                                         f"try again later")
                 return
+            if self.hub is not None:
+                environ["zsup.hub"] = self.hub
             ws = factory(sock, protocols=None, extensions=None, environ=environ)
             # Visible to opened(), which manager.add() calls.
             ws.path, ws.query_string, ws.headers = path, query, headers
