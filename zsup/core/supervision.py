@@ -193,9 +193,10 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         (job.committed if committed else job.processes)[proc.pid] = proc
         self._all_gone.clear()
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
-        self._pipes.add(proc)
+        # `spawn` goes out before the IO loop may read (and publish) the process's first line
         self._publish_proc(proc, "spawn", detach=proc.spec.detach, committed=committed,
                            instance=proc.instance)
+        self._pipes.add(proc)
         self._life_spawned(job, proc)
         if not committed and job.last_error is not None:
             if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
