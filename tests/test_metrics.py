@@ -30,6 +30,8 @@ def test_metrics_scraped_and_parsed(gw):
              "flapping": "2, 5, 60, 1"}
     gw.load(crash)
     gw.load({"name": "nope", "cmd": "/nonexistent/program"})
+    # running, never ready: nothing listens on port 1
+    gw.load({"name": "waits", "cmd": "sleep", "args": ["60"], "ready": "tcp:127.0.0.1:1", "ready_timeout": 60})
     gw.load({**crash, "name": "quitter", "flapping": "1, 5, 0.1, 0"})  # gives up at once
     tick_pid = gw.pid_of("default.tick")[0]
     ws = WebSocketClient(f"ws://{gw.host}:{gw.port}/channel/job.")
@@ -43,6 +45,9 @@ def test_metrics_scraped_and_parsed(gw):
         # per job
         assert value(s, "zsup_job_processes_wanted", job="default.tick") == 1
         assert value(s, "zsup_job_processes_running", job="default.tick") == 1
+        assert value(s, "zsup_job_processes_ready", job="default.tick") == 1
+        assert value(s, "zsup_job_processes_running", job="default.waits") == 1
+        assert value(s, "zsup_job_processes_ready", job="default.waits") == 0
         assert value(s, "zsup_job_flapping", job="default.tick") == 0
         assert value(s, "zsup_job_state", job="default.crash", state="flapping") == 1
         assert value(s, "zsup_job_exits_total", job="default.crash", code="3") >= 3
@@ -66,7 +71,7 @@ def test_metrics_scraped_and_parsed(gw):
         # zsupd itself, the bus, the gateway
         assert 0 <= value(s, "zsup_loop_lag_seconds", loop="supervisor") < 5
         assert value(s, "zsup_daemon_resident_memory_bytes") > 1_000_000
-        assert value(s, "zsup_bus_requests_total", cmd="load", outcome="ok") == 4
+        assert value(s, "zsup_bus_requests_total", cmd="load", outcome="ok") == 5
         assert value(s, "zsup_bus_requests_total", cmd="metrics", outcome="ok") >= 1
         assert value(s, "zsup_events_published_total") > 0
         assert value(s, "zsup_events_dropped_total", consumer="bus") == 0

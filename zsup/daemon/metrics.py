@@ -111,6 +111,7 @@ class DaemonMetrics:
                 rows.append({
                     "job": row["job"], "state": row["state"], "active": row["active"],
                     "wanted": row["numprocesses"] if row["active"] else 0, "running": row["running"],
+                    "ready": row.get("ready", row["running"]),
                     "flapping": row["state"] == "flapping" or (row["state"] == "failed" and c.gave_up),
                     "restarts": c.restarts, "spawn_failures": c.spawn_failures, "flaps": c.flaps,
                     "exits": dict(c.exits), "last_exit_code": c.last_exit,

@@ -72,6 +72,7 @@ class SnapshotCollector:
         gauges = {key: GaugeMetricFamily(f"zsup_job_{name}", doc, labels=labels) for key, name, doc in (
             ("wanted", "processes_wanted", "Processes the job should run (0 while it is stopped)"),
             ("running", "processes_running", "Processes of the job that are running"),
+            ("ready", "processes_ready", "Running processes that passed their ready check (all, without one)"),
             ("active", "active", "1 when the job is started"),
             ("flapping", "flapping", "1 while the job's flapping rule holds it back or has given up"))}
         counters = {key: CounterMetricFamily(f"zsup_job_{name}", doc, labels=labels) for key, name, doc in (
