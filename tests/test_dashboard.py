@@ -254,6 +254,21 @@ def _live_checks(gw, browser):
     wait_for(lambda: len(gw.d.call("pids", name="demo.tick")) == 1, timeout=10, message="1 process")
     wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=10, message="back to 1/1")
 
+    # a rolling restart from the page: a new process replaces the old one
+    old = gw.d.call("pids", name="demo.tick")
+    browser.click(f"{tick} .roll")
+    wait_for(lambda: (p := gw.d.call("pids", name="demo.tick")) and len(p) == 1 and p != old, timeout=15,
+             message="a new process after the rolling restart")
+    wait_for(lambda: browser.text(f"{tick} .state") == "running 1/1", timeout=10, message="1/1 after the roll")
+
+    # a job with a ready check: starting until its process passed it, then ready
+    gw.d.call("load", config={"name": "slow", "cmd": "sleep", "args": ["60"], "ready": "delay:1.5"},
+              session="demo")
+    slow = card("demo.slow")
+    wait_for(lambda: (browser.text(f"{slow} .state") or "").startswith("starting 0/1 ready"), timeout=10,
+             message=f"demo.slow starting on the page, got {browser.text(f'{slow} .state')!r}")
+    wait_for(lambda: browser.text(f"{slow} .state") == "ready 1/1", timeout=10, message="demo.slow ready")
+
     # sparklines fill from the stats topic
     wait_for(lambda: browser.js(f"document.querySelector('{tick} .spark.mem polyline').getAttribute('points')"),
              timeout=10, message="a memory sparkline")

@@ -235,6 +235,9 @@ function setConnected(open, detail) {
 const actions = {
   state: (job, action) => attempt(`${action} ${job.info.job}`,
     () => post(`${jobPath(job.info.job)}/state`, action)).then(() => refresh(job.info.job)),
+  // one new process, ready, then one old one stopped, and so on (docs/lifecycle.md)
+  roll: (job) => attempt(`rolling restart of ${job.info.job}`,
+    () => post("/bus/rolling_restart", { name: job.info.job })).then(() => refresh(job.info.job)),
   scale: (job, by) => attempt(`scale ${job.info.job}`,
     () => post(`${jobPath(job.info.job)}/numprocesses`, { scale: by })).then(() => refresh(job.info.job)),
   signal: (job, sig, pid) => attempt(`signal ${sig} to ${pid ? `process ${pid}` : job.info.job}`,

@@ -16,7 +16,11 @@ export function jobState(job) {
   const r = info.running;
   switch (info.state) {
     case "running":
-      if (typeof info.ready === "number" && n > 0 && info.ready >= n) return ["ready", `ready ${info.ready}/${n}`];
+      // with a ready check (info.checked): starting until every process passed it, then ready
+      if (info.checked && typeof info.ready === "number") {
+        if (n > 0 && info.ready >= n) return ["ready", `ready ${info.ready}/${n}`];
+        return ["starting", `starting ${info.ready}/${n} ready` + (info.reason ? `: ${info.reason}` : "")];
+      }
       return r >= n ? ["running", `running ${r}/${n}`] : ["starting", `starting ${r}/${n}`];
     case "failing":
       return ["failing", `failing: ${info.last_error || "cannot spawn its processes"}`];
@@ -76,6 +80,8 @@ export function renderJob(job, act) {
       h("button", { class: "start", onclick: () => act.state(job, "start"), disabled: info.active }, "start"),
       h("button", { class: "stop", onclick: () => act.state(job, "stop"), disabled: !info.active }, "stop"),
       h("button", { class: "restart", onclick: () => act.state(job, "restart") }, "restart"),
+      h("button", { class: "roll", title: "rolling restart: one new process ready, then one old stopped",
+        onclick: () => act.roll(job), disabled: !info.active }, "roll"),
       h("span", { class: "scale" },
         h("button", { class: "scale-down", title: "one process less", onclick: () => act.scale(job, -1),
           disabled: info.numprocesses < 1 }, "−"),
