@@ -112,3 +112,30 @@ def test_cacert_without_tls_is_a_usage_error(certs, tmp_path):
                           str(certs / "ca.pem")], capture_output=True, text=True, timeout=20,
                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert out.returncode == 2 and "--cacert needs TLS" in out.stderr
+
+
+def test_cacert_in_an_endpoint_section_of_the_config(certs, tmp_path):
+    """The same from the config file, as gafferd's [endpoint:NAME] writes it (and as zsupd
+    hands it to the gateway it runs)."""
+    port = free_port()
+    config = tmp_path / "zsup.ini"
+    config.write_text(f"[zsup]\nhttp_endpoints = web\n\n[endpoint:web]\nbind = 127.0.0.1:{port}\n"
+                      f"certfile = {certs / 'server.pem'}\nkeyfile = {certs / 'server.key'}\n"
+                      f"cacert = {certs / 'ca.pem'}\n")
+    url = f"https://127.0.0.1:{port}/openapi.json"
+    proc, log = serve(tmp_path, ["zsup.cli.http_gateway", "-c", str(config), "--state-dir", str(tmp_path / "none")],
+                      url, certs)
+    try:
+        assert refused(url, context(certs)) is not None, "no client certificate must be refused"
+        assert refused(url, context(certs, "rogue")) is not None, "another CA's certificate must be refused"
+        assert get(url, context(certs, "client"))[0] == 200
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+    bad = tmp_path / "bad.ini"
+    bad.write_text(f"[endpoint:web]\nbind = 127.0.0.1:{port}\ncacert = {certs / 'ca.pem'}\n")
+    from zsup.daemon.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="cacert.*needs a certfile"):
+        load_config(str(bad))

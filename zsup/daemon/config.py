@@ -339,6 +339,8 @@ class _Reader:
                 del out[key]
         if out["keyfile"] and not out["certfile"]:
             raise self.fail("a keyfile needs a certfile", sname, "keyfile")
+        if out.get("cacert") and not out["certfile"]:
+            raise self.fail("a cacert (mutual TLS) needs a certfile", sname, "cacert")
         return out
 
     def webhooks(self, sname: str, sec) -> list[tuple[str, str]]:

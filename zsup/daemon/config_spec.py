@@ -80,6 +80,7 @@ ENDPOINT_SPEC = ConfigObj("""
 bind = bind(default=127.0.0.1:5000)
 certfile = file(default=None)
 keyfile = file(default=None)
+cacert = file(default=None)                 # client certificates signed by it required (mutual TLS)
 backlog = integer(min=1, required=True, default=1024)
 auth_file = file(default=None)
 tokens_file = file(default=None)
@@ -88,7 +89,7 @@ max_client_connections = integer(min=1, default=None)
 max_websockets = integer(min=1, default=None)
 """.splitlines(), list_values=False, interpolation=False)
 #: Endpoint keys left out of the endpoint's dict when not set: zsup-http's defaults apply.
-ENDPOINT_OPTIONAL = ("header_timeout", "max_client_connections", "max_websockets")
+ENDPOINT_OPTIONAL = ("cacert", "header_timeout", "max_client_connections", "max_websockets")
 
 
 
