@@ -149,7 +149,9 @@ def test_daemon_is_alive_and_clean_after_the_fuzz(bus):
     replay()
     assert len(replies) >= 100
     # the frames reached the commands, not only the door
-    assert sum(r["ok"] for r in replies) >= 10, replies
+    # (an answer, or an error only a command's handler gives: no such job, a conflict...)
+    assert sum(r["ok"] or r["error"]["code"] in ("not_found", "conflict", "forbidden", "unavailable")
+               for r in replies) >= 10, replies
     check_alive(d)
     # and it still supervises: the job comes back to one process after whatever the frames did
     d.call("start_job", name="web")

@@ -15,7 +15,7 @@ class LogLines:
     def __init__(self):
         self.writes = []
 
-    def write(self, job, label, spec, pid, os_pid, seq, data):
+    def write(self, job, label, spec, pid, os_pid, seq, data, lines=None):
         self.writes.append((job, label, data))
 
 

@@ -7,6 +7,8 @@ import signal
 import psutil
 from conftest import alive, kill_tree, wait_for
 
+from zsup.errors import NotFound
+
 
 def first_line(d, pid):
     return int(wait_for(lambda: d.call("read_output", pid=pid)["lines"], message="the first line")[0]["data"])
@@ -26,7 +28,14 @@ def test_background_child_of_an_exited_process_is_stopped(zsupd_factory):
     try:
         wait_for(lambda: not alive(left), timeout=10, message="the left-behind sleep to be stopped")
         # they do not pile up with each crash: a few restarts later, at most the newest lives
-        wait_for(lambda: max(d.call("status")[0]["pids"], default=0) >= 4, message="a few restarts")
+        # (the 4th process of the job exists or existed: get_process answers for recent exits too)
+        def spawned_four():
+            try:
+                return d.call("get_process", pid=4)["job"] == "default.leaver"
+            except NotFound:
+                return False
+
+        wait_for(spawned_four, timeout=20, message="a few restarts")
         wait_for(lambda: len(sleeps_under(d)) <= 1, timeout=10, message="no pile of sleeps")
     finally:
         kill_tree([left, *sleeps_under(d)])

@@ -73,7 +73,9 @@ class Manager(Supervision):
     def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
                  stats_interval: float = 1.0):
         self.events = events or EventEmitter()
-        self.log_writer = log_writer  # anything with write(job, label, spec, pid, os_pid, seq, data)
+        # anything with write(job, label, spec, pid, os_pid, seq, data, lines): `lines` is the
+        # batch's line count, already counted on the IO thread
+        self.log_writer = log_writer
         self.subreaper = subreaper
         self._loop = Loop("zsup-supervisor")
         self._io = Loop("zsup-io")
