@@ -24,6 +24,7 @@ import subprocess
 import time
 
 from zsup.core import spawner
+from zsup.core.limits import has_limits, spawn_args
 from zsup.core.envfile import substitute
 from zsup.core.jobspec import JobSpec
 from zsup.core.output import OutputStream
@@ -172,7 +173,13 @@ class Process:
         spec = self.spec
         if spawner.available():
             return spawner.spawn(exe, argv, env, spec.cwd, stdio, setsid=bool(spec.detach), setpgid=not spec.detach,
-                                 pdeathsig=0 if spec.detach else signal.SIGKILL, uid=spec.uid, gid=spec.gid)
+                                 pdeathsig=0 if spec.detach else signal.SIGKILL, uid=spec.uid, gid=spec.gid,
+                                 **spawn_args(spec))
+        if has_limits(spec):
+            # setpriv cannot set them and a preexec_fn is unsafe here: refuse rather than
+            # run the program without the limits it asked for
+            raise SpawnError("rlimit_*, nice, umask and oom_score_adj need zsup's C spawn helper "
+                             "(zsup/core/_spawn.c), which is not built here: reinstall zsup with a C compiler")
         if not spec.detach and SETPRIV:
             argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
         popen_stdio = [subprocess.DEVNULL if fd == STDIN_NULL else None if fd == INHERIT
