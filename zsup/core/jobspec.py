@@ -204,12 +204,15 @@ def _path(option: str, value) -> str | None:
     return check_text(option, value)
 
 
-def _sockets(value) -> list[str]:
+def _sockets(value, command: str) -> list[str]:
     names = to_list("sockets", value)
     for name in names:
         check_name("sockets", name)
     if len(set(names)) != len(names):
         raise BadRequest("sockets: a socket is listed twice")
+    for ref in re.findall(r"\$\(socket\.([A-Za-z0-9_-]+)\)", command):
+        if ref not in names:
+            raise BadRequest(f"cmd: $(socket.{ref}) names a socket not in the job's sockets")
     return names
 
 
@@ -391,7 +394,7 @@ class JobSpec:
             hook_timeout=to_number("hook_timeout", data.get("hook_timeout", 30.0), float, 0.01, maximum=MAX_SECONDS),
             max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
             **parse_limits(data),
-            sockets=_sockets(data.get("sockets")),
+            sockets=_sockets(data.get("sockets"), " ".join([cmd] + [str(a) for a in args])),
         )
         return spec
 
