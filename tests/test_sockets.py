@@ -81,16 +81,16 @@ def test_restart_refuses_no_connection(zsupd_factory, tmp_path):
         while not done.is_set():
             try:
                 answers.append(ask(("127.0.0.1", port), timeout=10).split()[0])
-            except OSError as exc:
+            except (OSError, IndexError) as exc:  # refused, reset, or closed unanswered
                 errors.append(exc)
 
     t = threading.Thread(target=client)
     t.start()
     try:
-        for _ in range(2):
-            before = len(answers)
+        for n in (2, 3):  # each restart: answers from a new process
             d.call("restart_job", name="web")
-            wait_for(lambda: len(answers) > before + 5, timeout=15)
+            wait_for(lambda: len(set(answers) | {first}) >= n, timeout=15)
+        before = len(answers)
         d.call("reload")  # the socket is unchanged: kept
         wait_for(lambda: len(answers) > before + 10, timeout=15)
     finally:
@@ -128,3 +128,78 @@ def test_unix_socket_mode_and_removal(zsupd_factory, tmp_path):
     assert oct(os.stat(other).st_mode & 0o777) == "0o600"
     d.stop()
     assert not other.exists()
+
+
+def test_reload_keeps_binds_and_refuses(zsupd_factory, tmp_path):
+    d = zsupd_factory(config(tmp_path))
+    web = str(tmp_path / "web.sock")
+    wait_for(lambda: d.call("pids", name="web"))
+    inode = os.stat(web).st_ino
+    text = open(d.config_path).read()
+    # a new socket, and `other` gone: bound and closed; `web` untouched
+    with open(d.config_path, "w") as f:
+        f.write(text.replace("other", "third"))
+    assert d.call("reload")["changed"] == ["default.web"]
+    assert os.stat(web).st_ino == inode and (tmp_path / "third.sock").exists()
+    assert not (tmp_path / "other.sock").exists()
+    wait_for(lambda: ask(web).split()[3] == "third:web")
+    # a socket that cannot be bound: the reload is refused, nothing changes
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with open(d.config_path, "w") as f:
+            f.write(f"[socket:tcp]\nbind = 127.0.0.1:{busy.getsockname()[1]}\n"
+                    + text.replace("other", "third"))
+        from zsup.errors import ZsupError
+
+        with pytest.raises(ZsupError, match=r"\[socket:tcp\] bind 127.0.0.1:\d+: Address already in use"):
+            d.call("reload")
+    assert (tmp_path / "third.sock").exists() and os.stat(web).st_ino == inode
+    assert ask(web).split()[3] == "third:web"
+
+
+def test_rolling_restart_refuses_no_connection(zsupd_factory, tmp_path):
+    port = free_port()
+    d = zsupd_factory(config(tmp_path, port=port).replace("graceful_timeout", "numprocesses = 2\n"
+                                                         "restart_mode = rolling\ngraceful_timeout"))
+    wait_for(lambda: len(d.call("pids", name="web")) == 2)
+    errors, answers, done = [], [], threading.Event()
+
+    def client():
+        while not done.is_set():
+            try:
+                answers.append(ask(("127.0.0.1", port), timeout=10).split()[0])
+            except (OSError, IndexError) as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        wait_for(lambda: len(answers) > 5)
+        old = set(d.call("pids", name="web"))
+        d.call("rolling_restart", name="web")
+        wait_for(lambda: len(set(d.call("pids", name="web")) & old) == 0, timeout=20)
+        before = len(answers)
+        wait_for(lambda: len(answers) > before + 5)
+    finally:
+        done.set()
+        t.join(15)
+    assert errors == []
+
+
+def test_zsupd_own_listen_variables_are_not_passed_on(manager, recorder, monkeypatch):
+    monkeypatch.setenv("LISTEN_FDS", "2")  # as if systemd had started zsupd with sockets
+    monkeypatch.setenv("LISTEN_PID", str(os.getpid()))
+    manager.load({"name": "show", "cmd": "sh", "args": ["-c", "echo ${LISTEN_FDS-none} ${LISTEN_PID-none}"],
+                  "numprocesses": 0})
+    pid = manager.commit("show")
+    wait_for(lambda: recorder.find(".show.reap"))
+    assert recorder.output(pid) == b"none none\n"
+
+
+def test_a_runtime_job_naming_an_unknown_socket_fails_to_spawn(manager, recorder):
+    manager.load({"name": "srv", "cmd": "true", "sockets": ["nope"], "numprocesses": 0})
+    from zsup.errors import ZsupError
+
+    with pytest.raises(ZsupError, match="sockets: zsupd has no socket 'nope'"):
+        manager.commit("srv")

@@ -182,7 +182,10 @@ class Process:
     def _sockets(self, socket_fds: dict, env: dict) -> list[tuple[int, int]]:
         """The (fd, target) pairs of the job's sockets, and systemd's variables in `env`."""
         names = self.spec.sockets
-        if not names:
+        if not names:  # zsupd's own (if systemd passed it sockets) would mislead the program
+            for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+                if key not in self.spec.env:
+                    env.pop(key, None)
             return []
         missing = [n for n in names if n not in socket_fds]
         if missing:
