@@ -203,3 +203,19 @@ def test_a_runtime_job_naming_an_unknown_socket_fails_to_spawn(manager, recorder
 
     with pytest.raises(ZsupError, match="sockets: zsupd has no socket 'nope'"):
         manager.commit("srv")
+
+
+def test_sockets_are_listed_with_their_jobs(zsupd_factory, tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    d = zsupd_factory(config(tmp_path))
+    rows = {r["name"]: r for r in d.call("sockets")}
+    assert rows["web"]["bind"] == f"unix:{tmp_path}/web.sock" and rows["web"]["backlog"] == 512
+    assert rows["web"]["jobs"] == rows["other"]["jobs"] == ["default.web"]
+    out = subprocess.run([PYTHON, "-m", "zsup.cli.zsupctl", "--state-dir", d.state_dir, "sockets"],
+                         capture_output=True, text=True, timeout=30,
+                         env={k: v for k, v in os.environ.items() if k not in ("ZSUP_BUS", "ZSUP_PUB")} | {"PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    assert f"web\tunix:{tmp_path}/web.sock\tfd {rows['web']['fd']}\tdefault.web" in out.stdout.splitlines()
