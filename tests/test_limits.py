@@ -71,7 +71,8 @@ def test_limits_in_the_config_file():
     cfg = parse_config("[process:web]\ncmd = sleep 1\nrlimit_nofile = 64\nrlimit_as = 512M\numask = 077\n"
                        "nice = 3\noom_score_adj = 10\n")
     spec = cfg.jobs[0]
-    assert (spec.rlimit_nofile, spec.rlimit_as, spec.umask, spec.nice, spec.oom_score_adj) == (64, 512 << 20, "077", 3, 10)
+    got = (spec.rlimit_nofile, spec.rlimit_as, spec.umask, spec.nice, spec.oom_score_adj)
+    assert got == (64, 512 << 20, "077", 3, 10)
     assert JobSpec.from_dict(spec.to_dict()) == spec
     with pytest.raises(ConfigError, match=r"\[process:web\] umask: .*octal"):
         parse_config("[process:web]\ncmd = sleep 1\numask = 999\n")

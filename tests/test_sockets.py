@@ -4,7 +4,6 @@ from fd 3 with systemd's LISTEN_* variables, and a restart of the job refuses no
 import os
 import socket
 import threading
-import time
 
 import pytest
 from conftest import PYTHON, wait_for
@@ -216,6 +215,7 @@ def test_sockets_are_listed_with_their_jobs(zsupd_factory, tmp_path):
     assert rows["web"]["jobs"] == rows["other"]["jobs"] == ["default.web"]
     out = subprocess.run([PYTHON, "-m", "zsup.cli.zsupctl", "--state-dir", d.state_dir, "sockets"],
                          capture_output=True, text=True, timeout=30,
-                         env={k: v for k, v in os.environ.items() if k not in ("ZSUP_BUS", "ZSUP_PUB")} | {"PYTHONPATH": ROOT})
+                         env={k: v for k, v in os.environ.items() if k not in ("ZSUP_BUS", "ZSUP_PUB")}
+                         | {"PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr
     assert f"web\tunix:{tmp_path}/web.sock\tfd {rows['web']['fd']}\tdefault.web" in out.stdout.splitlines()

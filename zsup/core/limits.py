@@ -40,7 +40,8 @@ def _rlimit(option: str, value):
             raise BadRequest(f"{option}: zsupd's hard limit is {hard}; only root may make it unlimited")
         return UNLIMITED
     if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise BadRequest(f"{option}: expected a number{', a size such as 1G' if is_bytes else ''} or unlimited, got {value!r}")
+        size = ", a size such as 1G" if is_bytes else ""
+        raise BadRequest(f"{option}: expected a number{size} or unlimited, got {value!r}")
     if is_bytes:
         number = parse_size(option, value)
     else:

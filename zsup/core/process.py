@@ -25,9 +25,9 @@ import subprocess
 import time
 
 from zsup.core import spawner
-from zsup.core.limits import has_limits, spawn_args
 from zsup.core.envfile import substitute
 from zsup.core.jobspec import JobSpec
+from zsup.core.limits import has_limits, spawn_args
 from zsup.core.output import OutputStream
 from zsup.core.spawner import INHERIT, SAME_AS_STDOUT, STDIN_NULL
 from zsup.core.states import ProcessState, check_process

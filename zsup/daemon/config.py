@@ -47,8 +47,8 @@ from configobj.validate import ValidateError
 from zsup.core.depends import DependencyError, check_graph
 from zsup.core.jobspec import DEFAULT_SESSION, JobSpec, check_name
 from zsup.core.signals import parse_signal
-from zsup.daemon.sockets import parse_socket
 from zsup.daemon.config_spec import ENDPOINT_OPTIONAL, ENDPOINT_SPEC, SETTINGS_SPEC, validator
+from zsup.daemon.sockets import parse_socket
 from zsup.errors import BadRequest
 from zsup.paths import default_state_dir
 

@@ -29,11 +29,11 @@ from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
 from zsup.daemon import agent_commands, commands, key_commands, logtargets, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
-from zsup.daemon.sockets import Sockets
 from zsup.daemon.init import InitMode
 from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
+from zsup.daemon.sockets import Sockets
 from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
 

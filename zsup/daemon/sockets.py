@@ -131,7 +131,7 @@ class Sockets:
                 except OSError as exc:
                     raise OSError(exc.errno, f"[socket:{spec.name}] bind {spec.bind}: {exc.strerror or exc}") from None
         except OSError:
-            for name, (spec, sock) in new.items():
+            for name, (_, sock) in new.items():
                 if self._open.get(name, (None, None))[1] is not sock:
                     sock.close()
             raise
