@@ -107,6 +107,8 @@ _DECLARED = [
     _c("version", "zsupd's version and protocol", '`{"version": "…", "protocol": 1, "name": "zsupd"}`'),
     _c("commands", "The commands this daemon answers", "the sorted list of command names"),
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
+    _c("sockets", "The listening sockets zsupd keeps open ([socket:NAME], docs/config.md)",
+       "one row per socket: `{name, bind, fd, backlog, jobs}`, `jobs` being the loaded jobs that list it"),
     _c("metrics", "Counters and gauges for monitoring (docs/metrics.md)",
        "`{daemon, jobs: [{job, state, active, wanted, running, flapping, restarts, spawn_failures, flaps, exits, "
        "last_exit_code}], processes: [{job, pid, os_pid, cpu_seconds, rss, fds, start_time}], requests: "

@@ -19,6 +19,7 @@ from zsup.bus.parse import parse_size
 from zsup.core.checks import HEALTH_KINDS, Check, parse_check
 from zsup.core.depends import parse_depends
 from zsup.core.flapping import FlappingRule
+from zsup.core.limits import parse_limits
 from zsup.core.schedule import parse_schedule
 from zsup.core.signals import parse_signal, signal_name
 from zsup.errors import BadRequest
@@ -203,6 +204,18 @@ def _path(option: str, value) -> str | None:
     return check_text(option, value)
 
 
+def _sockets(value, command: str) -> list[str]:
+    names = to_list("sockets", value)
+    for name in names:
+        check_name("sockets", name)
+    if len(set(names)) != len(names):
+        raise BadRequest("sockets: a socket is listed twice")
+    for ref in re.findall(r"\$\(socket\.([A-Za-z0-9_-]+)\)", command):
+        if ref not in names:
+            raise BadRequest(f"cmd: $(socket.{ref}) names a socket not in the job's sockets")
+    return names
+
+
 @dataclass
 class JobSpec:
     name: str
@@ -253,6 +266,18 @@ class JobSpec:
     after_stop: str | None = None
     hook_timeout: float = 30.0
     schedule: str | None = None
+    # Limits (zsup/core/limits.py, docs/config.md); None keeps zsupd's
+    rlimit_nofile: object = None
+    rlimit_nproc: object = None
+    rlimit_core: object = None
+    rlimit_as: object = None
+    rlimit_cpu: object = None
+    rlimit_fsize: object = None
+    nice: int | None = None
+    umask: str | None = None
+    oom_score_adj: int | None = None
+    # Shared listening sockets ([socket:NAME], zsup/daemon/sockets.py), passed from fd 3
+    sockets: list = field(default_factory=list)
 
     @property
     def fullname(self) -> str:
@@ -368,6 +393,8 @@ class JobSpec:
             **{hook: _command(hook, data.get(hook)) for hook in HOOKS},
             hook_timeout=to_number("hook_timeout", data.get("hook_timeout", 30.0), float, 0.01, maximum=MAX_SECONDS),
             max_surge=to_number("max_surge", data.get("max_surge", 1), int, 1, maximum=MAX_PROCESSES_LIMIT),
+            **parse_limits(data),
+            sockets=_sockets(data.get("sockets"), " ".join([cmd] + [str(a) for a in args])),
         )
         return spec
 

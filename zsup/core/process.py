@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,12 +27,17 @@ import time
 from zsup.core import spawner
 from zsup.core.envfile import substitute
 from zsup.core.jobspec import JobSpec
+from zsup.core.limits import has_limits, spawn_args
 from zsup.core.output import OutputStream
 from zsup.core.spawner import INHERIT, SAME_AS_STDOUT, STDIN_NULL
 from zsup.core.states import ProcessState, check_process
 from zsup.errors import ZsupError
 
 SETPRIV = shutil.which("setpriv")
+# `$(socket.NAME)` in cmd/args: the fd number the job's socket NAME is passed at
+SOCKET_FD_RE = re.compile(r"\$\(socket\.([A-Za-z0-9_-]+)\)")
+# The C helper's environment is fixed before the fork; the shell sets the pid, then becomes the program.
+LISTEN_PID_SH = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"'
 
 
 def encode_json(obj) -> bytes:
@@ -124,10 +130,15 @@ class Process:
         check_process(self.state, new, self.pid)
         self.state = new
 
-    def spawn(self, extra_env: dict | None = None) -> None:
+    def spawn(self, extra_env: dict | None = None, socket_fds: dict | None = None) -> None:
+        """Start the process. `socket_fds`: zsupd's listening sockets by name (name -> fd),
+        of which the job's `sockets` are passed on from fd 3."""
         spec = self.spec
         env = build_env(spec, extra_env)
         argv = build_argv(spec, env)
+        passed = self._sockets(socket_fds or {}, env)
+        if passed:
+            argv = [SOCKET_FD_RE.sub(lambda m: str(3 + spec.sockets.index(m.group(1))), a) for a in argv]
         if spec.cwd and not os.path.isdir(spec.cwd):  # checked at load; it may have gone since
             raise SpawnError(f"cwd {spec.cwd!r}: no such directory")
         exe = find_executable(argv[0], env, spec.cwd)
@@ -148,7 +159,9 @@ class Process:
                     stderr = SAME_AS_STDOUT
                 elif len(labels) == 2:
                     stderr = self._output_pipe(labels[1], child_fds, parent_fds)
-            self.os_pid = self._start(exe, argv, env, (stdin, stdout, stderr))
+            if passed:  # LISTEN_PID is the child's own pid: only the child knows it
+                argv, exe = ["/bin/sh", "-c", LISTEN_PID_SH, "sh", exe] + argv[1:], "/bin/sh"
+            self.os_pid = self._start(exe, argv, env, (stdin, stdout, stderr), passed)
         except OSError as exc:
             for fd in parent_fds:
                 os.close(fd)
@@ -166,13 +179,35 @@ class Process:
             os.set_blocking(self.stdin_fd, False)
         self.set_state(ProcessState.RUNNING)
 
-    def _start(self, exe: str, argv: list[str], env: dict, stdio: tuple[int, int, int]) -> int:
+    def _sockets(self, socket_fds: dict, env: dict) -> list[tuple[int, int]]:
+        """The (fd, target) pairs of the job's sockets, and systemd's variables in `env`."""
+        names = self.spec.sockets
+        if not names:  # zsupd's own (if systemd passed it sockets) would mislead the program
+            for key in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+                if key not in self.spec.env:
+                    env.pop(key, None)
+            return []
+        missing = [n for n in names if n not in socket_fds]
+        if missing:
+            raise SpawnError(f"sockets: zsupd has no socket {missing[0]!r} (a [socket:NAME] section)")
+        env.update(LISTEN_FDS=str(len(names)), LISTEN_FDNAMES=":".join(names))
+        env.pop("LISTEN_PID", None)
+        return [(socket_fds[name], 3 + i) for i, name in enumerate(names)]
+
+    def _start(self, exe: str, argv: list[str], env: dict, stdio: tuple[int, int, int],
+               fds: list[tuple[int, int]] = ()) -> int:
         """Fork and exec the program; its os pid. Through zsup/core/spawner.py when its C part
         is built, else through Popen and setpriv. OSError if it cannot start."""
         spec = self.spec
         if spawner.available():
             return spawner.spawn(exe, argv, env, spec.cwd, stdio, setsid=bool(spec.detach), setpgid=not spec.detach,
-                                 pdeathsig=0 if spec.detach else signal.SIGKILL, uid=spec.uid, gid=spec.gid)
+                                 pdeathsig=0 if spec.detach else signal.SIGKILL, uid=spec.uid, gid=spec.gid,
+                                 fds=fds, **spawn_args(spec))
+        if has_limits(spec) or fds:
+            # setpriv cannot set them and a preexec_fn is unsafe here: refuse rather than
+            # run the program without the limits it asked for
+            raise SpawnError("rlimit_*, nice, umask, oom_score_adj and sockets need zsup's C spawn helper "
+                             "(zsup/core/_spawn.c), which is not built here: reinstall zsup with a C compiler")
         if not spec.detach and SETPRIV:
             argv = [SETPRIV, "--pdeathsig", "KILL", "--"] + argv
         popen_stdio = [subprocess.DEVNULL if fd == STDIN_NULL else None if fd == INHERIT

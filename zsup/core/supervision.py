@@ -49,6 +49,9 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
 
+    #: zsupd's listening sockets by name (zsup/daemon/sockets.py): replaced whole, never changed in place
+    socket_fds: dict[str, int] = {}
+
     def _stop_everything(self) -> float:
         self._loop.assert_in_loop()
         longest = 0.0
@@ -179,7 +182,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
             env = {**(env or {}), "ZSUP_INSTANCE": str(proc.instance)}
         try:
             env = {**(env or {}), **self._life_env(job, proc)}
-            proc.spawn(env)
+            proc.spawn(env, self.socket_fds)
         except SpawnError as exc:
             self._life_ended(proc)
             self._publish_proc(proc, "spawn_error", error=exc.message)

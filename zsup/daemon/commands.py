@@ -143,6 +143,14 @@ def endpoints(d) -> dict:
 
 
 @command
+def sockets(d) -> list[dict]:
+    """The listening sockets ([socket:NAME]) and the loaded jobs that list each."""
+    users = {name: d.manager.get(name).get("sockets") or [] for name in d.manager.jobs()}
+    return [{**row, "jobs": [job for job, names in users.items() if row["name"] in names]}
+            for row in d.sockets.info()]
+
+
+@command
 def metrics(d) -> dict:
     """Counters and gauges for monitoring (zsup.daemon.metrics; docs/metrics.md)."""
     return d.metrics.snapshot()

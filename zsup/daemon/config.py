@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from urllib.parse import urlsplit
 
 from configobj import ConfigObj, ConfigObjError, DuplicateError
@@ -48,6 +48,7 @@ from zsup.core.depends import DependencyError, check_graph
 from zsup.core.jobspec import DEFAULT_SESSION, JobSpec, check_name
 from zsup.core.signals import parse_signal
 from zsup.daemon.config_spec import ENDPOINT_OPTIONAL, ENDPOINT_SPEC, SETTINGS_SPEC, validator
+from zsup.daemon.sockets import parse_socket
 from zsup.errors import BadRequest
 from zsup.paths import default_state_dir
 
@@ -92,6 +93,7 @@ class DaemonConfig:
     # [env:APP.ENV] sections: the variables of task environment ENV of app APP (docs/tasks.md),
     # keyed "APP.ENV", names upper-cased.
     task_envs: dict = field(default_factory=dict)
+    sockets: list = field(default_factory=list)  # [socket:NAME] (zsup/daemon/sockets.py)
     raw: ConfigObj | None = field(default=None, repr=False, compare=False)
 
     def job_dicts(self) -> list[dict]:
@@ -207,7 +209,7 @@ class _Reader:
         raw = self.parse(text)
         if raw.scalars:
             raise self.fail("keys must be inside a section such as [zsup]", key=raw.scalars[0])
-        main, endpoints, webhooks, processes, envs, task_envs = None, {}, None, [], {}, {}
+        main, endpoints, webhooks, processes, envs, task_envs, sockets = None, {}, None, [], {}, {}, []
         for sname in raw.sections:
             sec = raw[sname]
             if sec.sections:
@@ -240,9 +242,19 @@ class _Reader:
                     envs[(session, name)] = sname
             elif kind == "plugin" and parts and all(parts):
                 pass
+            elif kind == "socket" and len(parts) == 1:
+                self.check_section_name(sname, parts[0])
+                try:
+                    spec = parse_socket(parts[0], dict(sec))
+                    if spec.unix_path:  # relative to the config file, as other paths are
+                        spec = replace(spec, bind="unix:" + self.resolve(spec.unix_path))
+                    sockets.append(spec)
+                except BadRequest as exc:
+                    key, _, reason = exc.message.partition(": ")
+                    raise self.fail(reason, sname, key) from None
             else:
                 raise self.fail("unknown section (expected zsup, endpoint:NAME, webhooks, "
-                                "process:NAME, process:GROUP:NAME, env:NAME or plugin:NAME)", sname)
+                                "process:NAME, process:GROUP:NAME, env:NAME, socket:NAME or plugin:NAME)", sname)
 
         settings = self.settings(main, raw[main] if main else {}, overrides)
         for name in settings["http_endpoints"]:
@@ -251,6 +263,10 @@ class _Reader:
                                 "http_endpoints")
         hooks = self.webhooks(webhooks, raw[webhooks]) if webhooks else []
         jobs = self.jobs(raw, processes, envs, settings)
+        for job, (sname, _, _) in zip(jobs, processes):
+            missing = [n for n in job.sockets if n not in {sock.name for sock in sockets}]
+            if missing:
+                raise self.fail(f"no [socket:{missing[0]}] section", sname, "sockets")
         try:  # `depends`: every job named is in the file, and no cycle (zsup/core/depends.py)
             check_graph({job.fullname: job.depends for job in jobs})
         except DependencyError as exc:
@@ -262,7 +278,7 @@ class _Reader:
                             f"({settings['max_processes_total']})", main or "zsup", "max_processes_total")
         return DaemonConfig(path=self.path, settings=settings, endpoints=endpoints,
                             http_endpoints=list(settings["http_endpoints"]), webhooks=hooks,
-                            jobs=jobs, task_envs=task_envs, raw=raw)
+                            jobs=jobs, task_envs=task_envs, sockets=sockets, raw=raw)
 
     def env_vars(self, sname: str, sec) -> dict:
         env = {}

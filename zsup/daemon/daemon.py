@@ -33,6 +33,7 @@ from zsup.daemon.init import InitMode
 from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
+from zsup.daemon.sockets import Sockets
 from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
 
@@ -113,6 +114,7 @@ class Daemon:
                                 logtargets.from_settings(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
+        self.sockets = Sockets.open(self.config.sockets, self.manager, self.config.path)  # before any thread
         self.metrics = DaemonMetrics(self)
         self.bus = BusServer(
             handler=self._handle,
@@ -174,6 +176,7 @@ class Daemon:
         self.events.publish("sys.stop", {"event": "stop", "pid": os.getpid()})
         self.plugins.stop()
         self.manager.stop()
+        self.sockets.close()
         self.guard.stop()
         self.webhooks.stop()
         self.log_writer.stop()
@@ -397,6 +400,7 @@ class Daemon:
         """Re-read the config file and apply only what changed; a bad file changes nothing."""
         try:
             new = load_config(self.config.path, self.overrides)
+            stale = self.sockets.apply_to(new.sockets, self.manager, new.path)  # kept when unchanged
         except ConfigError as exc:
             log.error("reload refused, keeping the running config: %s", exc.message)
             self.events.publish("sys.reload_error", {"event": "reload_error", "message": exc.message})
@@ -431,6 +435,7 @@ class Daemon:
         if new.webhooks and self.webhooks._thread is None:
             self.webhooks.start()
         self.plugins.restart()
+        self.sockets.close_stale(stale)
         result = {"added": added, "removed": removed, "changed": changed, "unchanged": unchanged}
         self.events.publish("sys.reload", {"event": "reload", **result})
         log.info("config reloaded: %s", result)

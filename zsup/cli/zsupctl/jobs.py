@@ -284,6 +284,13 @@ def cmd_version(ctl: Ctl) -> int:
     return 0
 
 
+def cmd_sockets(ctl: Ctl) -> int:
+    rows = ctl.call("sockets")
+    ctl.emit(rows, lambda rows: "\n".join(f"{r['name']}\t{r['bind']}\tfd {r['fd']}\t{', '.join(r['jobs']) or '-'}"
+                                          for r in rows) or None)
+    return 0
+
+
 def cmd_ping(ctl: Ctl) -> int:
     ctl.emit(ctl.call("ping"), lambda r: str(r))
     return 0

@@ -30,6 +30,7 @@ from zsup.cli.zsupctl.jobs import (
     cmd_scale,
     cmd_send,
     cmd_sessions,
+    cmd_sockets,
     cmd_start,
     cmd_stats,
     cmd_status,
@@ -157,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--timestamps", action="store_true", help="show when each line was received")
     add("version", cmd_version, "zsupctl's and zsupd's versions")
     add("ping", cmd_ping, "check that zsupd answers")
+    add("sockets", cmd_sockets, "the listening sockets zsupd keeps open, with the jobs using them")
     add("reopen-logs", cmd_reopen_logs, "reopen the log files (after logrotate moved them)", aliases=["reopen_logs"])
     return parser
 

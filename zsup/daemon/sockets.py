@@ -1,0 +1,182 @@
+"""Shared listening sockets: `[socket:NAME]` sections (issue 16).
+
+zsupd binds each socket itself, at start, and keeps it open for as long as the config has it
+unchanged: across restarts of the jobs that use it (the kernel queues connections while no
+process accepts, so a restart refuses none) and across `reload`. A job lists them in
+`sockets = NAME, ...`; zsup/core/process.py passes them to its processes from fd 3 on, under
+systemd's socket-activation protocol (docs/config.md, "Shared sockets").
+
+Thread rule: `apply` and `close` run in zsupd's control thread (start, reload, stop); the
+supervisor loop reads only the name -> fd mapping given to the manager, swapped whole.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+from zsup.core.jobspec import check_name, to_bool, to_number
+from zsup.errors import BadRequest
+
+KEYS = ("bind", "backlog", "reuseport", "mode")
+
+
+@dataclass(frozen=True)
+class SocketSpec:
+    name: str
+    bind: str
+    backlog: int = 128
+    reuseport: bool = False
+    mode: int | None = None  # unix sockets: the file's permissions
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.bind[5:] if self.bind.startswith("unix:") else None
+
+
+def parse_socket(name: str, section: dict) -> SocketSpec:
+    """Check one [socket:NAME] section; BadRequest naming the key."""
+    check_name("name", name)
+    for key in section:
+        if key not in KEYS:
+            raise BadRequest(f"{key}: unknown key (expected {', '.join(KEYS)})")
+    bind = section.get("bind")
+    if not isinstance(bind, str) or not bind.strip():
+        raise BadRequest("bind: required: HOST:PORT or unix:PATH")
+    bind = bind.strip()
+    if "\0" in bind:
+        raise BadRequest("bind: NUL character not allowed")
+    if not bind.startswith("unix:"):
+        _address(bind)
+    elif len(bind) == 5:
+        raise BadRequest("bind: unix: needs a path")
+    mode = section.get("mode")
+    if mode not in (None, ""):
+        if bind[:5] != "unix:":
+            raise BadRequest("mode: only for a unix socket")
+        try:
+            mode = int(str(mode), 8)
+            if not 0 <= mode <= 0o777:
+                raise ValueError
+        except ValueError:
+            raise BadRequest(f"mode: expected octal permissions such as 660, got {section.get('mode')!r}") from None
+    else:
+        mode = None
+    return SocketSpec(name=name, bind=bind,
+                      backlog=to_number("backlog", section.get("backlog", 128), int, 1, maximum=65535),
+                      reuseport=to_bool("reuseport", section.get("reuseport", False)), mode=mode)
+
+
+def _address(bind: str) -> tuple[int, tuple]:
+    host, colon, port = bind.rpartition(":")
+    if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise BadRequest(f"bind: expected HOST:PORT or unix:PATH, got {bind!r}")
+    if host.startswith("[") and host.endswith("]"):
+        return socket.AF_INET6, (host[1:-1], int(port))
+    return socket.AF_INET, (host or "0.0.0.0", int(port))
+
+
+def _bind(spec: SocketSpec) -> socket.socket:
+    path = spec.unix_path
+    family, address = (socket.AF_UNIX, path) if path else _address(spec.bind)
+    sock = socket.socket(family, socket.SOCK_STREAM)  # not inheritable: passed by dup2 only
+    try:
+        if path:
+            try:  # a socket file left by a previous run; anything else is not ours to remove
+                if stat.S_ISSOCK(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if spec.reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        if path and spec.mode is not None:
+            os.chmod(path, spec.mode)
+        sock.listen(spec.backlog)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class Sockets:
+    """The bound sockets, by name."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[SocketSpec, socket.socket]] = {}
+
+    def apply(self, specs: list[SocketSpec]) -> list[socket.socket]:
+        """Bind what is new or changed, keep what is unchanged. All or nothing: OSError (with
+        the socket's name in the message) if one cannot be bound, nothing changed then.
+        Returns the sockets no longer wanted: close them (`close_stale`) once the jobs using
+        them were updated."""
+        new: dict[str, tuple[SocketSpec, socket.socket]] = {}
+        try:
+            for spec in specs:
+                old = self._open.get(spec.name)
+                if old is not None and (old[0].bind, old[0].reuseport) == (spec.bind, spec.reuseport):
+                    # same address: keep the socket (and its queued connections), set the rest
+                    if spec.backlog != old[0].backlog:
+                        old[1].listen(spec.backlog)
+                    if spec.mode is not None and spec.mode != old[0].mode:
+                        os.chmod(spec.unix_path, spec.mode)
+                    new[spec.name] = (spec, old[1])
+                    continue
+                try:
+                    new[spec.name] = (spec, _bind(spec))
+                except OSError as exc:
+                    raise OSError(exc.errno, f"[socket:{spec.name}] bind {spec.bind}: {exc.strerror or exc}") from None
+        except OSError:
+            for name, (_, sock) in new.items():
+                if self._open.get(name, (None, None))[1] is not sock:
+                    sock.close()
+            raise
+        stale = [sock for name, (_, sock) in self._open.items() if new.get(name, (None, None))[1] is not sock]
+        self._open = new
+        return stale
+
+    @classmethod
+    def open(cls, specs: list[SocketSpec], manager, path: str) -> "Sockets":
+        """Bind a config's sockets at zsupd's start and hand them to the manager."""
+        sockets = cls()
+        sockets.apply_to(specs, manager, path)
+        return sockets
+
+    def apply_to(self, specs: list[SocketSpec], manager, path: str) -> list[socket.socket]:
+        """`apply`, then give the manager the new name -> fd mapping. ConfigError (naming the
+        config file and the section) if a socket cannot be bound; nothing changed then."""
+        from zsup.daemon.config import ConfigError  # config imports this module
+
+        try:
+            stale = self.apply(specs)
+        except OSError as exc:
+            section, _, reason = exc.strerror.partition("] ")
+            raise ConfigError.at(path, reason, section[1:], None) from None
+        manager.socket_fds = self.fds()
+        return stale
+
+    def fds(self) -> dict[str, int]:
+        return {name: sock.fileno() for name, (_, sock) in self._open.items()}
+
+    def info(self) -> list[dict]:
+        return [{"name": name, "bind": spec.bind, "fd": sock.fileno(), "backlog": spec.backlog}
+                for name, (spec, sock) in self._open.items()]
+
+    def close_stale(self, socks: list[socket.socket]) -> None:
+        kept = {spec.unix_path for spec, _ in self._open.values()}
+        for sock in socks:
+            path = sock.getsockname() if sock.family == socket.AF_UNIX else None
+            sock.close()
+            if path and path not in kept:  # a new socket may be bound at the same path
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        socks, self._open = [sock for _, sock in self._open.values()], {}
+        self.close_stale(socks)
