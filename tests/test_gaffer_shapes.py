@@ -21,7 +21,8 @@ def test_clashing_shapes_follow_the_request(gw):
     gw.post("/jobs/s/echo/state", "0")
     assert gw.get("/jobs/s/echo/state?format=gaffer").body == b"0"
     gw.post("/jobs/s/echo/state", "1")
-    pid = gw.pid_of("s.echo")[0]
+    # the stopped process may still be on its way out: wait for the new one alone
+    pid = wait_for(lambda: (p := gw.pid_of("s.echo")) and len(p) == 1 and p, timeout=10)[0]
 
     zsup, gaffer = gw.get("/jobs/s/echo").json, gw.get("/jobs/s/echo", headers=GAFFER).json
     assert zsup["name"] == "echo" and zsup["processes"][0]["pid"] == pid

@@ -10,8 +10,9 @@ from conftest import wait_for
 
 def same_as_dicts(manager, name):
     """info_json decoded equals info(), the uptimes aside (they move between the two calls)."""
-    cached = json.loads(manager.info_json(name))
-    fresh = manager.info(name)
+    # both in one supervised call: nothing changes between them (a process replaced, say)
+    raw, fresh = manager.run_supervised(lambda: (manager.info_json(name), manager.info(name)))
+    cached = json.loads(raw)
     for info in (cached, fresh):
         for proc in info["processes"]:
             assert isinstance(proc.pop("uptime"), (int, float))
