@@ -3,7 +3,8 @@ package's doc for how gaps and duplicates are avoided).
 
 A SUB socket cannot tell that zsupd died: it just receives nothing, and reconnects quietly to
 a zsupd started again at the same endpoint. So `follow` pings zsupd over the command socket
-whenever no event came for `HEARTBEAT` seconds. When the ping fails it says so on stderr,
+whenever no event came for `HEARTBEAT` seconds, and at least that often while events come
+(they may be a backlog read after zsupd stalled). When the ping fails it says so on stderr,
 waits for zsupd to answer again (ZeroMQ reconnects both sockets by itself), says so, and lets
 the command catch up: `tail` and `logs -f` read what was missed from the ring (`read_output`
 since the last seq shown). A process is known by (pid, os_pid): a zsupd started again numbers
@@ -38,11 +39,15 @@ def follow(ctl: Ctl, sub: Subscriber, handle: Callable[[Event], None],
            on_back: Callable[[], None] | None = None) -> int:
     """Pass every event to `handle`, for ever (Ctrl-C ends it). When zsupd stops answering,
     say so on stderr and wait for it; when it answers again, say so and call `on_back`."""
+    last_ping = time.monotonic()
     while True:
         event = sub.recv(timeout=HEARTBEAT)
         if event is not None:
             handle(event)
-            continue
+            # a backlog of events still being read says nothing of zsupd now: ask it anyway
+            if time.monotonic() - last_ping < HEARTBEAT:
+                continue
+        last_ping = time.monotonic()
         if _answers(ctl, PING_TIMEOUT):
             continue
         _say(f"zsupd is not answering at {ctl.bus}; waiting for it to come back (Ctrl-C to stop)")
