@@ -20,22 +20,24 @@ def sleeps_under(d):
             if alive(c.pid) and c.name() == "sleep"]
 
 
+def spawned(d, pid):
+    """The job's process `pid` exists or existed (get_process answers for recent exits too)."""
+    try:
+        return d.call("get_process", pid=pid)["job"] == "default.leaver"
+    except NotFound:
+        return False
+
+
 def test_background_child_of_an_exited_process_is_stopped(zsupd_factory):
     # the shell leaves a sleep behind and exits on its own; it is restarted (and does it again)
     d = zsupd_factory("[process:leaver]\ncmd = sh -c 'sleep 300 & echo $!; exit 3'\n")
-    pid = wait_for(lambda: d.call("pids", name="leaver"))[0]
+    pid = 1  # the job's first process: it lives for a moment only, get_process knows it after
     left = first_line(d, pid)
     try:
         wait_for(lambda: not alive(left), timeout=10, message="the left-behind sleep to be stopped")
         # they do not pile up with each crash: a few restarts later, at most the newest lives
         # (the 4th process of the job exists or existed: get_process answers for recent exits too)
-        def spawned_four():
-            try:
-                return d.call("get_process", pid=4)["job"] == "default.leaver"
-            except NotFound:
-                return False
-
-        wait_for(spawned_four, timeout=20, message="a few restarts")
+        wait_for(lambda: spawned(d, 4), timeout=20, message="a few restarts")
         wait_for(lambda: len(sleeps_under(d)) <= 1, timeout=10, message="no pile of sleeps")
     finally:
         kill_tree([left, *sleeps_under(d)])
