@@ -90,7 +90,6 @@ def test_no_request_from_the_openapi_document_gets_a_5xx(served):
         assert "Traceback" not in f.read()
 
 
-GATEWAY_BUG = "bug: the gateway answers 500 (issue 12: gateway hardening, 4xx JSON errors)"
 HOSTILE = [
     ("POST", "/bus/ping", b"[" * 100_000 + b"]" * 100_000, "deep-json-bus"),
     ("POST", "/jobs/default", b'{"a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "deep-json-job"),
@@ -102,12 +101,10 @@ HOSTILE = [
     ("GET", "/processes/" + "9" * 5000, None, "huger-pid"),
     ("POST", "/jobs/default", b"\xff\xfe{", "bad-utf8-body"),
 ]
-XFAIL: set[str] = set()  # ids of hostile requests a known gateway bug still answers badly
 
 
 @pytest.mark.parametrize("method, path, body", [
-    pytest.param(m, p, b, id=i, marks=[pytest.mark.xfail(strict=True, reason=GATEWAY_BUG)] if i in XFAIL else [])
-    for m, p, b, i in HOSTILE])
+    pytest.param(m, p, b, id=i) for m, p, b, i in HOSTILE])
 def test_hostile_requests_get_a_4xx_json_error(served, method, path, body):
     d, gateway = served
     before = len(gateway.log())
