@@ -358,9 +358,13 @@ class AgentService:
                 self._set_state(slug, "running")
         except (Cancelled, archive.Cancelled):
             shutil.rmtree(base, ignore_errors=True)
-        except (SetupFailed, archive.ArchiveError, ZsupError) as exc:
-            reason = exc.message if isinstance(exc, ZsupError) else str(exc)
-            log.warning("agent process %s failed: %s", slug, reason)
+        except Exception as exc:
+            if isinstance(exc, (SetupFailed, archive.ArchiveError, ZsupError)):
+                reason = exc.message if isinstance(exc, ZsupError) else str(exc)
+                log.warning("agent process %s failed: %s", slug, reason)
+            else:
+                reason = f"internal error: {exc}"
+                log.exception("agent process %s: setup failed", slug)
             shutil.rmtree(target, ignore_errors=True)
             try:
                 os.unlink(archive_path)
@@ -369,16 +373,6 @@ class AgentService:
             self.budget.set(slug, 0)
             if not cancelled.is_set():
                 self._set_state(slug, "failed", reason)
-        except Exception as exc:
-            log.exception("agent process %s: setup failed", slug)
-            shutil.rmtree(target, ignore_errors=True)
-            try:
-                os.unlink(archive_path)
-            except OSError:
-                pass
-            self.budget.set(slug, 0)
-            if not cancelled.is_set():
-                self._set_state(slug, "failed", f"internal error: {exc}")
         finally:
             with self.lock:
                 if cancelled.is_set():
