@@ -44,14 +44,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from waitress.adjustments import Adjustments
 from waitress.task import ThreadedTaskDispatcher
 
-from zsup.http.adapter import (
-    Channel,
-    WebSocketManager,
-    call_in_loop,
-    is_channel,
-    make_loop,
-    make_server,
-)
+from zsup.http.adapter import Channel, call_in_loop, is_channel, make_loop, make_server
 from zsup.http.hub import Hub
 from zsup.http.limits import Limits
 from zsup.http.listen import (
@@ -63,6 +56,7 @@ from zsup.http.listen import (
     parse_bind,
     tls_context,
 )
+from zsup.http.ws4py_adapter import WebSocketManager
 from zsup.http.wshandoff import Authorize, SelectorPoller, WebSocketRoutes, WebSocketUpgrader
 
 __all__ = [

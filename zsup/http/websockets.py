@@ -36,10 +36,10 @@ from ws4py.websocket import WebSocket
 from zsup.bus.protocol import Event
 from zsup.errors import ZsupError
 from zsup.http import gaffer_ws
-from zsup.http.adapter import connection_lost
 from zsup.http.busgate import memo
 from zsup.http.feeds import LineFeed, event_json_text, event_lines
 from zsup.http.hub import Client
+from zsup.http.ws4py_adapter import connection_lost
 
 log = logging.getLogger("zsup.http.websockets")
 

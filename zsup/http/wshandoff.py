@@ -32,9 +32,9 @@ from webob.headers import EnvironHeaders
 from ws4py import WS_KEY
 from ws4py.websocket import WebSocket
 
-from zsup.http.adapter import WebSocketManager, prepend_unread, quiet_resets
 from zsup.http.limits import Limits
 from zsup.http.listen import close_quietly
+from zsup.http.ws4py_adapter import WebSocketManager, prepend_unread, quiet_resets
 
 __all__ = [
     "Authorize",
