@@ -34,7 +34,11 @@ def test_cached_info_follows_every_change(manager):
     same_as_dicts(manager, "talk")
     # an exit: the process is replaced, the answer lists the new one
     os.kill(first["processes"][1]["os_pid"], signal.SIGKILL)
-    wait_for(lambda: first["processes"][1]["pid"] not in json.loads(manager.info_json("talk"))["pids"])
+    def replaced():
+        pids = json.loads(manager.info_json("talk"))["pids"]
+        return first["processes"][1]["pid"] not in pids and len(pids) == 2
+
+    wait_for(replaced)
     after = same_as_dicts(manager, "talk")
     assert len(after["pids"]) == 2
     # a new config is in the next answer
