@@ -236,6 +236,18 @@ def register(route) -> None:
         if not _perms(req).flag("create_user"):
             raise HTTPError(403, "this API key may not manage users")
 
+    def _user_body(req, admin_verb: str, named: tuple = ()) -> tuple[dict, dict]:
+        """The checked JSON body of a user create/update, and its fields beyond gaffer's own
+        (kept as the user's extra data). Only an admin key may give ``user_type`` 0."""
+        _admin_or(req)
+        body = read_json(req, {})
+        if not isinstance(body, dict):
+            raise HTTPError(400, "body: expected a JSON object")
+        known = named + ("password", "user_type", "key")
+        if body.get("user_type") == 0 and not _perms(req).is_admin():
+            raise HTTPError(403, f"only an admin key may {admin_verb}")
+        return body, {k: v for k, v in body.items() if k not in known}
+
     @route("GET", "/users", "Every user", tag="keys")
     def users(ctx, req):
         _admin_or(req)
@@ -244,17 +256,9 @@ def register(route) -> None:
     @route("POST", "/users", "Create a user", tag="keys", status=201,
            body="{\"username\", \"password\", \"user_type\" (0 admin, 1 user), \"key\", ...}")
     def create_user(ctx, req):
-        _admin_or(req)
-        body = read_json(req, {})
-        if not isinstance(body, dict):
-            raise HTTPError(400, "body: expected a JSON object")
-        extra = {k: v for k, v in body.items()
-                 if k not in ("username", "password", "user_type", "key")}
-        user_type = body.get("user_type", 1)
-        if user_type == 0 and not _perms(req).is_admin():
-            raise HTTPError(403, "only an admin key may create admins")
+        body, extra = _user_body(req, "create admins", ("username",))
         return ctx.gate.call("gaffer_user_create", username=body.get("username"),
-                             password=body.get("password"), user_type=user_type,
+                             password=body.get("password"), user_type=body.get("user_type", 1),
                              key=body.get("key"), extra=extra)
 
     @route("GET", "/users/{username}", "One user", tag="keys")
@@ -265,13 +269,7 @@ def register(route) -> None:
     @route("PUT", "/users/{username}", "Update a user", tag="keys",
            body="{\"password\", \"user_type\", \"key\", ...}")
     def update_user(ctx, req, username):
-        _admin_or(req)
-        body = read_json(req, {})
-        if not isinstance(body, dict):
-            raise HTTPError(400, "body: expected a JSON object")
-        extra = {k: v for k, v in body.items() if k not in ("password", "user_type", "key")}
-        if body.get("user_type") == 0 and not _perms(req).is_admin():
-            raise HTTPError(403, "only an admin key may make admins")
+        body, extra = _user_body(req, "make admins")
         return ctx.gate.call("gaffer_user_update", username=username,
                              password=body.get("password"), user_type=body.get("user_type", 1),
                              key=body.get("key"), extra=extra)
