@@ -1,18 +1,14 @@
-"""Bus commands of the remote agent (docs/agent.md); the AgentService lives in zsup/agent.py.
+"""Bus commands of the remote agent (docs/agent.md); the AgentService lives in zsup/services/agent.py.
 
 zsupd makes the service at start (`Daemon.agent`), before it answers any command."""
 
 from __future__ import annotations
 
-from typing import Callable
+from zsup.daemon.handlers import Handlers
 
 #: These commands' handlers, by name; zsupd adds them to its Dispatcher.
-HANDLERS: dict[str, Callable] = {}
-
-
-def command(fn: Callable) -> Callable:
-    HANDLERS[fn.__name__] = fn
-    return fn
+HANDLERS = Handlers()
+command = HANDLERS.add
 
 
 @command

@@ -22,15 +22,12 @@ from zsup.bus.schema import COMMANDS as DECLARED
 from zsup.bus.schema import check_request
 from zsup.bus.topics import INTERNAL_SESSION, PROTOCOL_VERSION, is_internal
 from zsup.core.jobspec import JobSpec, split_job_name
+from zsup.daemon.handlers import Handlers
 from zsup.errors import BadRequest, Forbidden, NotFound
 
 #: zsupd's own handlers (this module), by command name.
-HANDLERS: dict[str, Callable] = {}
-
-
-def command(fn: Callable) -> Callable:
-    HANDLERS[fn.__name__] = fn
-    return fn
+HANDLERS = Handlers()
+command = HANDLERS.add
 
 
 class Dispatcher:

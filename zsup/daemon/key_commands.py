@@ -5,17 +5,12 @@ gateway, not zsupd, decides what a key may do (its permissions come back as stor
 
 from __future__ import annotations
 
-from typing import Callable
-
 from zsup.daemon.gaffer_keys import GafferKeys
+from zsup.daemon.handlers import Handlers
 
 #: These commands' handlers, by name; zsupd adds them to its Dispatcher.
-HANDLERS: dict[str, Callable] = {}
-
-
-def command(fn: Callable) -> Callable:
-    HANDLERS[fn.__name__] = fn
-    return fn
+HANDLERS = Handlers()
+command = HANDLERS.add
 
 
 def _keys(d) -> GafferKeys:

@@ -1,18 +1,14 @@
-"""Bus commands of the task API (docs/tasks.md); the TaskService lives in zsup/tasks.py.
+"""Bus commands of the task API (docs/tasks.md); the TaskService lives in zsup/services/tasks.py.
 
 zsupd makes the service at start (`Daemon.tasks`), before it answers any command."""
 
 from __future__ import annotations
 
-from typing import Callable
+from zsup.daemon.handlers import Handlers
 
 #: These commands' handlers, by name; zsupd adds them to its Dispatcher.
-HANDLERS: dict[str, Callable] = {}
-
-
-def command(fn: Callable) -> Callable:
-    HANDLERS[fn.__name__] = fn
-    return fn
+HANDLERS = Handlers()
+command = HANDLERS.add
 
 
 @command
