@@ -29,6 +29,7 @@ import sys
 from typing import Callable
 
 from zsup import __version__
+from zsup.cli import completion
 from zsup.cli.options import Parser, port_number
 from zsup.cli.procfile_bus import (
     cmd_load,
@@ -161,7 +162,13 @@ def build_parser() -> ToolParser:
 
     sp = add("check", cmd_check, "Check the Procfile and .env files, and print what would run.", APP_OPTIONS)
     concurrency(sp)
+    completion.add_command(sub).set_defaults(func=cmd_completion)
     return p
+
+
+def cmd_completion(args: argparse.Namespace, out) -> int:
+    out.write(completion.script(build_parser, args.shell))
+    return 0
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:

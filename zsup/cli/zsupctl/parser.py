@@ -9,6 +9,7 @@ import sys
 from typing import Callable, Sequence
 
 from zsup import __version__
+from zsup.cli import completion
 from zsup.cli.options import Parser, positive_int
 from zsup.cli.zsupctl import cluster
 from zsup.cli.zsupctl.context import DEFAULT_TIMEOUT, PROG, Ctl, UsageError, resolve_endpoints
@@ -169,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("ping", cmd_ping, "check that zsupd answers")
     add("sockets", cmd_sockets, "the listening sockets zsupd keeps open, with the jobs using them")
     add("reopen-logs", cmd_reopen_logs, "reopen the log files (after logrotate moved them)", aliases=["reopen_logs"])
+    completion.add_command(subs)  # no bus needed: main prints it before connecting
     return parser
 
 
@@ -192,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in GLOBAL_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    if args.command == "completion":
+        sys.stdout.write(completion.script(build_parser, args.shell))
+        return 0
     if args.command == "scale" and args.n is None and not (args.cluster and args.total is not None):
         parser.error("scale: the following arguments are required: N")
     bus, pub = resolve_endpoints(args)
