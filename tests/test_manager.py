@@ -25,7 +25,7 @@ def test_load_scale_and_queries(manager, recorder):
     manager.load(sleeper("web", 2))
     manager.load(sleeper("worker"), session="app")
     wait_for(lambda: len(manager.pids("web")) == 2)
-    assert manager.jobs() == ["default.web", "app.worker"]
+    assert manager.jobs() == ["app.worker", "default.web"]  # sorted (session, name): issue 19
     assert manager.jobs(session="app") == ["app.worker"]
     assert manager.sessions() == ["app", "default"]
     assert manager.scale("web", 1)["numprocesses"] == 3

@@ -21,7 +21,7 @@ from conftest import PYTHON, ROOT, alive, kill_tree, wait_for
 
 from zsup import __version__
 from zsup.bus.client import Client
-from zsup.cli.procfile_tool import format_uptime, main, parse_scale_specs
+from zsup.cli.procfile_tool import build_parser, finish_args, format_uptime, main, parse_scale_specs
 from zsup.errors import BadRequest
 from zsup.services.procfile import Procfile
 
@@ -124,8 +124,13 @@ def test_version_and_help_everywhere(capsys):
         assert sub in out
         code, sub_out, _ = run_main(capsys, sub, "--help")
         assert code == 0 and f"usage: zsup {sub}" in sub_out
+        usage = sub_out.split("\n\n")[0]
         for option in ("--procfile", "--directory", "--env", "--endpoint"):
-            assert option in sub_out  # global options are accepted after the subcommand too
+            # global options are shown once, in `zsup --help` (issue 19), and still accepted
+            # after the subcommand
+            assert option in out and option not in usage
+        assert finish_args(build_parser().parse_args([sub, "-d", "/tmp", "--endpoint", "ipc://x"]
+                                                     + (["web=1"] if sub == "scale" else []))).directory == "/tmp"
     code, _, err = run_main(capsys, "frobnicate")
     assert_one_line_error(code, err)
 

@@ -41,7 +41,10 @@ def pidfile(path: str | None) -> Iterator[None]:
 
 
 def setup_logging(verbose: int, log_file: str | None) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO
+    """A server's own log: INFO (normal operation) by default, -q WARNING, -v DEBUG."""
+    from zsup.cli.options import log_level
+
+    level = log_level(verbose)
     if log_file:
         # a server's own log follows the rules of the jobs' logs: bounded, rotated, reopenable
         handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=10)

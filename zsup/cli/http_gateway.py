@@ -17,44 +17,52 @@ import sys
 
 from zsup import __version__
 from zsup.cli.daemonize import stop_on_signals
+from zsup.cli.options import Parser, add_verbosity, bind_address, log_level, positive_int
 from zsup.errors import ZsupError
 
 DEFAULT_BIND = "127.0.0.1:5000"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zsup-http", description="Serve zsupd over HTTP and websockets.")
-    p.add_argument("-c", "--config", help="zsupd's configuration file (bus, endpoints, plugin_dir)")
-    p.add_argument("--state-dir", help="zsupd's state dir (its bus sockets live there)")
-    p.add_argument("--bus", help="zsupd's command endpoint (default: $ZSUP_BUS or the state dir's)")
-    p.add_argument("--pub", help="zsupd's event endpoint (default: $ZSUP_PUB or the state dir's)")
-    p.add_argument("--bind", help="listen here only: HOST:PORT, [IPv6]:PORT, PORT or unix:PATH "
-                                  f"(default {DEFAULT_BIND}, or the config's endpoints)")
-    p.add_argument("--certfile", help="TLS certificate for --bind")
-    p.add_argument("--keyfile", help="TLS key for --bind")
-    p.add_argument("--cacert", help="require client certificates signed by this CA (mutual TLS; "
-                                    "with --certfile, on every endpoint)")
-    p.add_argument("--backlog", type=int, help="listen backlog for --bind")
-    p.add_argument("--auth-file", help="password file (user:scheme$salt$hash lines); every endpoint")
-    p.add_argument("--tokens-file", help="API tokens file (one per line); every endpoint")
+    p = Parser(prog="zsup-http", description="Serve zsupd over HTTP and websockets.")
+    p.add_argument("-c", "--config", metavar="CONFIG_FILE",
+                   help="zsupd's configuration file (bus, endpoints, plugin_dir)")
+    p.add_argument("--state-dir", metavar="DIR", help="zsupd's state dir (its bus sockets live there)")
+    p.add_argument("--bus", metavar="ENDPOINT", help="zsupd's command endpoint (default: $ZSUP_BUS, else "
+                   "ipc://<state_dir>/zsupd.sock)")
+    p.add_argument("--pub", metavar="ENDPOINT", help="zsupd's events endpoint (default: $ZSUP_PUB, else next "
+                   "to the command socket)")
+    p.add_argument("--bind", type=bind_address, metavar="ADDRESS",
+                   help="serve HTTP here only: HOST:PORT, [IPv6]:PORT, PORT or unix:PATH "
+                        f"(default: the config's endpoints, else {DEFAULT_BIND})")
+    p.add_argument("--certfile", metavar="FILE", help="TLS certificate for --bind")
+    p.add_argument("--keyfile", metavar="FILE", help="TLS key for --bind")
+    p.add_argument("--cacert", metavar="FILE", help="require client certificates signed by this CA "
+                   "(mutual TLS; with --certfile, on every endpoint)")
+    p.add_argument("--backlog", type=positive_int, metavar="N", help="listen backlog for --bind (default: 1024)")
+    p.add_argument("--auth-file", metavar="FILE",
+                   help="password file (user:scheme$salt$hash lines); every endpoint")
+    p.add_argument("--tokens-file", metavar="FILE", help="API tokens file (one per line); every endpoint")
     p.add_argument("--cluster", metavar="URL", help="serve the fleet view (/cluster/...) of the nodes "
                    "registered at URL: a lookupd or etcd://HOST:PORT (default: the config's registry)")
-    p.add_argument("--plugin-dir", help="folder of site plugins (default: the config's plugin_dir)")
-    p.add_argument("--max-streams", type=int, default=10000,
-                   help="open stream feeds at most (default 10000; longpolls: 16 at once)")
-    p.add_argument("--max-websockets", type=int,
-                   help="websockets open at once per endpoint (default: the endpoint's "
-                        "max_websockets, 10000); more are refused with 503")
-    p.add_argument("--max-client-connections", type=int,
+    p.add_argument("--plugin-dir", metavar="DIR", help="plugin folder (default: the config's plugin_dir, "
+                   "else <state_dir>/plugins)")
+    p.add_argument("--max-streams", type=positive_int, default=10000, metavar="N",
+                   help="open stream feeds at most; longpolls: 16 at once (default: 10000)")
+    p.add_argument("--max-websockets", type=positive_int, metavar="N",
+                   help="websockets open at once per endpoint; more are refused with 503 (default: the "
+                        "endpoint's max_websockets, 10000)")
+    p.add_argument("--max-client-connections", type=positive_int, metavar="N",
                    help="HTTP connections open at once per client IP address and endpoint "
                         "(default: the endpoint's max_client_connections, 64)")
-    p.add_argument("--header-timeout", type=float,
+    p.add_argument("--header-timeout", type=float, metavar="SECONDS",
                    help="seconds a client has to send a complete request head (default: the "
                         "endpoint's header_timeout, 10)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for zsupd's answer")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to wait for zsupd's answer (default: 5)")
     p.add_argument("--hash-password", metavar="USER",
                    help="print a password file line for USER (password from the terminal or stdin)")
-    p.add_argument("-v", dest="verbose", action="count", default=0, help="verbose (-vv: debug)")
+    add_verbosity(p)
     p.add_argument("--version", action="version", version=f"zsup-http {__version__}")
     return p
 
@@ -218,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hash_password is not None:
         return _hash_password(args.hash_password)
-    level = logging.WARNING if args.verbose == 0 else logging.INFO if args.verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    if args.max_streams < 1:
-        print("zsup-http: error: --max-streams must be at least 1", file=sys.stderr)
-        return 2
+    logging.basicConfig(level=log_level(args.verbose), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         bus, pub, endpoints, plugin_dir = resolve(args)
         gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout)
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"zsup-http: error: {reason}", file=sys.stderr, flush=True)
         return EXIT_CANNOT_LISTEN
     for address in gateway.addresses:
-        logging.getLogger("zsup.http").warning("zsup-http listening on %s (bus %s)", address, bus)
+        logging.getLogger("zsup.http").info("zsup-http listening on %s (bus %s)", address, bus)
     try:
         while not stop.wait(3600):
             pass

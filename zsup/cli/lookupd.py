@@ -23,6 +23,7 @@ import threading
 from zsup import __version__
 from zsup.cli.daemonize import daemonize, setup_logging, stop_on_signals
 from zsup.cli.daemonize import pidfile as write_pidfile
+from zsup.cli.options import Parser, add_verbosity, bind_address, positive_int
 from zsup.lookup.lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
 
 DEFAULT_BIND = "127.0.0.1:5010"
@@ -32,19 +33,20 @@ log = logging.getLogger("zsup.lookupd")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description="Registry of zsupd nodes: nodes announce themselves "
+    p = Parser(prog=PROG, description="Registry of zsupd nodes: nodes announce themselves "
                                 "and their jobs; clients find the nodes running a job or a session.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    p.add_argument("-v", dest="verbose", action="count", default=0, help="verbose mode")
+    add_verbosity(p)
     p.add_argument("--daemon", action="store_true", help="start in the background")
-    p.add_argument("--pidfile", help="write the server's pid to this file")
-    p.add_argument("--bind", action="append", metavar="ADDRESS",
-                   help=f"HTTP binding, HOST:PORT or unix:PATH; repeat for several [default: {DEFAULT_BIND}]")
-    p.add_argument("--backlog", type=int, default=128, help="listen backlog [default: 128]")
-    p.add_argument("--certfile", help="SSL certificate file (serve HTTPS)")
-    p.add_argument("--keyfile", help="SSL key file")
-    p.add_argument("--cacert", help="SSL CA certificate: clients must present a certificate it signed "
-                   "(mutual TLS)")
+    p.add_argument("--pidfile", metavar="FILE", help="write the server's pid to this file")
+    p.add_argument("--bind", action="append", type=bind_address, metavar="ADDRESS",
+                   help="serve HTTP here: HOST:PORT, [IPv6]:PORT, PORT or unix:PATH; repeat for several "
+                        f"(default: {DEFAULT_BIND})")
+    p.add_argument("--backlog", type=positive_int, default=128, metavar="N", help="listen backlog (default: 128)")
+    p.add_argument("--certfile", metavar="FILE", help="TLS certificate: serve HTTPS")
+    p.add_argument("--keyfile", metavar="FILE", help="TLS key (default: in --certfile)")
+    p.add_argument("--cacert", metavar="FILE", help="require client certificates signed by this CA "
+                   "(mutual TLS; with --certfile)")
     p.add_argument("--etcd", metavar="URL", help="serve the fleet registry kept in etcd: "
                    "etcd://HOST:PORT[,HOST:PORT...] (default: in memory)")
     p.add_argument("--etcd-cacert", metavar="FILE", help="CA of etcd's certificate (https)")
@@ -53,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-user", metavar="NAME", help="etcd user (password from $ZSUP_ETCD_PASSWORD)")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
                    help=f"seconds a node stays without a heartbeat, unless it asks for its own ttl "
-                        f"[default: {DEFAULT_TTL:g}]")
-    p.add_argument("--tokens-file", help="bearer tokens, one per line: required to register (and to "
+                        f"(default: {DEFAULT_TTL:g})")
+    p.add_argument("--tokens-file", metavar="FILE", help="bearer tokens, one per line: required to register (and to "
                    "read, with --protect-reads)")
     p.add_argument("--protect-reads", action="store_true", help="require a token for reads too")
     return p
@@ -70,8 +72,6 @@ def build_server(args):
 
     if not (0 < args.ttl <= MAX_TTL):
         raise UsageError(f"--ttl must be > 0 and <= {MAX_TTL:g} seconds")
-    if args.backlog < 1:
-        raise UsageError("--backlog must be a positive integer")
     if args.keyfile and not args.certfile:
         raise UsageError("--keyfile needs --certfile")
     if args.cacert:

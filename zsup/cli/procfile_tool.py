@@ -29,6 +29,8 @@ import sys
 from typing import Callable
 
 from zsup import __version__
+from zsup.cli import completion
+from zsup.cli.options import Parser, port_number
 from zsup.cli.procfile_bus import (
     cmd_load,
     cmd_ps,
@@ -47,15 +49,15 @@ PROG = "zsup"
 
 
 # ============================================================================ argument parsing
-class ToolParser(argparse.ArgumentParser):
-    """argparse with zsup's error format: one line, `zsup: <message>`, exit code 2."""
+ToolParser = Parser  # one line per usage error: `zsup: error: MESSAGE (see 'zsup start --help')`
 
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{PROG}: {message} (see '{self.prog} --help')\n")
+APP_OPTIONS = "-f/--procfile, -d/--directory, -e/--env"
+BUS_OPTIONS = "--endpoint, --curve-key, --server-key"
 
 
-def global_options() -> argparse.ArgumentParser:
-    """Options valid before and after the subcommand.
+def global_options(hidden: bool = False) -> argparse.ArgumentParser:
+    """Options valid before and after the subcommand, shown once (in `zsup --help`): a
+    subcommand accepts them `hidden`, and its epilog names those that apply to it.
 
     They default to SUPPRESS in both places so that a value given before the subcommand is
     not overwritten by the subparser's default; real defaults are filled in by `finish_args`.
@@ -76,6 +78,9 @@ def global_options() -> argparse.ArgumentParser:
                    help="for a tcp:// bus: this client's CURVE secret key file (.key_secret)")
     g.add_argument("--server-key", default=argparse.SUPPRESS, metavar="PUBLIC_FILE",
                    help="for a tcp:// bus: zsupd's CURVE public key file (.key)")
+    if hidden:
+        for action in g._group_actions:
+            action.help = argparse.SUPPRESS
     return p
 
 
@@ -84,15 +89,16 @@ GLOBAL_DEFAULTS = {"procfile": None, "directory": None, "env": None, "endpoint":
 
 
 def build_parser() -> ToolParser:
-    common = global_options()
+    common, hidden = global_options(), global_options(hidden=True)
     p = ToolParser(prog=PROG, parents=[common],
                    description="Run a Procfile application in the foreground, or load it into zsupd "
                                "and manage it there (gaffer's Procfile manager).")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=ToolParser)
 
-    def add(name: str, func: Callable, help_text: str) -> ToolParser:
-        sp = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+    def add(name: str, func: Callable, help_text: str, applies: str) -> ToolParser:
+        sp = sub.add_parser(name, parents=[hidden], help=help_text, description=help_text,
+                            epilog=f"Global options that apply (see `zsup --help`): {applies}.")
         sp.set_defaults(func=func)
         return sp
 
@@ -100,11 +106,12 @@ def build_parser() -> ToolParser:
         sp.add_argument("-c", "--concurrency", metavar="TYPE=N,...", default="",
                         help="how many processes of each type, e.g. web=2,worker=1 (default: 1 each)")
         if port:
-            sp.add_argument("-p", "--port", type=int, metavar="PORT",
+            sp.add_argument("-p", "--port", type=port_number, metavar="PORT",
                             help="base PORT: +100 per process type, +1 per instance (default: PORT "
                                  "from the env files, else from the environment, else 5000)")
 
-    sp = add("start", cmd_start, "Start all process types of the Procfile, or one, in the foreground.")
+    sp = add("start", cmd_start, "Start all process types of the Procfile, or one, in the foreground.",
+             f"{APP_OPTIONS}; with --attach, {BUS_OPTIONS}")
     concurrency(sp)
     sp.add_argument("name", nargs="?", metavar="TYPE", help="run only this process type (with --attach: APP)")
     sp.add_argument("--keep-going", action="store_true",
@@ -113,31 +120,35 @@ def build_parser() -> ToolParser:
     sp.add_argument("--attach", action="store_true",
                     help="show the output of the app already loaded in zsupd (session APP) until Ctrl-C")
 
-    sp = add("load", cmd_load, "Load the Procfile application into zsupd as a session, and start it.")
+    sp = add("load", cmd_load, "Load the Procfile application into zsupd as a session, and start it.",
+             f"{APP_OPTIONS}, {BUS_OPTIONS}")
     concurrency(sp)
     sp.add_argument("-o", "--option", action="append", metavar="[TYPE.]KEY=VALUE",
                     help="a job option for one type (or all), e.g. web.ready=tcp:5000, restart=on-failure")
     sp.add_argument("name", nargs="?", metavar="APP",
                     help="session name (default: the application folder's name; '.' = the current folder)")
 
-    sp = add("unload", cmd_unload, "Unload a Procfile application (a session) from zsupd, stopping it.")
+    sp = add("unload", cmd_unload, "Unload a Procfile application (a session) from zsupd, stopping it.",
+             f"-f/--procfile, -d/--directory (the default APP), {BUS_OPTIONS}")
     sp.add_argument("name", nargs="?", metavar="APP", help="session name (default: as for load)")
 
-    sp = add("scale", cmd_scale, "Scale process types of an application loaded in zsupd.")
+    sp = add("scale", cmd_scale, "Scale process types of an application loaded in zsupd.",
+             f"-f/--procfile, -d/--directory (the default APP), {BUS_OPTIONS}")
     sp.add_argument("specs", nargs="+", metavar="[APP] TYPE=N|TYPE+N|TYPE-N",
                     help="an optional application name, then one or more scale orders")
 
-    sp = add("ps", cmd_ps, "List the processes of an application loaded in zsupd.")
+    sp = add("ps", cmd_ps, "List the processes of an application loaded in zsupd.",
+             f"-f/--procfile, -d/--directory (the default APP), {BUS_OPTIONS}")
     sp.add_argument("name", nargs="?", metavar="APP", help="session name (default: as for load)")
 
-    sp = add("run", cmd_run, "Run a one-off command with the application's environment.")
+    sp = add("run", cmd_run, "Run a one-off command with the application's environment.", APP_OPTIONS)
     concurrency(sp)
     sp.add_argument("cmd", nargs=argparse.REMAINDER, metavar="COMMAND",
                     help="one argument: a shell line (like a Procfile line); several: a program and its "
                          "arguments, run as they are")
 
     sp = add("export", cmd_export, "Export the Procfile as zsupd config (ini, json) or as service files "
-                                   "for systemd, supervisord, runit, upstart or launchd.")
+                                   "for systemd, supervisord, runit, upstart or launchd.", APP_OPTIONS)
     concurrency(sp)
     sp.add_argument("--format", choices=EXPORT_FORMATS, default="ini", help="output format (default: ini)")
     sp.add_argument("--out", metavar="PATH",
@@ -149,9 +160,15 @@ def build_parser() -> ToolParser:
                                                       "(default: /var/log/APP)")
     sp.add_argument("name", nargs="?", metavar="APP", help="session name (default: as for load)")
 
-    sp = add("check", cmd_check, "Check the Procfile and .env files, and print what would run.")
+    sp = add("check", cmd_check, "Check the Procfile and .env files, and print what would run.", APP_OPTIONS)
     concurrency(sp)
+    completion.add_command(sub).set_defaults(func=cmd_completion)
     return p
+
+
+def cmd_completion(args: argparse.Namespace, out) -> int:
+    out.write(completion.script(build_parser, args.shell))
+    return 0
 
 
 def finish_args(args: argparse.Namespace) -> argparse.Namespace:

@@ -9,29 +9,34 @@ import sys
 from zsup import __version__
 from zsup.cli.daemonize import daemonize, setup_logging
 from zsup.cli.daemonize import pidfile as write_pidfile
+from zsup.cli.options import Parser, add_verbosity, alias, bind_address, positive_int
 from zsup.daemon.config import load_config, parse_config
 from zsup.errors import ZsupError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="zsupd", description="Run and supervise processes; control them over the "
+    p = Parser(prog="zsupd", description="Run and supervise processes; control them over the "
                                 "zsup bus (zsupctl), HTTP and websockets.")
     p.add_argument("config", nargs="?", help="configuration file")
     p.add_argument("-c", "--config", dest="config_opt", metavar="CONFIG_FILE", help="configuration file")
-    p.add_argument("-p", "--plugins-dir", help="plugin folder (default: <state_dir>/plugins)")
-    p.add_argument("-v", dest="verbose", action="count", default=0,
-                   help="verbose mode; -vv also prints every child's output")
+    p.add_argument("--plugin-dir", metavar="DIR", help="plugin folder (default: the config's plugin_dir, "
+                   "else <state_dir>/plugins)")
+    alias(p, "-p", "--plugins-dir", dest="plugin_dir")  # gafferd's spelling
+    add_verbosity(p, "more output: debug messages; -vv also prints every child's output")
     p.add_argument("--daemon", action="store_true", help="start zsupd in the background")
-    p.add_argument("--pidfile", help="write zsupd's pid to this file")
-    p.add_argument("--bind", help="default HTTP binding (HOST:PORT or unix:PATH); replaces the config's endpoints")
-    p.add_argument("--certfile", help="SSL certificate file for the default binding")
-    p.add_argument("--keyfile", help="SSL key file for the default binding")
-    p.add_argument("--backlog", type=int, help="backlog of the default binding")
-    p.add_argument("--state-dir", help="where sockets, state and logs live (default: $ZSUP_STATE_DIR or ~/.zsup)")
-    p.add_argument("--log-file", help="zsupd's own log (default: standard error)")
+    p.add_argument("--pidfile", metavar="FILE", help="write zsupd's pid to this file")
+    p.add_argument("--bind", type=bind_address, metavar="ADDRESS",
+                   help="serve HTTP here only: HOST:PORT, [IPv6]:PORT, PORT or unix:PATH (default: the "
+                        "config's endpoints)")
+    p.add_argument("--certfile", metavar="FILE", help="TLS certificate for --bind")
+    p.add_argument("--keyfile", metavar="FILE", help="TLS key for --bind")
+    p.add_argument("--backlog", type=positive_int, metavar="N", help="listen backlog for --bind (default: 1024)")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where sockets, state and logs live (default: $ZSUP_STATE_DIR or ~/.zsup)")
+    p.add_argument("--log-file", metavar="FILE", help="zsupd's own log (default: standard error)")
     p.add_argument("--init", action="store_true",
                    help="run as a container's init: reap every orphan at once, exit with [zsup] exit_with's "
-                   "status (on by itself when zsupd is pid 1)")
+                   "status (default: on when zsupd is pid 1)")
     p.add_argument("--version", action="version", version=f"zsupd {__version__}")
     p.add_argument("--create-admin-user", action="store_true",
                    help="create a gaffer admin user (--username, --password) in the store and exit")
@@ -44,8 +49,8 @@ def read_config(args):
     overrides = {}
     if args.state_dir:
         overrides["state_dir"] = args.state_dir
-    if args.plugins_dir:
-        overrides["plugin_dir"] = args.plugins_dir
+    if getattr(args, "plugin_dir", None):
+        overrides["plugin_dir"] = args.plugin_dir
     if args.pidfile:
         overrides["pidfile"] = args.pidfile
     path = args.config_opt or args.config

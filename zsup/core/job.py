@@ -62,6 +62,13 @@ class Job:
         check_job(self.state, new, self.name)
         self.state = new
 
+    def all_processes(self) -> list[Process]:
+        """Kept-alive and one-shot processes in pid order (each dict already is: pids grow)."""
+        procs = [*self.processes.values(), *self.committed.values()]
+        if self.processes and self.committed:
+            procs.sort(key=lambda p: p.pid)
+        return procs
+
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
@@ -87,7 +94,7 @@ class Job:
     def info_json(self) -> bytes:
         """`info()` as JSON, built from each process's cached fragment and the config
         encoded once per spec: a job of hundreds of processes costs a join, not a re-encode."""
-        procs = list(self.processes.values()) + list(self.committed.values())
+        procs = self.all_processes()
         if self._config_json[0] is not self.spec:
             self._config_json = (self.spec, encode_json(self.spec.to_dict()))
         head = self._head(procs)
@@ -115,5 +122,5 @@ class Job:
         }
 
     def info(self) -> dict:
-        procs = list(self.processes.values()) + list(self.committed.values())
+        procs = self.all_processes()
         return {**self._head(procs), "processes": [life_info(p) for p in procs], "config": self.spec.to_dict()}

@@ -65,7 +65,7 @@ class Leftovers:
     def _kill_group(self, pgid: int, proc: Process) -> None:
         self._loop.assert_in_loop()
         if self._lingering.get(pgid) is proc and self._signal_group(pgid, signal.SIGKILL):
-            log.info("process group %s (%s) ignored its stop signal for %ss: SIGKILL", pgid, proc.job,
+            log.warning("process group %s (%s) ignored its stop signal for %ss: SIGKILL", pgid, proc.job,
                      proc.graceful_timeout)
 
     def _check_group(self, pgid: int, proc: Process, delay: float) -> None:

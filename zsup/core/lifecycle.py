@@ -205,7 +205,7 @@ class Lifecycle:
         reason = f"not ready after {proc.spec.ready_timeout:g}s ({proc.spec.ready}"
         reason += f": {life.reason})" if life.reason else ")"
         life.reason = reason
-        log.info("process %s (%s): %s", proc.pid, proc.job, reason)
+        log.warning("process %s (%s): %s", proc.pid, proc.job, reason)
         self._publish_proc(proc, "not_ready", reason=reason)
         self._stop_proc(proc, "ready_timeout")
         job = self._jobs.get(proc.job)
@@ -243,7 +243,7 @@ class Lifecycle:
             check_readiness(life.readiness, Readiness.UNHEALTHY, proc.pid)
             life.readiness = Readiness.UNHEALTHY
         life.reason = reason
-        log.info("process %s (%s) is unhealthy: %s", proc.pid, proc.job, reason)
+        log.warning("process %s (%s) is unhealthy: %s", proc.pid, proc.job, reason)
         self._publish_proc(proc, "unhealthy", reason=reason)
         self._stop_proc(proc, stop_reason)
 

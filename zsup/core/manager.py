@@ -25,7 +25,7 @@ import itertools
 import logging
 import threading
 from collections import OrderedDict
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from zsup.bus.parse import parse_scale, parse_signal
 from zsup.core.checks import CheckPool
@@ -44,6 +44,13 @@ from zsup.errors import BadRequest, Conflict, NotFound
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def job_order(fullname: str) -> tuple[str, str]:
+    """The sort key of every job listing: (session, name), not the dotted string, whose
+    order differs when a session name holds a character below "." (`a-b.x` vs `a.y`)."""
+    session, _, name = fullname.partition(".")
+    return session, name
 
 
 def supervised(method):
@@ -71,7 +78,7 @@ class Manager(Supervision):
         return self._loop.call_and_wait(fn, timeout=60)
 
     def __init__(self, events: EventEmitter | None = None, log_writer=None, subreaper: bool = False,
-                 stats_interval: float = 1.0):
+                 stats_interval: float = 1.0, pids: Iterator[int] | None = None):
         self.events = events or EventEmitter()
         # anything with write(job, label, spec, pid, os_pid, seq, data, lines): `lines` is the
         # batch's line count, already counted on the IO thread
@@ -83,7 +90,8 @@ class Manager(Supervision):
         self._jobs: dict[str, Job] = {}
         self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
         self._exited: OrderedDict[int, Process] = OrderedDict()
-        self._pid_counter = itertools.count(1)
+        # zsup pids, never reused: zsupd passes one that survives its restarts (daemon/store.py)
+        self._pid_counter = pids if pids is not None else itertools.count(1)
         self._ignored_os_pids: set[int] = set()
         self._adoptable: dict[str, list[dict]] = {}  # job -> detached processes to find again
         self._lingering: dict[int, Process] = {}  # pgid -> its exited leader, while members live on
@@ -132,7 +140,7 @@ class Manager(Supervision):
             raise Conflict(f"job {spec.fullname} is already loaded")
         self._check_total(spec.numprocesses)
         job = Job(spec)
-        self._jobs[spec.fullname] = job
+        self._add_jobs([job])
         with self._undo_load([job]):
             self._publish_job(job, "create")
             self._adopt_detached(job)
@@ -152,8 +160,7 @@ class Manager(Supervision):
             raise Conflict(f"job {sorted(dupes)[0]} is already loaded")
         self._check_total(sum(s.numprocesses for s in specs))
         jobs = [Job(spec) for spec in specs]
-        for job in jobs:
-            self._jobs[job.name] = job
+        self._add_jobs(jobs)
         with self._undo_load(jobs):
             for job in jobs:
                 self._publish_job(job, "create")
@@ -162,6 +169,14 @@ class Manager(Supervision):
                 for job in sorted(jobs, key=lambda j: j.spec.priority):
                     self._start_job(job)
         return names
+
+    def _add_jobs(self, jobs: list[Job]) -> None:
+        """Add jobs, keeping `_jobs` in listing order (session, name): every listing built by
+        walking it comes out sorted, and a load (rare) pays for it, not each query."""
+        self._jobs.update((job.name, job) for job in jobs)
+        ordered = sorted(self._jobs.items(), key=lambda item: job_order(item[0]))
+        self._jobs.clear()
+        self._jobs.update(ordered)
 
     @contextlib.contextmanager
     def _undo_load(self, jobs: list[Job]):
@@ -347,7 +362,7 @@ class Manager(Supervision):
                 return sorted(self._procs)
             return sorted(p.pid for p in self._procs.values() if p.spec.session == session)
         job = self._job(name, session)
-        return [p.pid for p in self._live_procs(job)]
+        return sorted(p.pid for p in self._live_procs(job))
 
     @supervised
     def get_process(self, pid) -> dict:

@@ -266,7 +266,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
     def _kill_now(self, proc: Process) -> None:
         self._loop.assert_in_loop()
         if proc.state == ProcessState.STOPPING:
-            log.info("process %s (%s) ignored its stop signal for %ss: SIGKILL", proc.pid, proc.job,
+            log.warning("process %s (%s) ignored its stop signal for %ss: SIGKILL", proc.pid, proc.job,
                      proc.graceful_timeout)
             if proc.spec.detach:
                 proc.signal(signal.SIGKILL)

@@ -112,7 +112,7 @@ class Daemon:
         self.log_writer = LogWriter(on_error=self._on_log_error, on_resumed=self._on_log_resumed)
         self.job_logs = JobLogs(self.log_writer, log_defaults(self.settings),
                                 logtargets.from_settings(self.settings))
-        self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
+        self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True, pids=self.store.pid_counter())
         self.manager.max_processes_total = self.settings["max_processes_total"]
         self.sockets = Sockets.open(self.config.sockets, self.manager, self.config.path)  # before any thread
         self.metrics = DaemonMetrics(self)

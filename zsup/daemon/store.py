@@ -45,6 +45,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     fingerprint TEXT,               -- of the config section a 'file' row overrides
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,          -- 'next_pid': no zsup pid at or above it was ever handed out
+    value INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS detached (
     os_pid INTEGER PRIMARY KEY,
     job TEXT NOT NULL,
@@ -82,12 +86,15 @@ class Store:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._pids: PidCounter | None = None
         self._thread = threading.Thread(target=self._run, name="zsup-store", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
         """Finish what was deferred, then close the file."""
         if not self._closed:
+            if self._pids is not None:  # a clean stop: the next zsupd goes on without a gap
+                self.defer(self._save_next_pid, self._pids.next)
             self._closed = True
             self._queue.put(None)
             self._thread.join(30)
@@ -164,6 +171,17 @@ class Store:
     def forget_job(self, name: str) -> None:
         self.execute("DELETE FROM jobs WHERE name = ?", (name,))
 
+    # -- zsup pids ---------------------------------------------------------------------
+    def pid_counter(self) -> "PidCounter":
+        """zsup's process ids for this run of zsupd: they go on above every id a previous run
+        handed out (docs/state.md). Call once, before the Manager spawns anything."""
+        row = self.execute("SELECT value FROM counters WHERE name = 'next_pid'").fetchone()
+        self._pids = PidCounter(self, row[0] if row else 1)
+        return self._pids
+
+    def _save_next_pid(self, value: int) -> None:
+        self.execute("INSERT OR REPLACE INTO counters (name, value) VALUES ('next_pid', ?)", (value,))
+
     # -- detached processes ------------------------------------------------------------
     def save_detached(self, job: str, os_pid: int, create_time: float, started: float) -> None:
         self.execute("INSERT OR REPLACE INTO detached (os_pid, job, create_time, started) VALUES (?, ?, ?, ?)",
@@ -175,3 +193,33 @@ class Store:
     def detached(self) -> list[dict]:
         rows = self.execute("SELECT os_pid, job, create_time, started FROM detached")
         return [{"os_pid": r[0], "job": r[1], "create_time": r[2], "started": r[3]} for r in rows]
+
+
+class PidCounter:
+    """The Manager's source of zsup pids (`next()`, on the supervisor thread): counts up from
+    where the last zsupd stopped, so a pid is never reused, even across restarts.
+
+    Writing every pid would put SQLite on the spawn path, so the store holds a ceiling: ids are
+    reserved RESERVE at a time, written on the store's thread (`defer`, which never blocks)
+    when half of the reserve is used. A zsupd that dies without a clean stop leaves a gap
+    (the next one starts at the ceiling), never a repeat; a clean stop (Store.close) records
+    the exact next id."""
+
+    RESERVE = 1000
+
+    def __init__(self, store: Store, first: int):
+        self._store = store
+        self.next = first
+        self._ceiling = first + self.RESERVE
+        store._save_next_pid(self._ceiling)  # before the first spawn: the control thread, at start
+
+    def __iter__(self) -> "PidCounter":
+        return self
+
+    def __next__(self) -> int:
+        pid = self.next
+        self.next += 1
+        if self._ceiling - self.next < self.RESERVE // 2:
+            self._ceiling = self.next + self.RESERVE
+            self._store.defer(self._store._save_next_pid, self._ceiling)
+        return pid

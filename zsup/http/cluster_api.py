@@ -74,7 +74,8 @@ def cluster_jobs(ctx, req):
                     jobs.setdefault(row["job"], []).append(
                         {"node": name, "state": row.get("state"), "running": row.get("running"),
                          "numprocesses": row.get("numprocesses")})
-    return {"jobs": dict(sorted(jobs.items()))}
+    # sorted (session, name), as zsupd lists jobs: not the dotted string's order
+    return {"jobs": dict(sorted(jobs.items(), key=lambda item: item[0].partition(".")[::2]))}
 
 
 @route("GET", "/cluster/nodes/{node}", "One registered node", tag="cluster")

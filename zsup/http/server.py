@@ -241,8 +241,9 @@ class HTTPServer:
                                              daemon=True)
         self._loop_thread.start()
         for endpoint, address in zip(self.endpoints, self._addresses):
-            logger.info("endpoint %s listening on %s%s", endpoint.name, address,
-                        " (TLS)" if endpoint.tls else "")
+            # at DEBUG: zsup-http and zsup-lookupd log their own "listening" line at INFO
+            logger.debug("endpoint %s listening on %s%s", endpoint.name, address,
+                         " (TLS)" if endpoint.tls else "")
 
     def _in_loop(self, fn: Callable[[], None], timeout: float) -> None:
         """Run fn in waitress's loop thread (the only thread that may touch its map).

@@ -18,7 +18,7 @@ from zsup.http import web
 __all__ = ["HTTP_STATUS", "MethodNotAllowed", "SubApp", "check_method", "error_response",
            "json_response", "mount_base", "number", "params", "run"]
 
-HTTP_STATUS = {**web.STATUS_BY_CODE, "method_not_allowed": 405}
+HTTP_STATUS = web.STATUS_BY_CODE
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -36,7 +36,7 @@ def error_response(code: str, message: str, status: int | None = None,
 
 
 class MethodNotAllowed(ZsupError):
-    code = "method_not_allowed"
+    code = "bad_request"  # with status 405 and Allow: the bus's codes only (docs/http.md)
 
     def __init__(self, allowed: list[str]):
         super().__init__(f"method not allowed here (allowed: {', '.join(allowed)})")

@@ -55,6 +55,12 @@ class RegistryError(Exception):
         self.message = message
 
 
+def job_order(name: str) -> tuple[str, str]:
+    """Listing order, as zsupd's: (session, name), not the dotted string's."""
+    session, _, short = name.partition(".")
+    return session, short
+
+
 def _bad(message: str) -> RegistryError:
     return RegistryError(400, "bad_request", message)
 
@@ -108,7 +114,7 @@ def check_fields(doc: dict) -> dict:
         jobs = doc["jobs"]
         if not isinstance(jobs, list) or len(jobs) > MAX_JOBS:
             raise _bad('jobs must be a list of job names, such as ["default.web"]')
-        out["jobs"] = sorted({job_name(j) for j in jobs})
+        out["jobs"] = sorted({job_name(j) for j in jobs}, key=job_order)
     if "sessions" in doc:
         sessions = doc["sessions"]
         if not isinstance(sessions, list) or len(sessions) > MAX_JOBS:
@@ -264,7 +270,7 @@ class Registry:
         for node in self._live():
             for key in keys(node):
                 out.setdefault(key, []).append(node.node_id)
-        return {k: sorted(v) for k, v in sorted(out.items())}
+        return {k: sorted(v) for k, v in sorted(out.items(), key=lambda item: job_order(item[0]))}
 
     def _live(self) -> list[_Node]:
         with self._lock:
@@ -383,13 +389,13 @@ class LookupApp:
             method = "GET"
         if method not in methods:
             allowed = ", ".join(sorted(methods))
-            return _error(RegistryError(405, "method_not_allowed",
+            return _error(RegistryError(405, "bad_request",
                                         f"{req.method} is not allowed on {path} (allowed: {allowed})"),
                           [("Allow", allowed)])
         handler, writes = methods[method]
         if self.tokens is not None and (writes or self.protect_reads) and path != "/ping":
             if not self.tokens.check(req.headers.get("Authorization")):
-                raise RegistryError(401, "unauthorized", "a valid bearer token is required")
+                raise RegistryError(401, "forbidden", "a valid bearer token is required")
         return handler(req, node_id) if node_id is not None else handler(req)
 
     # path -> {method: (handler method name, whether it changes the registry)}
@@ -409,10 +415,10 @@ class LookupApp:
     def body(req: Request, empty_ok: bool = False) -> object:
         length = req.content_length
         if length is not None and length > MAX_BODY:
-            raise RegistryError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+            raise RegistryError(413, "bad_request", f"body larger than {MAX_BODY} bytes")
         raw = req.body_file.read(MAX_BODY + 1) if length is None else req.body
         if len(raw) > MAX_BODY:
-            raise RegistryError(413, "too_large", f"body larger than {MAX_BODY} bytes")
+            raise RegistryError(413, "bad_request", f"body larger than {MAX_BODY} bytes")
         if not raw.strip():
             if empty_ok:
                 return {}

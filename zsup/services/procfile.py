@@ -231,9 +231,9 @@ def base_port(option: int | None, env: dict[str, str], os_env: dict[str, str] | 
         try:
             number = int(value)
         except ValueError:
-            raise BadRequest(f"{where}: {value!r} is not a port number") from None
-        if not 1 <= number <= 65535:
-            raise BadRequest(f"{where}: {value!r} is not a port number (1-65535)")
+            raise BadRequest(f"{where}: port {value!r} is not a number") from None
+        if not 1 <= number <= 65535:  # worded as every tool words a bad port (zsup/cli/options.py)
+            raise BadRequest(f"{where}: port {number} is out of range (1-65535)")
         return number
     raise AssertionError("unreachable")
 

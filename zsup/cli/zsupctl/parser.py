@@ -9,6 +9,8 @@ import sys
 from typing import Callable, Sequence
 
 from zsup import __version__
+from zsup.cli import completion
+from zsup.cli.options import Parser, positive_int
 from zsup.cli.zsupctl import cluster
 from zsup.cli.zsupctl.context import DEFAULT_TIMEOUT, PROG, Ctl, UsageError, resolve_endpoints
 from zsup.cli.zsupctl.follow import cmd_logs, cmd_tail, cmd_watch
@@ -44,8 +46,10 @@ from zsup.errors import ZsupError
 # ------------------------------------------------------------------------------ parser
 
 
-def _global_options(parser: argparse.ArgumentParser) -> None:
-    """The options accepted both before and after the subcommand (SUPPRESS: see the module doc)."""
+def _global_options(parser: argparse.ArgumentParser, hidden: bool = False) -> None:
+    """The options accepted both before and after the subcommand (default SUPPRESS, so a value
+    given before is not overwritten by the subcommand's default). Shown once, in `zsupctl
+    --help`: a subcommand accepts them `hidden`, out of its usage and help."""
     g = parser.add_argument_group("global options")
     sup = argparse.SUPPRESS
     g.add_argument("--bus", metavar="ENDPOINT", default=sup,
@@ -62,14 +66,20 @@ def _global_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--server-key", metavar="PUBLIC_FILE", default=sup,
                    help="for a tcp:// bus: zsupd's CURVE public key file (.key)")
     cluster.add_options(g)
+    if hidden:
+        for action in g._group_actions:
+            action.help = argparse.SUPPRESS
 
+
+GLOBAL_EPILOG = ("The global options (--bus, --pub, --state-dir, --json, --timeout, --curve-key, --server-key, "
+                 "--cluster...: see `zsupctl --help`) go before or after COMMAND.")
 
 GLOBAL_DEFAULTS = {"bus": None, "pub": None, "state_dir": None, "json": False, "timeout": DEFAULT_TIMEOUT,
                    "curve_key": None, "server_key": None, **cluster.DEFAULTS}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, description="Control a running zsupd over its bus (gafferctl's commands, and more).",
         epilog="Run `zsupctl COMMAND --help` for a command's options. Documentation: docs/zsupctl.md")
     _global_options(parser)
@@ -77,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(name: str, func: Callable[[Ctl], int], help: str, aliases: Sequence[str] = ()) -> argparse.ArgumentParser:
-        p = subs.add_parser(name, help=help, description=help, aliases=list(aliases))
-        _global_options(p)
+        p = subs.add_parser(name, help=help, description=help, aliases=list(aliases), epilog=GLOBAL_EPILOG)
+        _global_options(p, hidden=True)
         p.set_defaults(func=func)
         return p
 
@@ -106,13 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, verb in (("add", cmd_add, "start N more"), ("sub", cmd_sub, "stop N of the")):
         p = add(name, func, f"{verb} processes of a job")
         job(p)
-        p.add_argument("n", metavar="N", type=_positive_int, help="how many processes")
+        p.add_argument("n", metavar="N", type=positive_int, help="how many processes")
     p = add("restart", cmd_restart, "replace a job's processes: all at once (or as its restart_mode "
             "says), or one by one with --rolling")
     job(p)
     p.add_argument("--rolling", action="store_true",
                    help="start a new process, wait until it is ready, stop an old one, repeat")
-    p.add_argument("--max-surge", type=_positive_int, metavar="N",
+    p.add_argument("--max-surge", type=positive_int, metavar="N",
                    help="with --rolling: new processes started at a time (default: the job's max_surge)")
     p = add("reload", cmd_reload, "restart a job's processes; without NAME, reload zsupd's config file")
     job(p, optional=True)
@@ -135,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("kill", cmd_kill, "send a signal to a process (PID, a number) or to every process of a job (NAME)")
     p.add_argument("target", metavar="PID|NAME")
     p.add_argument("signal", metavar="SIG", nargs="?", default="TERM",
-                   help="a name (HUP, SIGHUP) or number (default TERM)")
+                   help="a name (HUP, SIGHUP) or number (default: TERM)")
     p.add_argument("--session", help="the job's session, if NAME has none")
     p = add("send", cmd_send, "write TEXT and a newline to a process's stdin (redirect_input jobs)")
     p.add_argument("pid", metavar="PID", type=int)
@@ -147,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("tail", cmd_tail, "recent output of a job's processes, then live output until Ctrl-C")
     job(p)
     p.add_argument("--label", help="only this stream (default: all; stderr goes to stderr)")
-    p.add_argument("-n", "--lines", type=_count, default=10, metavar="N", help="recent lines per stream (default 10)")
+    p.add_argument("-n", "--lines", type=_count, default=10, metavar="N", help="recent lines per stream (default: 10)")
     p.add_argument("--no-follow", action="store_true", help="print the recent lines and exit")
     p = add("logs", cmd_logs, "a job's output read back from its log files; -f follows live")
     job(p)
@@ -160,13 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("ping", cmd_ping, "check that zsupd answers")
     add("sockets", cmd_sockets, "the listening sockets zsupd keeps open, with the jobs using them")
     add("reopen-logs", cmd_reopen_logs, "reopen the log files (after logrotate moved them)", aliases=["reopen_logs"])
+    completion.add_command(subs)  # no bus needed: main prints it before connecting
     return parser
-
-
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return int(text)
 
 
 def _count(text: str) -> int:
@@ -189,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in GLOBAL_DEFAULTS.items():
         if not hasattr(args, key):
             setattr(args, key, value)
+    if args.command == "completion":
+        sys.stdout.write(completion.script(build_parser, args.shell))
+        return 0
     if args.command == "scale" and args.n is None and not (args.cluster and args.total is not None):
         parser.error("scale: the following arguments are required: N")
     bus, pub = resolve_endpoints(args)
