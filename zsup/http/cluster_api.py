@@ -62,10 +62,12 @@ def cluster_jobs(ctx, req):
             return node, None, exc.to_dict()
 
     jobs: dict[str, list[dict]] = {}
+    unreachable: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as pool:
         for node, rows, error in pool.map(status, nodes):
             name = node.get("name") or node.get("node_id")
             if error is not None:  # the registry says it runs these; it does not answer
+                unreachable[name] = error
                 for job in node.get("jobs") or []:
                     jobs.setdefault(job, []).append({"node": name, "error": error})
                 continue
@@ -74,7 +76,7 @@ def cluster_jobs(ctx, req):
                     jobs.setdefault(row["job"], []).append(
                         {"node": name, "state": row.get("state"), "running": row.get("running"),
                          "numprocesses": row.get("numprocesses")})
-    return {"jobs": dict(sorted(jobs.items()))}
+    return {"jobs": dict(sorted(jobs.items())), "unreachable": dict(sorted(unreachable.items()))}
 
 
 @route("GET", "/cluster/nodes/{node}", "One registered node", tag="cluster")
