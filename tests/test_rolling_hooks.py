@@ -5,6 +5,8 @@ from conftest import wait_for
 from test_lifecycle import free_port
 from test_rolling import Client, job, live_os_pids, server  # noqa: F401 (a fixture)
 
+from zsup.cli.zsupctl.format import job_state
+
 
 def hook_runs(recorder, hook="before_start"):
     return [m for m in recorder.find("proc.default.web.hook") if m["hook"] == hook]
@@ -52,6 +54,9 @@ def test_a_failing_before_start_rolls_back(manager, recorder, server, tmp_path):
         info = manager.info("web")
         assert info["roll"]["phase"] == "failed" and "before_start: exited with 4" in info["roll"]["reason"]
         assert info["state"] == "running"  # the old ones serve: the roll failed, not the job
+        row = next(r for r in manager.status() if r["job"] == "default.web")
+        assert job_state(row) == ("ready, rolling restart failed 0/2: spawn failed: before_start: "
+                                  "exited with 4")  # zsupctl status's STATE
         errors = recorder.find("proc.default.web.spawn_error")
         assert [m["error"] for m in errors] == ["before_start: exited with 4"]
         seen = len(client.answers)
