@@ -21,3 +21,14 @@ def test_failed_health_checks_are_the_jobs_last_error(manager):
                   "health_interval": 0.2, "health_retries": 2, "health_timeout": 1})
     error = wait_for(lambda: manager.info("sick")["last_error"], timeout=10, message="a last_error")
     assert error.startswith(f"unhealthy: 2 failed health checks: tcp:127.0.0.1:{port}"), error
+
+
+def test_zsupctl_status_says_what_a_job_waits_for(manager):
+    from zsup.cli.zsupctl.format import job_state
+
+    manager.load({"name": "web", "cmd": "sleep", "args": ["300"], "ready": "delay:0.1", "depends": "db"})
+    row = next(r for r in manager.status() if r["job"] == "default.web")
+    assert job_state(row) == "waiting for default.db (not loaded)"
+    manager.load({"name": "db", "cmd": "sleep", "args": ["300"], "ready": "delay:0.3"})
+    wait_for(lambda: job_state(next(r for r in manager.status() if r["job"] == "default.web")) == "ready",
+             message="web ready once db is")
