@@ -86,25 +86,46 @@ class Hooks:
             then(error)
 
     # ------------------------------------------------------------------ before_start
-    def _spawn_hooked(self, job: Job):
-        """_spawn, after the job's `before_start` if it has one (then the spawn comes later:
-        the placeholder returned stands for it; None if a spawn failed at once)."""
+    def _spawn_hooked(self, job: Job, then=None):
+        """The one way a kept-alive process is started (a start, a scale, a restart, a roll, a
+        scheduled run, a retry after a death or flapping): `_spawn`, after the job's
+        `before_start` if it has one (its `after_start` runs once the process is ready).
+
+        Without `then`: the spawn's Process, or None if it failed at once; with a hook the
+        spawn comes later, the placeholder returned stands for it (counted in `hook_starts`
+        meanwhile, so `_manage` does not start it twice), and a failing hook is a spawn error
+        counted as a death. With `then` (a roll, which keeps its own count): `then(proc,
+        error)` in the loop, exactly once, unless the job was stopped or removed meanwhile;
+        `proc` is None if the hook or the spawn failed (`error` says why)."""
         if not job.spec.before_start:
-            return self._spawn(job)
+            proc = self._spawn(job)
+            if then is not None:
+                then(proc, None if proc is not None else job.last_error)
+            return proc
         placeholder = Process(0, job.spec)  # no pid yet: ZSUP_PID is 0 for before_start
-        job.hook_starts += 1
-        self._run_hook(job, placeholder, "before_start", lambda error: self._before_start_done(job, placeholder, error))
+        if then is None:
+            job.hook_starts += 1
+        self._run_hook(job, placeholder, "before_start",
+                       lambda error: self._before_start_done(job, placeholder, error, then))
         return placeholder
 
-    def _before_start_done(self, job: Job, placeholder: Process, error: str | None) -> None:
-        job.hook_starts -= 1
+    def _before_start_done(self, job: Job, placeholder: Process, error: str | None, then=None) -> None:
+        if then is None:
+            job.hook_starts -= 1
         if self._jobs.get(job.name) is not job or not job.active or self.stopping:
             return
         if error is not None:
             message = f"before_start: {error}"
             self._publish_proc(placeholder, "spawn_error", error=message)
+            if then is not None:
+                then(None, message)
+                return
             self._spawn_failed(job, message)
             self._on_death(job, placeholder)
+            return
+        if then is not None:
+            proc = self._spawn(job)
+            then(proc, None if proc is not None else job.last_error)
             return
         wanted = job.numprocesses + (len(job.roll.pending) if job.roll else 0)
         if len(job.running()) + len(job.finished) + job.hook_starts < wanted:

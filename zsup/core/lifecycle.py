@@ -202,8 +202,10 @@ class Lifecycle:
         life.timers.pop("ready", None)
         if not self._alive(proc) or life.readiness != Readiness.STARTING:
             return
-        reason = f"not ready after {proc.spec.ready_timeout:g}s ({proc.spec.ready}"
-        reason += f": {life.reason})" if life.reason else ")"
+        check = str(proc.spec.ready)
+        why = life.reason if life.reason and life.reason.startswith(check) else \
+            f"{check}: {life.reason}" if life.reason else check  # a probe's error names its check
+        reason = f"not ready after {proc.spec.ready_timeout:g}s ({why})"
         life.reason = reason
         log.warning("process %s (%s): %s", proc.pid, proc.job, reason)
         self._publish_proc(proc, "not_ready", reason=reason)
@@ -277,6 +279,15 @@ class Lifecycle:
         proc.life.timers.pop("watchdog", None)
         if self._alive(proc):
             self._unhealthy(proc, "watchdog", f"no WATCHDOG=1 for {proc.spec.watchdog_sec:g}s")
+
+    @staticmethod
+    def _check_failure(proc: Process) -> str | None:
+        """Why zsup stopped `proc` for a failed check (its ready, health or watchdog), as the
+        job's `last_error` says it; None if it was not stopped for that."""
+        life: ProcLife | None = getattr(proc, "life", None)
+        if proc.stop_reason not in FAILED_STOPS or life is None or not life.reason:
+            return None
+        return life.reason if proc.stop_reason == "ready_timeout" else f"unhealthy: {life.reason}"
 
     # ------------------------------------------------------------------ restart policy
     def _policy_restarts(self, job: Job, proc: Process) -> bool:

@@ -3,8 +3,10 @@ old one goes, so a service behind them never stops answering.
 
 A roll starts `max_surge` new processes (with the job's current spec) beside the old ones;
 each time one becomes ready, one old process is stopped (stop reason `rolling`) and the next
-new one is started, until every old process is replaced. If a new process fails (not ready
-in `ready_timeout`, or dies first), the roll stops: the old processes still running keep
+new one is started, until every old process is replaced. New processes start the way every
+spawn does (`_spawn_hooked`): the job's `before_start` first, `after_start` once ready. If a
+new process fails (its `before_start` fails, it cannot spawn, is not ready in
+`ready_timeout`, or dies first), the roll stops: the old processes still running keep
 serving, the failed one is not restarted, a job that was updated gets its previous spec back
 (a rollback), and `job.<session>.<name>.roll` says `failed` with the reason, which `info` and
 `zsupctl status` show until the next start or roll.
@@ -35,11 +37,12 @@ class Roll:
     total: int
     old_spec: JobSpec | None = None  # the spec to go back to if the roll fails (an update)
     pending: set = field(default_factory=set)  # pids of new processes not ready yet
+    hooking: int = 0  # new processes waiting for their before_start hook
     replaced: int = 0
 
     def info(self) -> dict:
         return {"phase": "rolling", "replaced": self.replaced, "total": self.total,
-                "pending": len(self.pending)}
+                "pending": len(self.pending) + self.hooking}
 
 
 class Rolling:
@@ -83,16 +86,25 @@ class Rolling:
 
     def _roll_spawn(self, job: Job) -> None:
         roll: Roll = job.roll
-        while roll is job.roll and roll.todo > 0 and len(roll.pending) < roll.surge:
+        while roll is job.roll and roll.todo > 0 and len(roll.pending) + roll.hooking < roll.surge:
             roll.todo -= 1
-            proc = self._spawn(job)
-            if proc is None:
-                if job.roll is roll:
-                    self._roll_failed(job, f"spawn failed: {job.last_error}")
-                return
-            roll.pending.add(proc.pid)
-            if proc.life.readiness == "ready":  # no ready check: ready at once
-                self._loop.call_soon(self._roll_ready, job, proc)
+            roll.hooking += 1  # until its before_start ran (at once without one)
+            self._spawn_hooked(job, lambda proc, error, r=roll: self._roll_spawned(job, r, proc, error))
+
+    def _roll_spawned(self, job: Job, roll: Roll, proc: Process | None, error: str | None) -> None:
+        """A new process of `roll` started (or its before_start or spawn failed: the roll fails)."""
+        roll.hooking -= 1
+        if job.roll is not roll:  # the roll failed or was replaced meanwhile: not wanted any more
+            if proc is not None:
+                failed = (job.roll_result or {}).get("phase") == "failed"
+                self._stop_proc(proc, "roll_failed" if failed else "rolling")
+            return
+        if proc is None:
+            self._roll_failed(job, f"spawn failed: {error}")
+            return
+        roll.pending.add(proc.pid)
+        if proc.life.readiness == "ready":  # no ready check: ready at once
+            self._loop.call_soon(self._roll_ready, job, proc)
 
     def _roll_ready(self, job: Job, proc: Process) -> None:
         """A new process of a roll is ready: one old one goes, the next new one comes."""
@@ -108,7 +120,7 @@ class Rolling:
                 self._stop_proc(old, "rolling")
                 break
         self._publish_job(job, "roll", phase="step", replaced=roll.replaced, total=roll.total, pid=proc.pid)
-        if roll.todo == 0 and not roll.pending:
+        if roll.todo == 0 and not roll.pending and not roll.hooking:
             for old in roll.old:  # none left in the usual case
                 self._stop_proc(old, "rolling")
             job.roll = None

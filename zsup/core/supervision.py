@@ -228,6 +228,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         last = _last_line(proc)
         if last:
             error += f": {last}"
+        error = self._check_failure(proc) or error  # stopped by zsup for a failed check: why
         job.last_error_exit = True
         self._spawn_failed(job, error)
 

@@ -62,10 +62,12 @@ def cluster_jobs(ctx, req):
             return node, None, exc.to_dict()
 
     jobs: dict[str, list[dict]] = {}
+    unreachable: dict[str, dict] = {}
     with ThreadPoolExecutor(max_workers=min(16, max(1, len(nodes)))) as pool:
         for node, rows, error in pool.map(status, nodes):
             name = node.get("name") or node.get("node_id")
             if error is not None:  # the registry says it runs these; it does not answer
+                unreachable[name] = error
                 for job in node.get("jobs") or []:
                     jobs.setdefault(job, []).append({"node": name, "error": error})
                 continue
@@ -75,7 +77,8 @@ def cluster_jobs(ctx, req):
                         {"node": name, "state": row.get("state"), "running": row.get("running"),
                          "numprocesses": row.get("numprocesses")})
     # sorted (session, name), as zsupd lists jobs: not the dotted string's order
-    return {"jobs": dict(sorted(jobs.items(), key=lambda item: item[0].partition(".")[::2]))}
+    return {"jobs": dict(sorted(jobs.items(), key=lambda item: item[0].partition(".")[::2])),
+            "unreachable": dict(sorted(unreachable.items()))}
 
 
 @route("GET", "/cluster/nodes/{node}", "One registered node", tag="cluster")

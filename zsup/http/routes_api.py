@@ -187,24 +187,31 @@ def job_state(ctx, req, session, name):
 
 
 _STATE_ACTIONS = {"1": "start_job", "start": "start_job", "0": "stop_job", "stop": "stop_job",
-                  "2": "restart_job", "restart": "restart_job", "reload": "reload"}
+                  "2": "restart_job", "restart": "restart_job", "reload": "reload",
+                  "rolling": "rolling_restart"}
 
 
-@route("POST", "/jobs/{session}/{name}/state", "Start, stop, restart or reload a job", tag="jobs",
-       body="1 or \"start\", 0 or \"stop\", 2 or \"restart\", \"reload\" (JSON or a bare word); "
-            "or {\"state\": ...}")
+@route("POST", "/jobs/{session}/{name}/state", "Start, stop, restart (all at once or rolling) or reload a job",
+       tag="jobs",
+       body="1 or \"start\", 0 or \"stop\", 2 or \"restart\", \"rolling\", \"reload\" (JSON or a bare "
+            "word); or {\"state\": ...}, with \"max_surge\": N for \"rolling\"")
 def set_job_state(ctx, req, session, name):
     value = read_json(req, None, lenient=True)
+    extra = {}
     if isinstance(value, dict):
+        if value.get("max_surge") is not None:
+            extra["max_surge"] = value["max_surge"]
         value = value.get("state", value.get("action"))
     if isinstance(value, bool):
         value = int(value)
     action = _STATE_ACTIONS.get(str(value).lower()) if value is not None else None
     if action is None:
-        raise HTTPError(400, "body: expected 1/\"start\", 0/\"stop\", 2/\"restart\" or \"reload\"")
+        raise HTTPError(400, "body: expected 1/\"start\", 0/\"stop\", 2/\"restart\", \"rolling\" or \"reload\"")
+    if extra and action != "rolling_restart":
+        raise HTTPError(400, "max_surge: only with \"rolling\"")
     if action == "stop_job" and gaffer.is_gaffer_request(req):  # gafferd's: one-shots too
         return gaffer_commands.stop_job(ctx.gate, name=name, session=session)
-    return ctx.gate.call(action, name=name, session=session)
+    return ctx.gate.call(action, name=name, session=session, **extra)
 
 
 @route("GET", "/jobs/{session}/{name}/numprocesses", "How many processes the job keeps", tag="jobs")

@@ -101,13 +101,16 @@ def parse_env(text: str) -> tuple[str, str]:
 
 def job_state(row: dict) -> str:
     """The STATE cell of `zsupctl status`: the job's state, and why when it cannot spawn;
-    `starting`/`ready`/`unhealthy` for a running job with checks, `exited` with the codes."""
+    `starting`/`ready`/`unhealthy` for a running job with checks, `exited` with the codes,
+    what it waits for (`depends`), a rolling restart going on or failed."""
     state = row.get("state", "-")
     if row.get("last_error") and state in ("failing", "flapping", "failed"):
         return f"{state}: {row['last_error']}"
     if state == "exited":
         codes = ",".join("-" if c is None else str(c) for c in row.get("exit_codes") or [])
         return f"exited ({codes})" if codes else state
+    if state == "running" and row.get("waiting_for") and not row.get("running"):  # `depends`
+        return f"waiting for {', '.join(row['waiting_for'])}"
     if state == "running" and "ready" in row:
         running, ready = row.get("running", 0), row.get("ready", 0)
         if row.get("unhealthy"):
@@ -118,6 +121,10 @@ def job_state(row: dict) -> str:
             state = "ready"
         if row.get("reason") and state != "ready":
             state += f": {row['reason']}"
+    roll = row.get("roll") or {}  # a roll in progress, or one that failed (the old ones serve)
+    if roll.get("phase") in ("rolling", "failed"):
+        state += f", rolling restart {roll['phase']} {roll.get('replaced', 0)}/{roll.get('total', 0)}"
+        state += f": {roll['reason']}" if roll.get("reason") else ""
     if row.get("schedule"):
         if state == "scheduled" and row.get("exit_codes"):
             state += f" (exit {','.join('-' if c is None else str(c) for c in row['exit_codes'])})"

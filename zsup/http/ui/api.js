@@ -78,6 +78,25 @@ export async function request(method, path, body, raw = false) {
 }
 
 export const get = (path) => request("GET", path);
+// A GET whose answer is plain text (an output stream's lines); errors as request's.
+export async function getText(path) {
+  let resp;
+  try {
+    resp = await fetch(path, { headers: authorization(), credentials: "omit" });
+  } catch (err) {
+    throw new ApiError(0, "unavailable", `the gateway does not answer (${err.message})`);
+  }
+  const text = await resp.text();
+  if (resp.ok) return text;
+  let error = null;
+  try {
+    error = JSON.parse(text).error;
+  } catch {
+    error = null;
+  }
+  throw new ApiError(resp.status, (error && error.code) || "error",
+    `${resp.status}: ${(error && error.message) || text.trim() || resp.statusText}`);
+}
 export const post = (path, body) => request("POST", path, body);
 export const del = (path) => request("DELETE", path);
 export const postText = (path, text) => request("POST", path, text, true);
@@ -105,15 +124,17 @@ export function socketURL(path, params = []) {
 // authenticate; with a password, over /watch/<pattern> read with fetch (which can send the
 // Authorization header): a browser sends a URL's user:password on a WebSocket only after a
 // challenge, and the gateway answers a refused upgrade with a plain 401.
-export function liveEvents(patterns, handlers) {
-  if (socketsAuthenticate()) return new LiveSocket("/channel", patterns.map((p) => ["pattern", p]), handlers);
-  return new LiveWatch(patterns, handlers);
+// `base`: another node's gateway through this one's relay (`/cluster/nodes/<node>`, the fleet
+// view), which passes on GET requests only: always /watch there, never a websocket.
+export function liveEvents(patterns, handlers, base = "") {
+  if (!base && socketsAuthenticate()) return new LiveSocket("/channel", patterns.map((p) => ["pattern", p]), handlers);
+  return new LiveWatch(patterns, handlers, base);
 }
 
 // Reads one /watch stream per pattern, each reconnecting like LiveSocket.
 class LiveWatch {
-  constructor(patterns, { onmessage, onopen, onstatus }) {
-    Object.assign(this, { onmessage, onopen, onstatus });
+  constructor(patterns, { onmessage, onopen, onstatus }, base = "") {
+    Object.assign(this, { onmessage, onopen, onstatus, base });
     this.closed = false;
     this.abort = new AbortController();
     for (const pattern of patterns) this.follow(pattern);
@@ -123,7 +144,7 @@ class LiveWatch {
     let delay = 500;
     while (!this.closed) {
       try {
-        const resp = await fetch(`/watch/${encodeURIComponent(pattern)}?heartbeat=20`,
+        const resp = await fetch(`${this.base}/watch/${encodeURIComponent(pattern)}?heartbeat=20`,
           { headers: authorization(), credentials: "omit", signal: this.abort.signal });
         if (!resp.ok) throw new Error(`${resp.status}`);
         delay = 500;

@@ -4,6 +4,7 @@
 
 import { ApiError, del, get, hasCredentials, jobPath, liveEvents, post, setCredentials } from "./api.js";
 import { attempt, h, showError } from "./dom.js";
+import { FleetView } from "./fleet.js";
 import { makeSparks, renderJob, tickUptimes } from "./jobs.js";
 import { LogView } from "./logview.js";
 import { Series } from "./spark.js";
@@ -63,8 +64,13 @@ function render(job) {
   const live = new Set(job.info.processes.map((p) => p.pid));
   for (const pid of job.procs.keys()) if (!live.has(pid)) job.procs.delete(pid);
   tickUptimes(card);
-  if (logView && logView.job === job.info.job) logView.update(job.info);
-  document.getElementById("empty").hidden = jobs.size > 0;
+  if (logView && !logView.node && logView.job === job.info.job) logView.update(job.info);
+  showEmpty();
+}
+
+// "No job is loaded", in the jobs view only.
+function showEmpty() {
+  document.getElementById("empty").hidden = jobs.size > 0 || sessionsEl.hidden;
 }
 
 function forget(name) {
@@ -74,8 +80,8 @@ function forget(name) {
   const list = job.el && job.el.parentElement;
   if (job.el) job.el.remove();
   if (list && !list.children.length) list.parentElement.remove();
-  if (logView && logView.job === name) closeLogs();
-  document.getElementById("empty").hidden = jobs.size > 0;
+  if (logView && !logView.node && logView.job === name) closeLogs();
+  showEmpty();
 }
 
 // Re-reads one job's info; events that come while a read is on its way fold into one more.
@@ -136,7 +142,7 @@ async function readAll() {
   }
   for (const name of [...jobs.keys()]) if (!names.includes(name)) forget(name);
   await Promise.all(names.map(refresh));
-  document.getElementById("empty").hidden = jobs.size > 0;
+  showEmpty();
 }
 
 // zsupd went away (its sys.stop event, or the gateway's 503) while the gateway stays up:
@@ -250,6 +256,32 @@ const actions = {
   logs: (job, pid, withConsole) => openLogs(job, pid, withConsole),
 };
 
+// -- views: this gateway's jobs (#jobs), or the fleet (#fleet: fleet.js) ---------------------------
+
+const fleet = new FleetView(document.getElementById("fleet"), document.getElementById("tab-fleet"), tailRemote);
+
+function showView() {
+  const view = location.hash === "#fleet" ? "fleet" : "jobs";
+  document.getElementById("tab-jobs").classList.toggle("current", view === "jobs");
+  document.getElementById("tab-fleet").classList.toggle("current", view === "fleet");
+  sessionsEl.hidden = view !== "jobs";
+  showEmpty();
+  if (view === "fleet") fleet.show();
+  else fleet.hide();
+}
+
+// A job of another node, tailed through this gateway (fleet.js); `open` false: its info again.
+function tailRemote(node, info, open) {
+  if (!open) {
+    if (!logView || logView.node !== node || logView.job !== info.job) return false;
+    logView.update(info);
+    return true;
+  }
+  if (logView) logView.close();
+  logView = new LogView(document.getElementById("detail"), info, null, closeLogs, node);
+  return true;
+}
+
 function openLogs(job, pid, focusConsole) {
   if (logView) logView.close();
   logView = new LogView(document.getElementById("detail"), job.info, pid, closeLogs);
@@ -336,9 +368,12 @@ async function start() {
   document.getElementById("main").hidden = false;
   document.getElementById("logout").hidden = !hasCredentials();
   events = liveEvents(["job.", "proc.", "stats.", "sys."], { onmessage: onEvent, onopen: resync, onstatus: setConnected });
+  await fleet.probe();
+  showView();
 }
 
 setupLogin();
 setupLoadForm();
+addEventListener("hashchange", showView);
 setInterval(tick, 1000);
 start();

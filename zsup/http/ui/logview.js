@@ -3,8 +3,12 @@
 // process, label and text; pause/resume; older lines read from zsupd's ring buffer
 // (read_output) when scrolled to the top. With a process that takes stdin, a console that
 // writes to it over its own websocket (/wstreams/<pid>).
+// With a `node` (the fleet view), the job is another node's, read through this gateway's relay
+// (/cluster/nodes/<node>/...), which passes on GET requests only: events from the node's
+// /watch, the ring's last lines from its /streams/<pid>/<label>?since=N; no console there,
+// and no reading further back than the lines read when the view opened.
 
-import { liveEvents, post, postText, socketURL, socketsAuthenticate } from "./api.js";
+import { getText, liveEvents, post, postText, socketURL, socketsAuthenticate } from "./api.js";
 import { attempt, h, showError } from "./dom.js";
 
 const FIRST_LINES = 100; // read from the ring per stream when the view opens
@@ -12,8 +16,10 @@ const OLDER_LINES = 200; // per stream, each time the view is scrolled to the to
 const MAX_LINES = 5000; // kept in the page; the oldest go first
 
 export class LogView {
-  constructor(container, info, pid, onclose) {
+  constructor(container, info, pid, onclose, node = null) {
     this.container = container;
+    this.node = node;
+    this.base = node ? `/cluster/nodes/${encodeURIComponent(node)}` : "";
     this.job = info.job;
     this.info = info;
     this.lines = []; // in display order: {key, pid, label, seq, text, el}
@@ -32,7 +38,7 @@ export class LogView {
         this.status.textContent = open ? "" : `disconnected: ${detail}`;
         this.status.dataset.state = open ? "open" : "closed";
       },
-    });
+    }, this.base);
   }
 
   build(pid, onclose) {
@@ -47,7 +53,7 @@ export class LogView {
     this.consoleBox = h("div", { class: "console-box" });
     this.initialPid = pid;
     this.container.replaceChildren(
-      h("header", {}, h("h3", {}, `output of ${this.job}`), this.status,
+      h("header", {}, h("h3", {}, `output of ${this.job}${this.node ? ` on ${this.node}` : ""}`), this.status,
         h("button", { class: "close", title: "close", onclick: onclose }, "×")),
       h("div", { class: "log-tools" }, this.pidSelect, this.labelSelect, this.filter, this.pauseButton),
       this.log, this.consoleBox);
@@ -153,6 +159,13 @@ export class LogView {
 
   // Lines from zsupd's ring buffer: `since` is the last seq not wanted.
   async readRing(stream, since, limit) {
+    if (this.base) { // the lines as text, the first one numbered since + 1 (the ring holds it)
+      const text = await getText(`${this.base}/streams/${stream.pid}/${encodeURIComponent(stream.label)}?since=${since}`);
+      const parts = text.split("\n");
+      if (parts[parts.length - 1] === "") parts.pop();
+      const lines = parts.map((t, i) => ({ pid: stream.pid, label: stream.label, seq: since + 1 + i, text: t }));
+      return limit ? lines.slice(-limit) : lines;
+    }
     const answer = await post("/bus/read_output", { pid: stream.pid, label: stream.label, since, limit });
     return answer.result.lines.map((l) => ({ pid: stream.pid, label: stream.label, seq: l.seq,
       text: l.data.replace(/\n$/, "") }));
@@ -174,7 +187,7 @@ export class LogView {
   }
 
   async loadOlder() {
-    if (this.loadingOlder) return;
+    if (this.loadingOlder || this.base) return;
     this.loadingOlder = true;
     try {
       const pid = this.pidSelect.value;
@@ -197,7 +210,7 @@ export class LogView {
     this.closeConsole();
     const pid = Number(this.pidSelect.value);
     const proc = this.info.processes.find((p) => p.pid === pid);
-    if (proc && proc.redirect_input) this.openConsole(pid);
+    if (proc && proc.redirect_input && !this.base) this.openConsole(pid);
   }
 
   // -- the console: stdin over /wstreams/<pid>; what comes back is the process's stdout.
