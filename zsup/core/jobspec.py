@@ -276,6 +276,9 @@ class JobSpec:
     nice: int | None = None
     umask: str | None = None
     oom_score_adj: int | None = None
+    max_memory: int | None = None  # watched by zsup/core/resources.py: restarted above them
+    max_cpu: float | None = None
+    limit_window: float = 10.0
     # Shared listening sockets ([socket:NAME], zsup/daemon/sockets.py), passed from fd 3
     sockets: list = field(default_factory=list)
 

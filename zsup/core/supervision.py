@@ -23,6 +23,7 @@ from zsup.core.leftovers import Leftovers
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
+from zsup.core.resources import ResourceWatch
 from zsup.core.rolling import Rolling
 from zsup.core.schedule import Scheduling
 from zsup.core.states import JobState, ProcessState
@@ -44,7 +45,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
+class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, ResourceWatch):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -201,6 +202,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
                            instance=proc.instance)
         self._pipes.add(proc)
         self._life_spawned(job, proc)
+        self._watch_spawned(proc)  # max_memory, max_cpu (zsup/core/resources.py)
         if not committed and job.last_error is not None:
             if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
                 self._loop.call_later(START_GRACE, self._check_survived, job, proc)

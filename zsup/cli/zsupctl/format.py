@@ -118,6 +118,8 @@ def job_state(row: dict) -> str:
             state = "ready"
         if row.get("reason") and state != "ready":
             state += f": {row['reason']}"
+    if row.get("last_limit"):  # zsup/core/resources.py
+        state += f" (restarted: {row['last_limit']['reason']})"
     if row.get("schedule"):
         if state == "scheduled" and row.get("exit_codes"):
             state += f" (exit {','.join('-' if c is None else str(c) for c in row['exit_codes'])})"
