@@ -108,7 +108,17 @@ _DECLARED = [
     _c("commands", "The commands this daemon answers", "the sorted list of command names"),
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
     _c("sockets", "The listening sockets zsupd keeps open ([socket:NAME], docs/config.md)",
-       "one row per socket: `{name, bind, fd, backlog, jobs}`, `jobs` being the loaded jobs that list it"),
+       "one row per socket: `{name, bind, address, fd, backlog, family, reuseport, origin, jobs}`, `jobs` being the "
+       "loaded jobs that list it, `address` where it listens (port resolved), `origin` `file` or `runtime` "
+       "(added with `add_socket`)"),
+    _c("add_socket", "Open a listening socket at run time (kept across restarts of zsupd)",
+       "the socket's row, as `sockets` lists it; `conflict` if the name is taken or the address cannot be bound",
+       _p("name", "string", "the socket's name, as jobs list it in `sockets`"),
+       _p("config", "object", "its keys, as a `[socket:NAME]` section: `{bind, backlog, reuseport, mode, owner, "
+          "family}` (a unix path must be absolute)"), persists=True),
+    _c("remove_socket", "Close a socket added at run time",
+       "`{ok, name}`; `conflict` while a loaded job lists it, `forbidden` for a socket of the config file",
+       _p("name", "string", "the socket's name"), persists=True),
     _c("metrics", "Counters and gauges for monitoring (docs/metrics.md)",
        "`{daemon, jobs: [{job, state, active, wanted, running, flapping, restarts, spawn_failures, flaps, exits, "
        "last_exit_code}], processes: [{job, pid, os_pid, cpu_seconds, rss, fds, start_time}], requests: "

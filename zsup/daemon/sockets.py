@@ -20,7 +20,7 @@ import stat
 from dataclasses import dataclass
 
 from zsup.core.jobspec import check_name, to_bool, to_number
-from zsup.errors import BadRequest
+from zsup.errors import BadRequest, Conflict, Forbidden, NotFound
 
 KEYS = ("bind", "backlog", "reuseport", "mode", "owner", "family")
 FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
@@ -169,6 +169,14 @@ def _bind(spec: SocketSpec) -> socket.socket:
     return sock
 
 
+def _where(sock: socket.socket) -> str:
+    """Where a socket listens, its port resolved (`bind = 127.0.0.1:0` picks one)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    return f"[{name[0]}]:{name[1]}" if sock.family == socket.AF_INET6 else f"{name[0]}:{name[1]}"
+
+
 def _set_file(spec: SocketSpec) -> None:
     """A unix socket file's `mode` and `owner`, as the spec says."""
     if spec.owner is not None:
@@ -178,16 +186,20 @@ def _set_file(spec: SocketSpec) -> None:
 
 
 class Sockets:
-    """The bound sockets, by name."""
+    """The bound sockets, by name: the config file's, and those added over the bus (`runtime`;
+    zsup/daemon/socket_commands.py), which a reload keeps unless the file now has the name."""
 
     def __init__(self) -> None:
         self._open: dict[str, tuple[SocketSpec, socket.socket]] = {}
+        self.runtime: dict[str, SocketSpec] = {}
 
     def apply(self, specs: list[SocketSpec]) -> list[socket.socket]:
         """Bind what is new or changed, keep what is unchanged. All or nothing: OSError (with
         the socket's name in the message) if one cannot be bound, nothing changed then.
         Returns the sockets no longer wanted: close them (`close_stale`) once the jobs using
         them were updated."""
+        in_file = {spec.name for spec in specs}
+        specs = list(specs) + [spec for name, spec in self.runtime.items() if name not in in_file]
         new: dict[str, tuple[SocketSpec, socket.socket]] = {}
         try:
             for spec in specs:
@@ -212,7 +224,34 @@ class Sockets:
             raise
         stale = [sock for name, (_, sock) in self._open.items() if new.get(name, (None, None))[1] is not sock]
         self._open = new
+        self.runtime = {name: spec for name, spec in self.runtime.items() if name not in in_file}  # the file wins
         return stale
+
+    def add(self, spec: SocketSpec, manager) -> dict:
+        """Bind one socket at run time and give it to the manager (control thread). Conflict if
+        the name is taken or the address cannot be bound; nothing changed then."""
+        if spec.name in self._open:
+            raise Conflict(f"name: socket {spec.name!r} exists")
+        try:
+            sock = _bind(spec)
+        except OSError as exc:
+            raise Conflict(f"bind: cannot bind {spec.bind}: {exc.strerror or exc}") from None
+        self._open[spec.name] = (spec, sock)
+        self.runtime[spec.name] = spec
+        manager.socket_fds = self.fds()
+        return next(row for row in self.info() if row["name"] == spec.name)
+
+    def remove(self, name: str, manager) -> None:
+        """Close a socket added at run time (control thread): NotFound, or Forbidden for one of
+        the config file. The caller checks first that no loaded job lists it."""
+        if name not in self._open:
+            raise NotFound(f"no socket {name}")
+        if name not in self.runtime:
+            raise Forbidden(f"socket {name} is defined in the config file: remove its [socket:{name}] section")
+        _, sock = self._open.pop(name)
+        del self.runtime[name]
+        manager.socket_fds = self.fds()
+        self.close_stale([sock])
 
     @classmethod
     def open(cls, specs: list[SocketSpec], manager, path: str) -> "Sockets":
@@ -239,7 +278,8 @@ class Sockets:
 
     def info(self) -> list[dict]:
         return [{"name": name, "bind": spec.bind, "fd": sock.fileno(), "backlog": spec.backlog,
-                 "family": spec.family, "reuseport": spec.reuseport}
+                 "family": spec.family, "reuseport": spec.reuseport,
+                 "origin": "runtime" if name in self.runtime else "file", "address": _where(sock)}
                 for name, (spec, sock) in self._open.items()]
 
     def close_stale(self, socks: list[socket.socket]) -> None:
