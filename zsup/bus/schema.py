@@ -104,7 +104,9 @@ def _c(name: str, doc: str, result: str, *params: Param, persists: bool = False,
 _DECLARED = [
     # -- about the daemon
     _c("ping", "Is zsupd answering?", '`"pong"`'),
-    _c("version", "zsupd's version and protocol", '`{"version": "…", "protocol": 1, "name": "zsupd"}`'),
+    _c("version", "zsupd's version and protocol",
+       '`{"version": "…", "protocol": 1, "name": "zsupd", "cgroups": {active, path, reason}}`: `cgroups` says '
+       'whether jobs run in cgroup v2 and, if not, why (docs/config.md, "cgroups")'),
     _c("commands", "The commands this daemon answers", "the sorted list of command names"),
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
     _c("sockets", "The listening sockets zsupd keeps open ([socket:NAME], docs/config.md)",
@@ -179,7 +181,8 @@ _DECLARED = [
        _p("name", "string", "only this job's", None, "a job name"), SESSION, group="jobs"),
     _c("stats", "CPU and memory of a job's processes",
        "`{job, cpu, mem, rss, vms, processes: [{pid, os_pid, cpu, mem, rss, vms, ctime, username, nice, "
-       "cmdline, children: [...]}]}`", NAME, SESSION, group="jobs"),
+       "cmdline, children: [...]}], cgroup}`; `cgroup` is `{memory, pids, cpu_seconds, path}` of the job's cgroup, "
+       "or null without cgroups", NAME, SESSION, group="jobs"),
     # -- processes
     _c("process_stats", "CPU and memory of one process", "one process's stats, as in `stats`", PID,
        group="processes"),

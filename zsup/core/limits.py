@@ -111,7 +111,32 @@ def parse_limits(data: dict) -> dict:
         raise BadRequest(f"oom_score_adj: only root may set it below zsupd's ({_current_oom()})")
     out.update(nice=nice, umask=_umask(data.get("umask")), oom_score_adj=oom)
     out.update(_watched(data))
+    out.update(_cgroup(data))
     return out
+
+
+def _cgroup(data: dict) -> dict:
+    """cgroup_memory_max (bytes), cgroup_cpu_max (percent of one CPU), cgroup_pids_max: the
+    job's cgroup v2 limits (zsup/core/cgroup.py), None for none."""
+    memory = data.get("cgroup_memory_max")
+    if memory not in (None, ""):
+        if isinstance(memory, bool) or not isinstance(memory, (int, str)):
+            raise BadRequest(f"cgroup_memory_max: expected a size such as 1G, got {memory!r}")
+        memory = parse_size("cgroup_memory_max", memory)
+        if memory < 1024 * 1024:
+            raise BadRequest(f"cgroup_memory_max: must be at least 1M, got {data.get('cgroup_memory_max')!r}")
+    cpu = data.get("cgroup_cpu_max")
+    if cpu not in (None, ""):
+        try:
+            if isinstance(cpu, bool):
+                raise ValueError
+            cpu = float(cpu.strip().removesuffix("%") if isinstance(cpu, str) else cpu)
+        except (TypeError, ValueError):
+            raise BadRequest(f"cgroup_cpu_max: expected a percentage of one CPU such as 150, got {cpu!r}") from None
+        if not 1 <= cpu <= 100 * 4096:
+            raise BadRequest(f"cgroup_cpu_max: must be between 1 and {100 * 4096}, got {data.get('cgroup_cpu_max')!r}")
+    return {"cgroup_memory_max": memory or None, "cgroup_cpu_max": cpu or None,
+            "cgroup_pids_max": _int("cgroup_pids_max", data.get("cgroup_pids_max"), 1, 2**31 - 1)}
 
 
 def _watched(data: dict) -> dict:

@@ -16,6 +16,10 @@ rule then restart it. Before that, `proc.<session>.<job>.limit` is published wit
 `{limit, value, max, window, reason}`, and the job keeps the last one as `last_limit` in
 `status` and `info` (with `pid` and `time`).
 
+It also puts each process in its cgroup when zsupd runs with cgroups (zsup/core/cgroup.py):
+`_resources_spawned` after a spawn, `_resources_reaped` after an exit (what the process left
+in its cgroup gets its stop signal, and SIGKILL `graceful_timeout` later, then the folder goes).
+
 Thread rule: everything here runs in the supervisor loop's thread.
 """
 
@@ -26,6 +30,7 @@ import logging
 import os
 import time
 
+from zsup.core.cgroup import Cgroups, setup
 from zsup.core.process import Process
 from zsup.core.states import ProcessState
 
@@ -57,15 +62,38 @@ def show_size(n: float) -> str:
 
 
 class ResourceWatch:
-    """Mixed into the Manager (zsup/core/supervision.py): `_watch_spawned(proc)` after each spawn."""
+    """Mixed into the Manager (zsup/core/supervision.py): `_resources_spawned(proc)` after each
+    spawn, `_resources_reaped(proc)` after each exit."""
 
-    def _watch_spawned(self, proc: Process) -> None:
+    #: zsupd sets its own (zsup/core/cgroup.py's `setup`) before the manager starts
+    cgroups: Cgroups = Cgroups(None, "zsupd did not set cgroups up")
+
+    def use_cgroups(self, proc_dir: str = "/proc/self") -> dict:
+        """Set zsupd's cgroups up (zsup/core/cgroup.py), before the manager starts: `info()`."""
+        self.cgroups = setup(proc_dir)
+        return self.cgroups.info()
+
+    def _resources_spawned(self, proc: Process) -> None:
+        error = self.cgroups.place(proc)
+        if error is not None:
+            log.warning("process %s (%s) runs outside its cgroup: %s", proc.pid, proc.job, error)
         if proc.spec.max_memory is None and proc.spec.max_cpu is None:
             return
         watched = self.__dict__.setdefault("_watched", {})
         watched[proc.pid] = (proc, collections.deque())
         if self.__dict__.get("_watch_timer") is None:
             self._watch_timer = self._loop.call_later(TICK, self._watch_tick)
+
+    def _resources_reaped(self, proc: Process, final: bool = False) -> None:
+        """What the process left in its cgroup (`setsid()` grandchildren included) gets the
+        stop signal, then SIGKILL graceful_timeout later; the cgroup goes once empty."""
+        if not self.cgroups.active or self.cgroups.release(proc):
+            return
+        if final:
+            self._loop.call_later(0.1, self._resources_reaped, proc, True)  # until the kernel empties it
+            return
+        self.cgroups.signal(proc, proc.spec.stop_signal)
+        self._loop.call_later(proc.graceful_timeout, self._resources_reaped, proc, True)
 
     def _watch_tick(self) -> None:
         self._loop.assert_in_loop()

@@ -194,6 +194,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             self._loop.call_soon(self._on_death, job, proc)
             return None
         self._procs[proc.pid] = proc
+        self._resources_spawned(proc)  # its cgroup; max_memory, max_cpu (zsup/core/resources.py)
         (job.committed if committed else job.processes)[proc.pid] = proc
         self._all_gone.clear()
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
@@ -202,7 +203,6 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                            instance=proc.instance)
         self._pipes.add(proc)
         self._life_spawned(job, proc)
-        self._watch_spawned(proc)  # max_memory, max_cpu (zsup/core/resources.py)
         if not committed and job.last_error is not None:
             if job.last_error_exit:  # it failed by exiting at once: recovered once it stays up
                 self._loop.call_later(START_GRACE, self._check_survived, job, proc)
@@ -274,6 +274,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                 proc.signal(signal.SIGKILL)
             else:
                 proc.signal_group(signal.SIGKILL)
+                self.cgroups.kill(proc)  # its whole tree, setsid() included (zsup/core/cgroup.py)
 
     def _on_pidfd(self, proc: Process) -> None:
         self._loop.assert_in_loop()
@@ -288,6 +289,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
         self._life_ended(proc)
         if not proc.spec.detach:
             self._stop_leftovers(proc)
+            self._resources_reaped(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
 
     def _finish_exit(self, proc: Process) -> None:

@@ -114,6 +114,7 @@ class Daemon:
                                 logtargets.from_settings(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True)
         self.manager.max_processes_total = self.settings["max_processes_total"]
+        self.manager.use_cgroups()  # cgroup v2 where delegated, else process groups (zsup/core/cgroup.py)
         self.sockets = Sockets.open(self.config.sockets, self.manager, self.config.path)  # before any thread
         socket_commands.restore(self)  # those added over the bus
         self.metrics = DaemonMetrics(self)
@@ -140,7 +141,6 @@ class Daemon:
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
         self.plugins.load()
         from zsup.core.guard import OrphanGuard
-
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
         self.events.subscribe(topics.PROC, self.guard.on_event)
