@@ -115,6 +115,10 @@ class Cgroups:
             pass
         except OSError:
             return False
+        try:  # the job's own folder goes with its last process (its limits are set again at a spawn)
+            os.rmdir(os.path.dirname(path))
+        except OSError:
+            pass
         return True
 
     def stats(self, job: str) -> dict | None:
