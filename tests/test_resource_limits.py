@@ -83,3 +83,23 @@ def test_watched_limits_from_the_ini():
     assert (spec.max_memory, spec.max_cpu, spec.limit_window) == (256 << 20, 80.0, 5.0)
     with pytest.raises(ConfigError, match=r"\[process:web\] max_cpu: "):
         parse_config("[process:web]\ncmd = sleep 1\nmax_cpu = lots\n")
+
+
+def test_zsupd_restarts_from_the_ini_and_zsupctl_status_says_why(zsupd_factory, tmp_path):
+    import os
+    import subprocess
+
+    from conftest import PYTHON, ROOT
+
+    script = tmp_path / "grow.py"
+    script.write_text(GROW)
+    d = zsupd_factory(f"[process:grow]\ncmd = {PYTHON} {script}\nmax_memory = 48M\ngraceful_timeout = 5\n")
+    info = wait_for(lambda: d.call("info", name="grow")["last_limit"], timeout=20, message="a limit restart")
+    assert info["limit"] == "max_memory" and info["max"] == 48 << 20
+    out = subprocess.run([PYTHON, "-m", "zsup.cli.zsupctl", "--state-dir", d.state_dir, "status"],
+                         capture_output=True, text=True, timeout=30,
+                         env={k: v for k, v in os.environ.items() if k not in ("ZSUP_BUS", "ZSUP_PUB")}
+                         | {"PYTHONPATH": ROOT})
+    assert out.returncode == 0, out.stderr
+    line = next(line for line in out.stdout.splitlines() if line.startswith("default.grow"))
+    assert "(restarted: rss " in line and "> max_memory 48.0M)" in line

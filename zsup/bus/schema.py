@@ -127,11 +127,13 @@ _DECLARED = [
        "[{cmd, outcome, count}], events: {published, dropped}, logs}`; the gateway serves it as `GET /metrics`"),
     # -- jobs
     _c("status", "A summary per job", "one row per job: `{job, state, active, numprocesses, running, pids, "
-       "os_pids, started, cmd, last_error}`", group="jobs"),
+       "os_pids, started, cmd, last_error, last_limit}`; `last_limit`: the last `max_memory`/`max_cpu` restart "
+       "(docs/config.md)", group="jobs"),
     _c("jobs", "Job names", '`["session.name", ...]`', SESSION, group="jobs"),
     _c("sessions", "Session names", '`["default", ...]`', group="jobs"),
     _c("info", "One job", "the job: `{name, session, job, active, state, stop_reason, numprocesses, running, "
-       "pids, processes: [process info], flapping_retries, last_error, last_error_time, config, created}`; "
+       "pids, processes: [process info], flapping_retries, last_error, last_error_time, last_limit, config, "
+       "created}`; "
        "`last_error` is why the last spawn failed (`null` once a spawn succeeds or the job is started again)",
        NAME, SESSION, group="jobs"),
     _c("get", "A job's config", "the job's config, in the form `load` takes", NAME, SESSION, group="jobs"),

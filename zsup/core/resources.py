@@ -37,6 +37,7 @@ from zsup.core.states import ProcessState
 log = logging.getLogger(__name__)
 
 TICK = 1.0
+LIMIT_STOPS = ("max_memory", "max_cpu")  # the stop reasons of a process above a limit
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 

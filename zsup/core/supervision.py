@@ -23,7 +23,7 @@ from zsup.core.leftovers import Leftovers
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
-from zsup.core.resources import ResourceWatch
+from zsup.core.resources import LIMIT_STOPS, ResourceWatch
 from zsup.core.rolling import Rolling
 from zsup.core.schedule import Scheduling
 from zsup.core.states import JobState, ProcessState
@@ -352,7 +352,8 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                 return
             self._manage(job)
             return
-        if proc.os_pid and proc.uptime() < START_GRACE and (proc.exit_code or proc.term_signal):
+        if proc.os_pid and proc.uptime() < START_GRACE and (proc.exit_code or proc.term_signal) \
+                and proc.stop_reason not in LIMIT_STOPS:  # a limit restart is no failure to start
             self._died_at_once(job, proc)
         if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
             job.fast_deaths = 0
