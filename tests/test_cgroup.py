@@ -102,7 +102,7 @@ def test_a_setsid_grandchild_is_placed_and_stopped_with_its_process(manager, rec
     # SIGTERM ignored: SIGKILL after 0.5 s, to the group and, through cgroup.kill, the grandchild
     wait_for(lambda: not alive(grandchild), timeout=10, message="the setsid grandchild killed")
     wait_for(lambda: not os.path.exists(leaf), timeout=10, message="the process's cgroup removed")
-    assert recorder.find("tree.exit")[0]["term_signal"] == 9
+    assert wait_for(lambda: recorder.find("tree.exit"))[0]["term_signal"] == 9
 
 
 def test_leftovers_of_an_exited_process_are_stopped(manager, recorder, cgroup2_base):
