@@ -17,20 +17,18 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Callable
 
+from zsup.daemon.handlers import Handlers
 from zsup.daemon.sockets import parse_socket
 from zsup.errors import BadRequest, Conflict, ZsupError
 
 log = logging.getLogger(__name__)
 
-HANDLERS: dict[str, Callable] = {}
+#: These commands' handlers, by name; zsupd adds them to its Dispatcher.
+HANDLERS = Handlers()
+command = HANDLERS.add
+
 TABLE = "CREATE TABLE IF NOT EXISTS runtime_sockets (name TEXT PRIMARY KEY, config TEXT NOT NULL)"
-
-
-def command(fn: Callable) -> Callable:
-    HANDLERS[fn.__name__] = fn
-    return fn
 
 
 @command
