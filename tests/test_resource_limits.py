@@ -103,3 +103,13 @@ def test_zsupd_restarts_from_the_ini_and_zsupctl_status_says_why(zsupd_factory, 
     assert out.returncode == 0, out.stderr
     line = next(line for line in out.stdout.splitlines() if line.startswith("default.grow"))
     assert "(restarted: rss " in line and "> max_memory 48.0M)" in line
+
+
+def test_procfile_options_carry_the_limits():
+    from zsup.cli.procfile_app import apply_options
+
+    jobs = apply_options([{"name": "web", "cmd": "true"}, {"name": "worker", "cmd": "true"}],
+                         ["web.max_memory=256M", "max_cpu=90", "worker.limit_window=30", "web.sockets=api"])
+    web, worker = (JobSpec.from_dict(job, "app") for job in jobs)
+    assert (web.max_memory, web.max_cpu, web.sockets) == (256 << 20, 90.0, ["api"])
+    assert (worker.max_memory, worker.max_cpu, worker.limit_window) == (None, 90.0, 30.0)
