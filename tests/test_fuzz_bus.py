@@ -154,6 +154,8 @@ def test_daemon_is_alive_and_clean_after_the_fuzz(bus):
                for r in replies) >= 10, replies
     check_alive(d)
     # and it still supervises: the job comes back to one process after whatever the frames did
+    if "default.web" not in d.call("jobs"):  # a frame unloaded it (the frames change with the command list)
+        d.call("load", config={"name": "web", "cmd": "sleep 300"}, start=False)
     d.call("start_job", name="web")
     d.call("scale", name="web", n="=1")
     wait_for(lambda: len(d.call("pids", name="web")) == 1, timeout=15)

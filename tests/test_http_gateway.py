@@ -81,6 +81,12 @@ def test_every_route_answers_and_is_in_openapi(gw):
     assert call("DELETE", "/jobs/{session}/{name}", "/jobs/web/echo").status == 200
     assert call("DELETE", "/jobs/{session}", "/jobs/web").json["unloaded"] == ["web.ticker"]
 
+    # listening sockets (tests/test_socket_runtime.py tests them in depth)
+    added = call("POST", "/sockets", "/sockets", {"name": "s", "bind": "127.0.0.1:0"}, expect=201).json
+    assert added["origin"] == "runtime"
+    assert [r["name"] for r in call("GET", "/sockets", "/sockets").json["sockets"]] == ["s"]
+    assert call("DELETE", "/sockets/{name}", "/sockets/s").json["ok"] is True
+
     # watch and plugins
     conn = gw.connection()
     conn.request("GET", "/watch/job.x.y?heartbeat=0.05")

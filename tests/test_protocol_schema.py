@@ -10,7 +10,7 @@ from conftest import ROOT, wait_for
 from zsup.bus import docgen, schema
 from zsup.bus.client import Client
 from zsup.bus.parse import parse_scale, scale_order
-from zsup.daemon import agent_commands, commands, key_commands, task_commands
+from zsup.daemon import agent_commands, commands, key_commands, socket_commands, task_commands
 from zsup.errors import BadRequest, NotFound
 
 SLEEP = "[process:web]\ncmd = sleep 300\nnumprocesses = 1\n"
@@ -36,7 +36,7 @@ def test_the_drift_check_fails_on_a_stale_table(tmp_path):
 
 def test_every_handler_is_declared_and_every_declaration_handled():
     dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
-                                   key_commands.HANDLERS)
+                                   key_commands.HANDLERS, socket_commands.HANDLERS)
     assert dispatch.names() == sorted(schema.COMMANDS)
 
 

@@ -104,22 +104,36 @@ def _c(name: str, doc: str, result: str, *params: Param, persists: bool = False,
 _DECLARED = [
     # -- about the daemon
     _c("ping", "Is zsupd answering?", '`"pong"`'),
-    _c("version", "zsupd's version and protocol", '`{"version": "…", "protocol": 1, "name": "zsupd"}`'),
+    _c("version", "zsupd's version and protocol",
+       '`{"version": "…", "protocol": 1, "name": "zsupd", "cgroups": {active, path, reason}}`: `cgroups` says '
+       'whether jobs run in cgroup v2 and, if not, why (docs/config.md, "cgroups")'),
     _c("commands", "The commands this daemon answers", "the sorted list of command names"),
     _c("endpoints", "Where this daemon listens", '`{"router": [...], "pub": [...]}`: where this daemon listens'),
     _c("sockets", "The listening sockets zsupd keeps open ([socket:NAME], docs/config.md)",
-       "one row per socket: `{name, bind, fd, backlog, jobs}`, `jobs` being the loaded jobs that list it"),
+       "one row per socket: `{name, bind, address, fd, backlog, family, reuseport, origin, jobs}`, `jobs` being the "
+       "loaded jobs that list it, `address` where it listens (port resolved), `origin` `file` or `runtime` "
+       "(added with `add_socket`)"),
+    _c("add_socket", "Open a listening socket at run time (kept across restarts of zsupd)",
+       "the socket's row, as `sockets` lists it; `conflict` if the name is taken or the address cannot be bound",
+       _p("name", "string", "the socket's name, as jobs list it in `sockets`"),
+       _p("config", "object", "its keys, as a `[socket:NAME]` section: `{bind, backlog, reuseport, mode, owner, "
+          "family}` (a unix path must be absolute)"), persists=True),
+    _c("remove_socket", "Close a socket added at run time",
+       "`{ok, name}`; `conflict` while a loaded job lists it, `forbidden` for a socket of the config file",
+       _p("name", "string", "the socket's name"), persists=True),
     _c("metrics", "Counters and gauges for monitoring (docs/metrics.md)",
        "`{daemon, jobs: [{job, state, active, wanted, running, flapping, restarts, spawn_failures, flaps, exits, "
        "last_exit_code}], processes: [{job, pid, os_pid, cpu_seconds, rss, fds, start_time}], requests: "
        "[{cmd, outcome, count}], events: {published, dropped}, logs}`; the gateway serves it as `GET /metrics`"),
     # -- jobs
     _c("status", "A summary per job", "one row per job: `{job, state, active, numprocesses, running, pids, "
-       "os_pids, started, cmd, last_error}`", group="jobs"),
+       "os_pids, started, cmd, last_error, last_limit}`; `last_limit`: the last `max_memory`/`max_cpu` restart "
+       "(docs/config.md)", group="jobs"),
     _c("jobs", "Job names", '`["session.name", ...]`', SESSION, group="jobs"),
     _c("sessions", "Session names", '`["default", ...]`', group="jobs"),
     _c("info", "One job", "the job: `{name, session, job, active, state, stop_reason, numprocesses, running, "
-       "pids, processes: [process info], flapping_retries, last_error, last_error_time, config, created}`; "
+       "pids, processes: [process info], flapping_retries, last_error, last_error_time, last_limit, config, "
+       "created}`; "
        "`last_error` is why the last spawn failed (`null` once a spawn succeeds or the job is started again)",
        NAME, SESSION, group="jobs"),
     _c("get", "A job's config", "the job's config, in the form `load` takes", NAME, SESSION, group="jobs"),
@@ -169,7 +183,8 @@ _DECLARED = [
        _p("name", "string", "only this job's", None, "a job name"), SESSION, group="jobs"),
     _c("stats", "CPU and memory of a job's processes",
        "`{job, cpu, mem, rss, vms, processes: [{pid, os_pid, cpu, mem, rss, vms, ctime, username, nice, "
-       "cmdline, children: [...]}]}`", NAME, SESSION, group="jobs"),
+       "cmdline, children: [...]}], cgroup}`; `cgroup` is `{memory, pids, cpu_seconds, path}` of the job's cgroup, "
+       "or null without cgroups", NAME, SESSION, group="jobs"),
     # -- processes
     _c("process_stats", "CPU and memory of one process", "one process's stats, as in `stats`", PID,
        group="processes"),

@@ -17,7 +17,7 @@ INTERNAL_SESSION = "zsupd"
 JOB_EVENTS = frozenset({"create", "start", "stop", "restart", "update", "delete", "exited", "roll", "run",
                         "run_skipped"})
 PROC_EVENTS = frozenset({"spawn", "exit", "reap", "stop_pid", "flap", "spawn_error", "ready", "not_ready", "hook",
-                         "unhealthy"})
+                         "unhealthy", "limit"})
 SYS_EVENTS = frozenset({"start", "reload", "reload_error", "log_error", "log_resumed", "stop"})
 
 #: The first part of every topic; "<kind>." subscribes to all of a kind.
@@ -33,7 +33,7 @@ def job_topic(session: str, name: str, event: str) -> str:
 
 def proc_topic(session: str, name: str, event: str) -> str:
     """`proc.<session>.<name>.<event>`: spawn, spawn_error, exit, reap, stop_pid, flap, ready,
-    not_ready, unhealthy, hook."""
+    not_ready, unhealthy, hook, limit."""
     return f"proc.{session}.{name}.{event}"
 
 

@@ -52,6 +52,7 @@ class Job:
         self.last_run: float | None = None
         self.next_run: float | None = None
         self.roll_result: dict | None = None  # how the last one ended, until the next start
+        self.last_limit: dict | None = None  # the last max_memory/max_cpu restart (zsup/core/resources.py)
 
     @property
     def name(self) -> str:
@@ -89,7 +90,7 @@ class Job:
                 "checked": self.spec.ready is not None or self.spec.health is not None,
                 "roll": self.roll.info() if self.roll is not None else self.roll_result,
                 "waiting_for": self.waiting, "schedule": self.spec.schedule, "last_run": self.last_run,
-                "next_run": self.next_run}
+                "next_run": self.next_run, "last_limit": self.last_limit}
 
     def info_json(self) -> bytes:
         """`info()` as JSON, built from each process's cached fragment and the config

@@ -276,6 +276,12 @@ class JobSpec:
     nice: int | None = None
     umask: str | None = None
     oom_score_adj: int | None = None
+    max_memory: int | None = None  # watched by zsup/core/resources.py: restarted above them
+    max_cpu: float | None = None
+    limit_window: float = 10.0
+    cgroup_memory_max: int | None = None  # the job's cgroup, where zsupd has cgroups (zsup/core/cgroup.py)
+    cgroup_cpu_max: float | None = None
+    cgroup_pids_max: int | None = None
     # Shared listening sockets ([socket:NAME], zsup/daemon/sockets.py), passed from fd 3
     sockets: list = field(default_factory=list)
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 READY_POLL = 0.1  # between tries of a ready probe, doubling up to READY_POLL_MAX
 READY_POLL_MAX = 1.0
 #: Stop reasons that count as a death of the process (restarted under the policy).
-FAILED_STOPS = ("ready_timeout", "unhealthy", "watchdog")
+FAILED_STOPS = ("ready_timeout", "unhealthy", "watchdog", "max_memory", "max_cpu")
 
 
 class ProcLife:

@@ -1,8 +1,10 @@
-"""A job's per-process limits (issue 16): rlimits, niceness, umask, OOM score.
+"""A job's per-process limits (issue 16): rlimits, niceness, umask, OOM score, and the
+watched ones (max_memory, max_cpu over limit_window).
 
-Checked at the door (`parse_limits`, called by JobSpec.from_dict) and turned into the
-arguments of zsup/core/spawner.py (`spawn_args`), which applies them in the child between
-vfork and exec, before the program runs. Names are circus's.
+Checked at the door (`parse_limits`, called by JobSpec.from_dict). The first kind is turned
+into the arguments of zsup/core/spawner.py (`spawn_args`), which applies them in the child
+between vfork and exec, before the program runs (circus's names); the watched ones are
+sampled by zsup/core/resources.py, which restarts a process above them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ RLIMITS = {
 }
 LIMIT_KEYS = tuple(RLIMITS) + ("nice", "umask", "oom_score_adj")
 UNLIMITED = "unlimited"
+WATCH_KEYS = ("max_memory", "max_cpu", "limit_window")
+DEFAULT_WINDOW = 10.0  # seconds max_cpu is averaged over
+MAX_WINDOW = 86400.0
 MAX_RLIMIT = 2**63 - 2  # RLIM_INFINITY is 2**64-1 (and -1 in Python): "unlimited" says it
 
 
@@ -105,7 +110,73 @@ def parse_limits(data: dict) -> dict:
     if oom is not None and oom < _current_oom() and os.geteuid() != 0:
         raise BadRequest(f"oom_score_adj: only root may set it below zsupd's ({_current_oom()})")
     out.update(nice=nice, umask=_umask(data.get("umask")), oom_score_adj=oom)
+    out.update(_watched(data))
+    out.update(_cgroup(data))
     return out
+
+
+def _cgroup(data: dict) -> dict:
+    """cgroup_memory_max (bytes), cgroup_cpu_max (percent of one CPU), cgroup_pids_max: the
+    job's cgroup v2 limits (zsup/core/cgroup.py), None for none."""
+    memory = data.get("cgroup_memory_max")
+    if memory not in (None, ""):
+        if isinstance(memory, bool) or not isinstance(memory, (int, str)):
+            raise BadRequest(f"cgroup_memory_max: expected a size such as 1G, got {memory!r}")
+        memory = parse_size("cgroup_memory_max", memory)
+        if memory < 1024 * 1024:
+            raise BadRequest(f"cgroup_memory_max: must be at least 1M, got {data.get('cgroup_memory_max')!r}")
+    cpu = data.get("cgroup_cpu_max")
+    if cpu not in (None, ""):
+        try:
+            if isinstance(cpu, bool):
+                raise ValueError
+            cpu = float(cpu.strip().removesuffix("%") if isinstance(cpu, str) else cpu)
+        except (TypeError, ValueError):
+            raise BadRequest(f"cgroup_cpu_max: expected a percentage of one CPU such as 150, got {cpu!r}") from None
+        if not 1 <= cpu <= 100 * 4096:
+            raise BadRequest(f"cgroup_cpu_max: must be between 1 and {100 * 4096}, got {data.get('cgroup_cpu_max')!r}")
+    return {"cgroup_memory_max": memory or None, "cgroup_cpu_max": cpu or None,
+            "cgroup_pids_max": _int("cgroup_pids_max", data.get("cgroup_pids_max"), 1, 2**31 - 1)}
+
+
+def _watched(data: dict) -> dict:
+    """max_memory (bytes, of RSS), max_cpu (percent of one CPU, averaged over limit_window s)."""
+    memory = data.get("max_memory")
+    if memory in (None, ""):
+        memory = None
+    else:
+        if isinstance(memory, bool) or not isinstance(memory, (int, str)):
+            raise BadRequest(f"max_memory: expected a size such as 512M, got {memory!r}")
+        memory = parse_size("max_memory", memory)
+        if memory < 1024 * 1024:
+            raise BadRequest(f"max_memory: must be at least 1M, got {data.get('max_memory')!r}")
+    cpu = data.get("max_cpu")
+    if cpu in (None, ""):
+        cpu = None
+    else:
+        text = cpu.strip().removesuffix("%") if isinstance(cpu, str) else cpu
+        try:
+            if isinstance(text, bool):
+                raise ValueError
+            cpu = float(text)
+        except (TypeError, ValueError):
+            raise BadRequest(f"max_cpu: expected a percentage of one CPU such as 80 or 150%, got {cpu!r}") from None
+        if not 0 < cpu <= 100 * 4096:
+            raise BadRequest(f"max_cpu: must be above 0 and at most {100 * 4096}, got {data.get('max_cpu')!r}")
+    window = data.get("limit_window")
+    if window in (None, ""):
+        window = DEFAULT_WINDOW
+    else:
+        try:
+            if isinstance(window, bool):
+                raise ValueError
+            window = float(str(window).strip())
+        except ValueError:
+            raise BadRequest(f"limit_window: expected seconds, got {window!r}") from None
+        if not 1 <= window <= MAX_WINDOW:
+            raise BadRequest(f"limit_window: must be between 1 and {MAX_WINDOW:g} seconds, "
+                             f"got {data.get('limit_window')!r}")
+    return {"max_memory": memory, "max_cpu": cpu, "limit_window": window}
 
 
 def has_limits(spec) -> bool:

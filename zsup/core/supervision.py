@@ -23,6 +23,7 @@ from zsup.core.leftovers import Leftovers
 from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
+from zsup.core.resources import LIMIT_STOPS, ResourceWatch
 from zsup.core.rolling import Rolling
 from zsup.core.schedule import Scheduling
 from zsup.core.states import JobState, ProcessState
@@ -44,7 +45,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
+class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, ResourceWatch):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -193,6 +194,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
             self._loop.call_soon(self._on_death, job, proc)
             return None
         self._procs[proc.pid] = proc
+        self._resources_spawned(proc)  # its cgroup; max_memory, max_cpu (zsup/core/resources.py)
         (job.committed if committed else job.processes)[proc.pid] = proc
         self._all_gone.clear()
         self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
@@ -273,6 +275,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
                 proc.signal(signal.SIGKILL)
             else:
                 proc.signal_group(signal.SIGKILL)
+                self.cgroups.kill(proc)  # its whole tree, setsid() included (zsup/core/cgroup.py)
 
     def _on_pidfd(self, proc: Process) -> None:
         self._loop.assert_in_loop()
@@ -287,6 +290,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
         self._life_ended(proc)
         if not proc.spec.detach:
             self._stop_leftovers(proc)
+            self._resources_reaped(proc)
         self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
 
     def _finish_exit(self, proc: Process) -> None:
@@ -349,7 +353,8 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling):
                 return
             self._manage(job)
             return
-        if proc.os_pid and proc.uptime() < START_GRACE and (proc.exit_code or proc.term_signal):
+        if proc.os_pid and proc.uptime() < START_GRACE and (proc.exit_code or proc.term_signal) \
+                and proc.stop_reason not in LIMIT_STOPS:  # a limit restart is no failure to start
             self._died_at_once(job, proc)
         if proc.os_pid and proc.uptime() >= BACKOFF_RESET:
             job.fast_deaths = 0

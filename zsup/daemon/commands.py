@@ -130,7 +130,8 @@ def ping(d) -> str:
 
 @command
 def version(d) -> dict:
-    return {"version": __version__, "protocol": PROTOCOL_VERSION, "name": "zsupd"}
+    return {"version": __version__, "protocol": PROTOCOL_VERSION, "name": "zsupd",
+            "cgroups": d.manager.cgroups.info()}  # zsup/core/cgroup.py
 
 
 @command
@@ -339,7 +340,8 @@ def status(d) -> list[dict]:
 
 @command
 def stats(d, name: str, session: str | None = None) -> dict:
-    return d.manager.stats(_name(name, session))
+    out = d.manager.stats(_name(name, session))
+    return {**out, "cgroup": d.manager.cgroups.stats(out["job"])}  # None without cgroups
 
 
 @command

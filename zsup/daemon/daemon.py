@@ -27,7 +27,7 @@ from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
 from zsup.core.logfiles import LogSettings, LogWriter, log_paths
 from zsup.core.manager import Manager
-from zsup.daemon import agent_commands, commands, key_commands, logtargets, task_commands
+from zsup.daemon import agent_commands, commands, key_commands, logtargets, socket_commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.init import InitMode
 from zsup.daemon.metrics import DaemonMetrics
@@ -100,7 +100,7 @@ class Daemon:
         self.init_mode = InitMode(self, init, self.settings.get("exit_with"))
         #: Every bus command's handler, filled explicitly (control thread, read-only after).
         self.dispatch = commands.Dispatcher(commands.HANDLERS, task_commands.HANDLERS, agent_commands.HANDLERS,
-                                            key_commands.HANDLERS)
+                                            key_commands.HANDLERS, socket_commands.HANDLERS)
 
     # ------------------------------------------------------------------ start and stop
     def start(self) -> None:
@@ -114,7 +114,9 @@ class Daemon:
                                 logtargets.from_settings(self.settings))
         self.manager = Manager(self.events, log_writer=self.job_logs, subreaper=True, pids=self.store.pid_counter())
         self.manager.max_processes_total = self.settings["max_processes_total"]
+        self.manager.use_cgroups()  # cgroup v2 where delegated, else process groups (zsup/core/cgroup.py)
         self.sockets = Sockets.open(self.config.sockets, self.manager, self.config.path)  # before any thread
+        socket_commands.restore(self)  # those added over the bus
         self.metrics = DaemonMetrics(self)
         self.bus = BusServer(
             handler=self._handle,
@@ -139,7 +141,6 @@ class Daemon:
                                                 self.config, self.settings.get("plugin_dir"), self.settings))
         self.plugins.load()
         from zsup.core.guard import OrphanGuard
-
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
         self.events.subscribe(topics.PROC, self.guard.on_event)

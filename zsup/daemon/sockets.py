@@ -12,15 +12,18 @@ supervisor loop reads only the name -> fd mapping given to the manager, swapped 
 
 from __future__ import annotations
 
+import grp
 import os
+import pwd
 import socket
 import stat
 from dataclasses import dataclass
 
 from zsup.core.jobspec import check_name, to_bool, to_number
-from zsup.errors import BadRequest
+from zsup.errors import BadRequest, Conflict, Forbidden, NotFound
 
-KEYS = ("bind", "backlog", "reuseport", "mode")
+KEYS = ("bind", "backlog", "reuseport", "mode", "owner", "family")
+FAMILIES = {"inet": socket.AF_INET, "inet6": socket.AF_INET6, "unix": socket.AF_UNIX}
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,21 @@ class SocketSpec:
     backlog: int = 128
     reuseport: bool = False
     mode: int | None = None  # unix sockets: the file's permissions
+    family: str = "inet"  # inet, inet6 or unix: from `bind` unless given
+    owner: tuple[int, int] | None = None  # unix sockets: the file's (uid, gid); -1 keeps one
 
     @property
     def unix_path(self) -> str | None:
         return self.bind[5:] if self.bind.startswith("unix:") else None
+
+    def to_dict(self) -> dict:
+        """The section's keys, in the form `parse_socket` takes back (JSON, the store)."""
+        out = {"bind": self.bind, "backlog": self.backlog, "reuseport": self.reuseport, "family": self.family}
+        if self.mode is not None:
+            out["mode"] = f"{self.mode:o}"
+        if self.owner is not None:
+            out["owner"] = f"{self.owner[0]}:{self.owner[1]}" if self.owner[1] != -1 else str(self.owner[0])
+        return out
 
 
 def parse_socket(name: str, section: dict) -> SocketSpec:
@@ -52,6 +66,7 @@ def parse_socket(name: str, section: dict) -> SocketSpec:
         _address(bind)
     elif len(bind) == 5:
         raise BadRequest("bind: unix: needs a path")
+    family = _family(bind, section.get("family"))
     mode = section.get("mode")
     if mode not in (None, ""):
         if bind[:5] != "unix:":
@@ -66,21 +81,72 @@ def parse_socket(name: str, section: dict) -> SocketSpec:
         mode = None
     return SocketSpec(name=name, bind=bind,
                       backlog=to_number("backlog", section.get("backlog", 128), int, 1, maximum=65535),
-                      reuseport=to_bool("reuseport", section.get("reuseport", False)), mode=mode)
+                      reuseport=to_bool("reuseport", section.get("reuseport", False)), mode=mode,
+                      family=family, owner=_owner(section.get("owner"), bind))
 
 
-def _address(bind: str) -> tuple[int, tuple]:
+def _family(bind: str, given) -> str:
+    """inet, inet6 or unix: what `bind` says; a `family` given must agree with it (a host name
+    or `:PORT` may be either inet or inet6)."""
+    if bind.startswith("unix:"):
+        inferred = "unix"
+    else:
+        host = bind.rpartition(":")[0]
+        inferred = "inet6" if host.startswith("[") else "inet"
+    if given in (None, ""):
+        return inferred
+    if not isinstance(given, str) or given.strip().lower() not in FAMILIES:
+        raise BadRequest(f"family: expected inet, inet6 or unix, got {given!r}")
+    given = given.strip().lower()
+    if given != inferred and not (given == "inet6" and inferred == "inet" and not _is_ipv4(bind)):
+        raise BadRequest(f"family: {given} does not match bind {bind!r} ({inferred})")
+    return given
+
+
+def _is_ipv4(bind: str) -> bool:
+    try:
+        socket.inet_aton(bind.rpartition(":")[0])
+        return True
+    except OSError:
+        return False
+
+
+def _owner(value, bind: str) -> tuple[int, int] | None:
+    """`user[:group]` (names or numbers) of a unix socket's file: (uid, gid or -1)."""
+    if value in (None, ""):
+        return None
+    if not bind.startswith("unix:"):
+        raise BadRequest("owner: only for a unix socket")
+    if not isinstance(value, str):
+        raise BadRequest(f"owner: expected user[:group], got {value!r}")
+    user, _, group = value.strip().partition(":")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except KeyError:
+        raise BadRequest(f"owner: unknown user {user!r}") from None
+    try:
+        gid = -1 if not group else int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise BadRequest(f"owner: unknown group {group!r}") from None
+    if os.geteuid() != 0 and (uid != os.geteuid() or gid not in (-1, *os.getgroups(), os.getegid())):
+        raise BadRequest(f"owner: only root may give a socket to {value!r}")
+    return uid, gid
+
+
+def _address(bind: str, family: str = "") -> tuple[int, tuple]:
     host, colon, port = bind.rpartition(":")
     if not colon or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise BadRequest(f"bind: expected HOST:PORT or unix:PATH, got {bind!r}")
     if host.startswith("[") and host.endswith("]"):
         return socket.AF_INET6, (host[1:-1], int(port))
+    if family == "inet6":
+        return socket.AF_INET6, (host or "::", int(port))
     return socket.AF_INET, (host or "0.0.0.0", int(port))
 
 
 def _bind(spec: SocketSpec) -> socket.socket:
     path = spec.unix_path
-    family, address = (socket.AF_UNIX, path) if path else _address(spec.bind)
+    family, address = (socket.AF_UNIX, path) if path else _address(spec.bind, spec.family)
     sock = socket.socket(family, socket.SOCK_STREAM)  # not inheritable: passed by dup2 only
     try:
         if path:
@@ -94,8 +160,8 @@ def _bind(spec: SocketSpec) -> socket.socket:
         if spec.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        if path and spec.mode is not None:
-            os.chmod(path, spec.mode)
+        if path:
+            _set_file(spec)
         sock.listen(spec.backlog)
     except OSError:
         sock.close()
@@ -103,27 +169,48 @@ def _bind(spec: SocketSpec) -> socket.socket:
     return sock
 
 
+def _where(sock: socket.socket) -> str:
+    """Where a socket listens, its port resolved (`bind = 127.0.0.1:0` picks one)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name}"
+    return f"[{name[0]}]:{name[1]}" if sock.family == socket.AF_INET6 else f"{name[0]}:{name[1]}"
+
+
+def _set_file(spec: SocketSpec) -> None:
+    """A unix socket file's `mode` and `owner`, as the spec says."""
+    if spec.owner is not None:
+        os.chown(spec.unix_path, *spec.owner)
+    if spec.mode is not None:
+        os.chmod(spec.unix_path, spec.mode)
+
+
 class Sockets:
-    """The bound sockets, by name."""
+    """The bound sockets, by name: the config file's, and those added over the bus (`runtime`;
+    zsup/daemon/socket_commands.py), which a reload keeps unless the file now has the name."""
 
     def __init__(self) -> None:
         self._open: dict[str, tuple[SocketSpec, socket.socket]] = {}
+        self.runtime: dict[str, SocketSpec] = {}
 
     def apply(self, specs: list[SocketSpec]) -> list[socket.socket]:
         """Bind what is new or changed, keep what is unchanged. All or nothing: OSError (with
         the socket's name in the message) if one cannot be bound, nothing changed then.
         Returns the sockets no longer wanted: close them (`close_stale`) once the jobs using
         them were updated."""
+        in_file = {spec.name for spec in specs}
+        specs = list(specs) + [spec for name, spec in self.runtime.items() if name not in in_file]
         new: dict[str, tuple[SocketSpec, socket.socket]] = {}
         try:
             for spec in specs:
                 old = self._open.get(spec.name)
-                if old is not None and (old[0].bind, old[0].reuseport) == (spec.bind, spec.reuseport):
+                if old is not None and (old[0].bind, old[0].reuseport, old[0].family) == \
+                        (spec.bind, spec.reuseport, spec.family):
                     # same address: keep the socket (and its queued connections), set the rest
                     if spec.backlog != old[0].backlog:
                         old[1].listen(spec.backlog)
-                    if spec.mode is not None and spec.mode != old[0].mode:
-                        os.chmod(spec.unix_path, spec.mode)
+                    if spec.unix_path and (spec.mode, spec.owner) != (old[0].mode, old[0].owner):
+                        _set_file(spec)
                     new[spec.name] = (spec, old[1])
                     continue
                 try:
@@ -137,7 +224,34 @@ class Sockets:
             raise
         stale = [sock for name, (_, sock) in self._open.items() if new.get(name, (None, None))[1] is not sock]
         self._open = new
+        self.runtime = {name: spec for name, spec in self.runtime.items() if name not in in_file}  # the file wins
         return stale
+
+    def add(self, spec: SocketSpec, manager) -> dict:
+        """Bind one socket at run time and give it to the manager (control thread). Conflict if
+        the name is taken or the address cannot be bound; nothing changed then."""
+        if spec.name in self._open:
+            raise Conflict(f"name: socket {spec.name!r} exists")
+        try:
+            sock = _bind(spec)
+        except OSError as exc:
+            raise Conflict(f"bind: cannot bind {spec.bind}: {exc.strerror or exc}") from None
+        self._open[spec.name] = (spec, sock)
+        self.runtime[spec.name] = spec
+        manager.socket_fds = self.fds()
+        return next(row for row in self.info() if row["name"] == spec.name)
+
+    def remove(self, name: str, manager) -> None:
+        """Close a socket added at run time (control thread): NotFound, or Forbidden for one of
+        the config file. The caller checks first that no loaded job lists it."""
+        if name not in self._open:
+            raise NotFound(f"no socket {name}")
+        if name not in self.runtime:
+            raise Forbidden(f"socket {name} is defined in the config file: remove its [socket:{name}] section")
+        _, sock = self._open.pop(name)
+        del self.runtime[name]
+        manager.socket_fds = self.fds()
+        self.close_stale([sock])
 
     @classmethod
     def open(cls, specs: list[SocketSpec], manager, path: str) -> "Sockets":
@@ -163,7 +277,9 @@ class Sockets:
         return {name: sock.fileno() for name, (_, sock) in self._open.items()}
 
     def info(self) -> list[dict]:
-        return [{"name": name, "bind": spec.bind, "fd": sock.fileno(), "backlog": spec.backlog}
+        return [{"name": name, "bind": spec.bind, "fd": sock.fileno(), "backlog": spec.backlog,
+                 "family": spec.family, "reuseport": spec.reuseport,
+                 "origin": "runtime" if name in self.runtime else "file", "address": _where(sock)}
                 for name, (spec, sock) in self._open.items()]
 
     def close_stale(self, socks: list[socket.socket]) -> None:

@@ -34,6 +34,7 @@ from zsup import __version__
 from zsup.errors import ZsupError
 from zsup.http import gaffer_keys_api, ui_routes
 from zsup.http import plugins as _plugins  # noqa: F401  (registers its routes)
+from zsup.http import sockets_api as _sockets_api  # noqa: F401  (registers its routes)
 from zsup.http import streams as _streams  # noqa: F401  (registers its routes)
 from zsup.http.auth import Authenticator, Throttled, strip_access_token
 from zsup.http.busgate import BusGate

@@ -125,6 +125,8 @@ def job_state(row: dict) -> str:
     if roll.get("phase") in ("rolling", "failed"):
         state += f", rolling restart {roll['phase']} {roll.get('replaced', 0)}/{roll.get('total', 0)}"
         state += f": {roll['reason']}" if roll.get("reason") else ""
+    if row.get("last_limit"):  # zsup/core/resources.py
+        state += f" (restarted: {row['last_limit']['reason']})"
     if row.get("schedule"):
         if state == "scheduled" and row.get("exit_codes"):
             state += f" (exit {','.join('-' if c is None else str(c) for c in row['exit_codes'])})"
