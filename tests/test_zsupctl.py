@@ -120,7 +120,8 @@ def test_status_queries_and_scale(zsupd_factory):
     assert zsupctl(d, "processes", env_state=True).stdout.split() == ["default.dummy", "default.echo"]
     assert zsupctl(d, "sessions").stdout.split() == ["default"]
     assert zsupctl(d, "ping").stdout.strip() == "pong"
-    assert re.fullmatch(r"zsupctl \S+, zsupd \S+ \(bus protocol 1\)\n", zsupctl(d, "version").stdout)
+    assert re.fullmatch(r"zsupctl \S+, zsupd \S+ \(bus protocol 1\)\ncgroups: (active \(.+\)|inactive \(.+\); "
+                        r"jobs are held by process groups)\n", zsupctl(d, "version").stdout)
     assert [int(p) for p in zsupctl(d, "pids", "dummy").stdout.split()] == d.call("pids", name="dummy")
 
     info = zsupctl(d, "info", "dummy").stdout

@@ -277,10 +277,18 @@ def cmd_send(ctl: Ctl) -> int:
 # ------------------------------------------------------------------------------ daemon
 
 
+def _version_text(r: dict) -> str:
+    text = f"zsupctl {__version__}, zsupd {r['version']} (bus protocol {r['protocol']})"
+    cg = r.get("cgroups")
+    if cg is not None:  # whether a job's tree is held by a cgroup or by its process group
+        text += (f"\ncgroups: active ({cg.get('path')})" if cg.get("active")
+                 else f"\ncgroups: inactive ({cg.get('reason')}); jobs are held by process groups")
+    return text
+
+
 def cmd_version(ctl: Ctl) -> int:
     r = ctl.call("version")
-    ctl.emit({"zsupctl": __version__, **r},
-             lambda r: f"zsupctl {__version__}, zsupd {r['version']} (bus protocol {r['protocol']})")
+    ctl.emit({"zsupctl": __version__, **r}, _version_text)
     return 0
 
 
