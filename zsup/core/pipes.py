@@ -32,9 +32,14 @@ LinesCallback = Callable[[Process, OutputStream, int, int, bytes], None]
 
 
 class PipeReader:
-    def __init__(self, loop: Loop, on_lines: LinesCallback):
+    def __init__(self, loop: Loop, on_lines: LinesCallback, batch_in: Loop | None = None):
+        """`batch_in`: the loop whose thread calls `add` (the supervisor's): processes added
+        in one of its turns reach the IO loop in one hand-over at the end of that turn, not
+        one wake-up each (a spawn of hundreds would wake the IO thread hundreds of times)."""
         self.loop = loop
         self.on_lines = on_lines
+        self._batch_in = batch_in
+        self._pending: list[Process] = []
         self._owner: dict[int, tuple[Process, OutputStream]] = {}
         self._stdin: dict[int, bytearray] = {}  # stdin fd -> pending bytes
         self._grown: set[int] = set()
@@ -45,10 +50,24 @@ class PipeReader:
 
     # -- called from any thread ---------------------------------------------------------------
     def add(self, proc: Process) -> None:
-        self.loop.call_soon(self._add, proc)
+        if self._batch_in is None or not self._batch_in.in_loop():
+            self.flush()
+            self.loop.call_soon(self._add, proc)
+            return
+        if not self._pending:
+            self._batch_in.call_soon(self.flush)
+        self._pending.append(proc)
+
+    def flush(self) -> None:
+        """Hand the processes added so far to the IO loop (done at the end of the adding
+        turn, and before any other call about them, so the IO loop sees them in order)."""
+        if self._pending and self._batch_in.in_loop():
+            procs, self._pending = self._pending, []
+            self.loop.call_soon(self._add_all, procs)
 
     def drain(self, proc: Process, then: Callable[[], None]) -> None:
         """Read what the (now dead) process left in its pipes, then call `then`."""
+        self.flush()
         self.loop.call_soon(self._drain, proc, then)
 
     def write(self, proc: Process, data: bytes) -> None:
@@ -58,9 +77,14 @@ class PipeReader:
         self.loop.call_soon(self._write, proc, data)
 
     def close_stdin(self, proc: Process) -> None:
+        self.flush()
         self.loop.call_soon(self._close_stdin, proc)
 
     # -- loop thread only (checked by assert_in_loop) -------------------------------------
+    def _add_all(self, procs: list[Process]) -> None:
+        for proc in procs:
+            self._add(proc)
+
     def _add(self, proc: Process) -> None:
         self.loop.assert_in_loop()
         for fd, stream in proc.out_fds:
