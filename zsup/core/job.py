@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import operator
 import time
 
 from zsup.core.flapping import FlappingState
 from zsup.core.jobspec import JobSpec
 from zsup.core.process import Process, encode_json
 from zsup.core.states import JobState, ProcessState, check_job
+
+_BY_PID = operator.attrgetter("pid")
+
+
+def _proc_json(proc: Process, now: float) -> bytes:
+    """One process of info_json: its cached fragment, with its readiness when it has one."""
+    life = getattr(proc, "life", None)
+    if life is None:
+        return proc.info_json(now)
+    return proc.info_json(now, (life.readiness, life.reason, life.status, life.failures, life.ready_at),
+                          life.info)
 
 
 def life_info(proc: Process) -> dict:
@@ -62,6 +74,12 @@ class Job:
         check_job(self.state, new, self.name)
         self.state = new
 
+    def all_processes(self) -> list[Process]:
+        """Kept-alive and committed processes, by pid (zsup's pids only grow)."""
+        if not self.committed:
+            return list(self.processes.values())
+        return sorted([*self.processes.values(), *self.committed.values()], key=_BY_PID)
+
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
@@ -87,14 +105,13 @@ class Job:
     def info_json(self) -> bytes:
         """`info()` as JSON, built from each process's cached fragment and the config
         encoded once per spec: a job of hundreds of processes costs a join, not a re-encode."""
-        procs = list(self.processes.values()) + list(self.committed.values())
+        procs = self.all_processes()
         if self._config_json[0] is not self.spec:
             self._config_json = (self.spec, encode_json(self.spec.to_dict()))
         head = self._head(procs)
         now = time.time()
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
-                         b",".join([p.info_json(now) if getattr(p, "life", None) is None
-                                    else encode_json(life_info(p)) for p in procs]), b"]}"])
+                         b",".join([_proc_json(p, now) for p in procs]), b"]}"])
 
     def _head(self, procs: list[Process]) -> dict:
         return {
@@ -115,5 +132,5 @@ class Job:
         }
 
     def info(self) -> dict:
-        procs = list(self.processes.values()) + list(self.committed.values())
+        procs = self.all_processes()
         return {**self._head(procs), "processes": [life_info(p) for p in procs], "config": self.spec.to_dict()}

@@ -322,14 +322,17 @@ class Process:
         end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
 
-    def info_json(self, now: float) -> bytes:
+    def info_json(self, now: float, extra_key: tuple = (), extra=None) -> bytes:
         """`info()` encoded as JSON, from a fragment re-encoded only when the process changed
-        (state, exit, output seq); the uptime is the only field formatted per call."""
-        key = (self.state, self.os_pid, self.exit_code, self.committed,
+        (state, exit, output seq, or `extra_key`: what `extra()`, a dict merged in, is made
+        of); the uptime is the only field formatted per call (it goes last)."""
+        key = (self.state, self.os_pid, self.exit_code, self.committed, extra_key,
                *[s.last_seq for s in self.streams.values()])
         if key != self._json_key:
             info = self.info()
             del info["uptime"]
+            if extra is not None:
+                info.update(extra())
             self._json, self._json_key = encode_json(info)[:-1] + b',"uptime":', key
         end = self.ended if self.state == ProcessState.EXITED else now
         return b"%s%.3f}" % (self._json, max(0.0, end - self.started))
