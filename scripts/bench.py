@@ -57,6 +57,27 @@ ROWS = [
     ("fanout", "fan-out: gateway CPU (% of a core)", "gateway_cpu_pct", "%", None, None, 0),
 ]
 
+# The targets of issue 14 (scenario, metric) -> (at most / at least, value). They live here,
+# in the bench, never in a timed test: the table says whether zsup's median met each.
+TARGETS = {
+    ("spawn", "start_s"): ("≤", 0.22),
+    ("spawn", "start_cmd_s"): ("≤", 0.16),
+    ("spawn", "stop_s"): ("≤", 0.025),
+    ("output", "lines_per_s"): ("≥", 60.0),
+    ("control", "info_p99_ms"): ("≤", 1.0),
+}
+
+
+def target_cell(scen: str, metric: str, vals: list[float]) -> str:
+    if (scen, metric) not in TARGETS:
+        return "–"
+    op, goal = TARGETS[(scen, metric)]
+    if not vals:
+        return f"{op} {goal:g}"
+    med = statistics.median(vals)
+    met = med <= goal if op == "≤" else med >= goal
+    return f"{op} {goal:g} {'met' if met else 'not met'}"
+
 
 def machine() -> dict:
     model = platform.processor()
@@ -74,7 +95,8 @@ def machine() -> dict:
     return {"nproc": os.cpu_count(), "cpu": model, "python": platform.python_version(),
             "kernel": platform.release(), "circus": versions[0] if versions else "?",
             "supervisor": versions[1] if len(versions) > 1 else "?", "quick": bl.QUICK,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "load_start": [round(x, 1) for x in os.getloadavg()]}
 
 
 def run_scenario(name: str) -> dict:
@@ -143,12 +165,15 @@ def why_missing(result: dict, key: str) -> str | None:
 def table(results: dict, info: dict) -> str:
     lines = [f"# zsup benchmark ({'quick' if info['quick'] else 'full'} run)", "",
              f"Machine: {info['nproc']} cores, {info['cpu']}, Linux {info['kernel']}, Python {info['python']}; "
-             f"circus {info['circus']}, supervisor {info['supervisor']}; {info['date']}.", "",
+             f"circus {info['circus']}, supervisor {info['supervisor']}; {info['date']}. Load average (1, 5, "
+             f"15 min) {info['load_start']} at the start, {info.get('load_end', '?')} at the end: other work on the "
+             "machine slows every column, the machine limit included.", "",
              "Medians of the rounds, (min–max) when there were several. Ratios are zsup's median over "
              "the other's: below 1 is better for zsup in times, latencies, memory and CPU; above 1 is "
              "better for zsup in lines/s.", "",
-             "| scenario | unit | zsup | circus | supervisord | machine limit | zsup/circus | zsup/supervisord |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| scenario | unit | zsup | circus | supervisord | machine limit | zsup/circus | zsup/supervisord "
+             "| zsup/machine | target |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     notes = []
     for scen, label, metric, unit, ckey, skey, dec in ROWS:
         res = results.get(scen, {})
@@ -170,7 +195,7 @@ def table(results: dict, info: dict) -> str:
                 if reason and f"{scen} {key}: {reason}" not in notes:
                     notes.append(f"{scen} {key}: {reason}")
         lines.append(f"| {label} | {unit} | {zc} | {cell(c, dec)} | {cell(s, dec)} | {cell(lim, dec)} | "
-                     f"{ratio(z, c)} | {ratio(z, s)} |")
+                     f"{ratio(z, c)} | {ratio(z, s)} | {ratio(z, lim)} | {target_cell(scen, metric, z)} |")
     if notes:
         lines += ["", "Not measured:", ""] + [f"- {n}" for n in notes]
     lines += ["", "How each number is measured: docs/performance.md. Raw numbers: latest.json.", ""]
@@ -185,6 +210,7 @@ def main() -> int:
     bl.progress(f"{'quick' if bl.QUICK else 'full'} run on {info['nproc']} cores, {info['cpu']}")
     only = [a for a in sys.argv[1:] if a in SCENARIOS] or SCENARIOS
     results = {name: run_scenario(name) for name in only}
+    info["load_end"] = [round(x, 1) for x in os.getloadavg()]
     text = table(results, info)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json.tmp"), "w") as f:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -47,7 +46,9 @@ def setup_logging(verbose: int, log_file: str | None) -> None:
     level = log_level(verbose)
     if log_file:
         # a server's own log follows the rules of the jobs' logs: bounded, rotated, reopenable
-        handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=10)
+        from logging.handlers import RotatingFileHandler  # only for a log file
+
+        handler = RotatingFileHandler(log_file, maxBytes=10_000_000, backupCount=10)
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))

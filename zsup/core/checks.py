@@ -17,8 +17,6 @@ import math
 import re
 import socket
 import subprocess
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
@@ -93,6 +91,9 @@ def parse_check(option: str, value, kinds: tuple[str, ...] = KINDS) -> Check | N
 def run_probe(check: Check, timeout: float, env: dict | None = None, cwd: str | None = None) -> str | None:
     """One try of a tcp, http or cmd check: None if it passed, else why not. Blocks up to
     about `timeout` seconds (worker threads only)."""
+    import urllib.error  # here: urllib.request and http.client cost a start without http checks
+    import urllib.request
+
     timeout = max(0.05, timeout)
     try:
         if check.kind == "tcp":

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import operator
 import time
 
 from zsup.core.flapping import FlappingState
 from zsup.core.jobspec import JobSpec
 from zsup.core.process import Process, encode_json
 from zsup.core.states import JobState, ProcessState, check_job
+
+_BY_PID = operator.attrgetter("pid")
+
+
+def _proc_json(proc: Process, now: float) -> bytes:
+    """One process of info_json: its cached fragment, with its readiness when it has one."""
+    life = getattr(proc, "life", None)
+    if life is None:
+        return proc.info_json(now)
+    return proc.info_json(now, (life.readiness, life.reason, life.status, life.failures, life.ready_at),
+                          life.info)
 
 
 def life_info(proc: Process) -> dict:
@@ -64,11 +76,10 @@ class Job:
         self.state = new
 
     def all_processes(self) -> list[Process]:
-        """Kept-alive and one-shot processes in pid order (each dict already is: pids grow)."""
-        procs = [*self.processes.values(), *self.committed.values()]
-        if self.processes and self.committed:
-            procs.sort(key=lambda p: p.pid)
-        return procs
+        """Kept-alive and committed processes, by pid (zsup's pids only grow)."""
+        if not self.committed:
+            return list(self.processes.values())
+        return sorted([*self.processes.values(), *self.committed.values()], key=_BY_PID)
 
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
@@ -101,8 +112,7 @@ class Job:
         head = self._head(procs)
         now = time.time()
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
-                         b",".join([p.info_json(now) if getattr(p, "life", None) is None
-                                    else encode_json(life_info(p)) for p in procs]), b"]}"])
+                         b",".join([_proc_json(p, now) for p in procs]), b"]}"])
 
     def _head(self, procs: list[Process]) -> dict:
         return {

@@ -86,7 +86,7 @@ class Manager(Supervision):
         self.subreaper = subreaper
         self._loop = Loop("zsup-supervisor")
         self._io = Loop("zsup-io")
-        self._pipes = PipeReader(self._io, self._on_lines)
+        self._pipes = PipeReader(self._io, self._on_lines, batch_in=self._loop)
         self._jobs: dict[str, Job] = {}
         self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
         self._exited: OrderedDict[int, Process] = OrderedDict()

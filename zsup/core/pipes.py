@@ -32,9 +32,13 @@ LinesCallback = Callable[[Process, OutputStream, int, int, bytes], None]
 
 
 class PipeReader:
-    def __init__(self, loop: Loop, on_lines: LinesCallback):
+    def __init__(self, loop: Loop, on_lines: LinesCallback, batch_in: Loop | None = None):
+        """`batch_in`: the loop whose thread calls add, drain, write and close_stdin (the
+        supervisor's): see `_post`."""
         self.loop = loop
         self.on_lines = on_lines
+        self._batch_in = batch_in
+        self._pending: list[tuple[Callable, tuple]] = []
         self._owner: dict[int, tuple[Process, OutputStream]] = {}
         self._stdin: dict[int, bytearray] = {}  # stdin fd -> pending bytes
         self._grown: set[int] = set()
@@ -44,23 +48,49 @@ class PipeReader:
         self._bufs = [self._buf]
 
     # -- called from any thread ---------------------------------------------------------------
+    def _post(self, fn: Callable, *args) -> None:
+        """Run fn(*args) on the IO loop. Called on the `batch_in` loop's thread, the call
+        waits, in order with the others, for the end of that loop's turn, and they all go
+        over in one hand-over (a spawn or a stop of hundreds would otherwise wake the IO
+        thread once per process)."""
+        batch_in = self._batch_in
+        if batch_in is None or not batch_in.in_loop():
+            self.loop.call_soon(fn, *args)
+            return
+        if not self._pending:
+            batch_in.call_soon(self.flush)
+        self._pending.append((fn, args))
+
+    def flush(self) -> None:
+        """Hand what `_post` kept to the IO loop (the `batch_in` loop's thread only)."""
+        if self._pending:
+            calls, self._pending = self._pending, []
+            self.loop.call_soon(self._run_all, calls)
+
     def add(self, proc: Process) -> None:
-        self.loop.call_soon(self._add, proc)
+        self._post(self._add, proc)
 
     def drain(self, proc: Process, then: Callable[[], None]) -> None:
         """Read what the (now dead) process left in its pipes, then call `then`."""
-        self.loop.call_soon(self._drain, proc, then)
+        self._post(self._drain, proc, then)
 
     def write(self, proc: Process, data: bytes) -> None:
         pending = sum(len(b) for b in list(self._stdin.values()))
         if pending + len(data) > STDIN_BUFFER_LIMIT:
             raise Conflict(f"stdin of process {proc.pid} is not being read: buffer full")
-        self.loop.call_soon(self._write, proc, data)
+        self._post(self._write, proc, data)
 
     def close_stdin(self, proc: Process) -> None:
-        self.loop.call_soon(self._close_stdin, proc)
+        self._post(self._close_stdin, proc)
 
     # -- loop thread only (checked by assert_in_loop) -------------------------------------
+    def _run_all(self, calls: list[tuple[Callable, tuple]]) -> None:
+        for fn, args in calls:
+            try:
+                fn(*args)
+            except Exception:  # one bad call must not lose the others (as Loop._guard)
+                log.exception("IO loop: %r failed", fn)
+
     def _add(self, proc: Process) -> None:
         self.loop.assert_in_loop()
         for fd, stream in proc.out_fds:

@@ -15,6 +15,7 @@ Why it spawns the way it does:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -50,8 +51,26 @@ class SpawnError(ZsupError):
     code = "conflict"
 
 
+# zsupd's own environment, decoded once (os.environ decodes every item on each read): kept
+# with the raw bytes it came from, and read again only when those changed.
+_environ: tuple[dict, dict] = ({}, {})
+# shutil.which's answers for a second (it stats every PATH entry): a job of hundreds looks
+# its program up once. A program gone since makes the exec fail (a clear SpawnError anyway).
+# Supervisor thread only.
+_which: dict[tuple, tuple[float, str | None]] = {}
+WHICH_TTL = 1.0
+
+
+def _os_environ() -> dict:
+    global _environ
+    raw = os.environ._data  # noqa: SLF001 - the bytes behind os.environ, compared in C
+    if raw != _environ[0]:
+        _environ = (dict(raw), dict(os.environ))
+    return _environ[1]
+
+
 def build_env(spec: JobSpec, extra: dict | None = None) -> dict:
-    env = dict(os.environ) if spec.os_env else {}
+    env = dict(_os_environ()) if spec.os_env else {}
     env.update(spec.env)
     if extra:
         env.update({str(k): str(v) for k, v in extra.items()})
@@ -71,12 +90,17 @@ def build_argv(spec: JobSpec, env: dict) -> list[str]:
         return ["/bin/sh", "-c", line]
     cmd = substitute(spec.cmd, env)
     try:
-        argv = shlex.split(cmd) + args
+        argv = list(_split(cmd)) + args
     except ValueError as exc:
         raise SpawnError(f"cmd: {exc}") from None
     if not argv:
         raise SpawnError("cmd: empty command")
     return argv
+
+
+@functools.lru_cache(maxsize=256)
+def _split(cmd: str) -> tuple[str, ...]:
+    return tuple(shlex.split(cmd))
 
 
 def find_executable(program: str, env: dict, cwd: str | None) -> str:
@@ -86,7 +110,17 @@ def find_executable(program: str, env: dict, cwd: str | None) -> str:
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return program
         raise SpawnError(f"cannot execute {program!r}: not an executable file")
-    found = shutil.which(program, path=env.get("PATH", os.defpath))
+    key = (program, env.get("PATH", os.defpath), cwd)
+    now = time.monotonic()
+    hit = _which.get(key)
+    if hit is not None and now - hit[0] < WHICH_TTL:
+        found = hit[1]
+    else:
+        if len(_which) > 256:
+            _which.clear()
+        found = shutil.which(program, path=key[1])
+        if found:  # a miss is looked up again next time (the program may be installed since)
+            _which[key] = (now, found)
     if not found:
         raise SpawnError(f"cannot execute {program!r}: not found in PATH")
     return found
@@ -288,14 +322,17 @@ class Process:
         end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
 
-    def info_json(self, now: float) -> bytes:
+    def info_json(self, now: float, extra_key: tuple = (), extra=None) -> bytes:
         """`info()` encoded as JSON, from a fragment re-encoded only when the process changed
-        (state, exit, output seq); the uptime is the only field formatted per call."""
-        key = (self.state, self.os_pid, self.exit_code, self.committed,
+        (state, exit, output seq, or `extra_key`: what `extra()`, a dict merged in, is made
+        of); the uptime is the only field formatted per call (it goes last)."""
+        key = (self.state, self.os_pid, self.exit_code, self.committed, extra_key,
                *[s.last_seq for s in self.streams.values()])
         if key != self._json_key:
             info = self.info()
             del info["uptime"]
+            if extra is not None:
+                info.update(extra())
             self._json, self._json_key = encode_json(info)[:-1] + b',"uptime":', key
         end = self.ended if self.state == ProcessState.EXITED else now
         return b"%s%.3f}" % (self._json, max(0.0, end - self.started))

@@ -32,6 +32,30 @@ except ImportError:  # not built: spawn through setpriv
 STDIN_NULL, INHERIT, SAME_AS_STDOUT = -1, -2, -3
 
 
+# KEY=VALUE bytes by (key, value), checked once: the children of a job share nearly all of
+# their environment, and encoding it item by item was a good part of a spawn's Python time.
+_envp: dict[tuple[str, str], bytes] = {}
+
+
+def _encode_env(env: dict) -> list[bytes]:
+    envp = []
+    cache = _envp
+    for item in env.items():
+        entry = cache.get(item)
+        if entry is None:
+            key, value = item
+            if "=" in key or not key:
+                raise OSError(errno.EINVAL, f"illegal environment variable name {key!r}")
+            entry = os.fsencode(f"{key}={value}")
+            if b"\0" in entry:
+                raise OSError(errno.EINVAL, "embedded null byte in the command or environment")
+            if len(cache) > 4096:
+                cache.clear()
+            cache[item] = entry
+        envp.append(entry)
+    return envp
+
+
 def available() -> bool:
     return _spawn is not None
 
@@ -52,13 +76,9 @@ def spawn(exe: str, argv: list[str], env: dict, cwd: str | None, stdio: tuple[in
     `fds`, (fd, target) pairs passed on at target numbers from 3 (listening sockets). None
     or empty keeps what zsupd has. OSError if a step before the exec failed (the child has
     then exited and been reaped; `strerror` names the step unless it was the exec)."""
-    envp = []
-    for key, value in env.items():
-        if "=" in key or not key:
-            raise OSError(errno.EINVAL, f"illegal environment variable name {key!r}")
-        envp.append(os.fsencode(f"{key}={value}"))
+    envp = _encode_env(env)
     args = [os.fsencode(a) for a in argv]
-    if any(b"\0" in a for a in args) or any(b"\0" in e for e in envp):
+    if any(b"\0" in a for a in args):
         raise OSError(errno.EINVAL, "embedded null byte in the command or environment")
     return _spawn.spawn(os.fsencode(exe), args, envp, None if cwd is None else os.fsencode(cwd), stdio,
                         setsid, setpgid, pdeathsig, -1 if uid is None else uid, -1 if gid is None else gid,

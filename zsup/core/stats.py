@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 from zsup.bus.topics import stats_topic, topic_matches
 
@@ -27,6 +29,8 @@ class PsCache:
         with self._lock:
             proc = self._procs.get(key)
             if proc is None:
+                import psutil  # at the first sample, not at zsupd's start
+
                 proc = psutil.Process(os_pid)
                 proc.cpu_percent(None)  # first call primes the counter
                 self._procs[key] = proc
@@ -60,6 +64,8 @@ def one_stats(proc: psutil.Process) -> dict:
 
 def process_tree_stats(cache: PsCache, process) -> dict:
     """Stats of one zsup process and of each of its children (recursively)."""
+    import psutil
+
     try:
         ps = cache.get(process.os_pid, process.started)
         out = one_stats(ps)

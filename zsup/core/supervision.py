@@ -158,14 +158,15 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             self._stop_proc(proc, "scale")  # the oldest go first
         missing = wanted - len(running) - len(job.finished) - job.hook_starts
         deadline = time.monotonic() + SPAWN_SLICE
-        for done in range(min(missing, SPAWN_BATCH)):
-            if self._spawn_hooked(job) is None:
-                return
-            if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
-                missing -= done + 1
-                break
-        else:
-            missing -= SPAWN_BATCH
+        with self.events.held():  # a slice's events go out in one burst (zsup/core/events.py)
+            for done in range(min(missing, SPAWN_BATCH)):
+                if self._spawn_hooked(job) is None:
+                    return
+                if done + 1 >= SPAWN_MIN and time.monotonic() > deadline:
+                    missing -= done + 1
+                    break
+            else:
+                missing -= SPAWN_BATCH
         if missing > 0:  # the rest in the next turn, after what queued meanwhile
             self._loop.call_soon(self._manage_rest, job)
 

@@ -181,10 +181,10 @@ def _optional(check: Callable) -> Callable:
 
 
 def _etcd_urls(value):
+    if _blank(value) or value == []:
+        return []  # before the import: http.client and ssl cost every start without a registry
     from zsup.lookup.etcd import parse_etcd_urls  # checks the form only; no client is made
 
-    if _blank(value) or value == []:
-        return []
     try:
         parse_etcd_urls(value)
     except ValueError as exc:

@@ -17,8 +17,6 @@ import sys
 import threading
 import time
 
-import psutil
-
 from zsup.bus import curve as curvekeys
 from zsup.bus import topics
 from zsup.bus.server import BusServer
@@ -313,6 +311,7 @@ class Daemon:
         jobs when these are loaded; the other records are dropped."""
         found = []
         for record in self.store.detached():
+            import psutil  # here, not at the top: a start with no record never loads it
             try:
                 same = abs(psutil.Process(record["os_pid"]).create_time() - record["create_time"]) < 0.05
             except psutil.Error:
@@ -337,6 +336,7 @@ class Daemon:
             self.store.defer(self.store.forget_detached, os_pid)
 
     def _save_detached(self, job: str, os_pid: int, started: float) -> None:
+        import psutil
         try:
             create_time = psutil.Process(os_pid).create_time()
         except psutil.Error:

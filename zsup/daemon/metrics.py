@@ -19,8 +19,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import psutil
-
 from zsup import __version__
 from zsup.bus.schema import COMMANDS
 
@@ -153,6 +151,8 @@ class DaemonMetrics:
 
 def _process(os_pid: int) -> dict | None:
     """CPU seconds, RSS, open fds and start time of one OS process; None once it is gone."""
+    import psutil  # when metrics are asked for, not at zsupd's start
+
     try:
         p = psutil.Process(os_pid)
         with p.oneshot():

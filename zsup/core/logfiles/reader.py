@@ -4,7 +4,6 @@ seq inferred, from a time on or the last N lines."""
 from __future__ import annotations
 
 import calendar
-import gzip
 import heapq
 import json
 import os
@@ -31,6 +30,8 @@ class _OpenLog:
         self.raw.seek(0)
         stream: BinaryIO = self.raw
         if self.name.endswith(".gz"):
+            import gzip  # only for a rotated, gzipped file (not at zsupd's start)
+
             stream = gzip.GzipFile(fileobj=self.raw, mode="rb")  # type: ignore[assignment]
         rest = b""
         try:
@@ -41,7 +42,7 @@ class _OpenLog:
                 parts = (rest + chunk).split(b"\n")
                 rest = parts.pop()
                 yield from parts
-        except (EOFError, OSError, gzip.BadGzipFile) as exc:
+        except (EOFError, OSError) as exc:  # gzip.BadGzipFile is an OSError
             log.warning("log file %s ends early: %s", self.name, exc)
 
     def first_time(self) -> float | None:

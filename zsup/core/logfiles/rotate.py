@@ -4,7 +4,6 @@ and the writer's housekeeping (files moved or folders deleted behind its back, i
 from __future__ import annotations
 
 import errno
-import gzip
 import os
 import re
 import shutil
@@ -143,6 +142,8 @@ class Rotation:
             try:
                 st = os.fstat(fin.fileno())
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, st.st_mode & 0o777)
+                import gzip  # at the first rotation, not at zsupd's start
+
                 with open(fd, "wb") as raw, gzip.GzipFile(
                     filename=os.path.basename(src), mode="wb", fileobj=raw, mtime=int(st.st_mtime)
                 ) as gz:
