@@ -155,6 +155,7 @@ class Story:
         self.bin = os.path.dirname(sys.executable)
         self.zsupd = None
         self._log = None
+        self.times: list[tuple[str, float]] = []  # (block, seconds), for a slow story
 
     def prepare(self) -> None:
         etc = os.path.join(self.dir, "etc")
@@ -204,6 +205,7 @@ class Story:
                     f"trap 'export -p > {self.env_file}' EXIT\nset -e\n")
             f.write(substitute(block.text, self.ports))
         out_path = os.path.join(self.dir, ".docs-block.out")
+        started = time.monotonic()
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(["bash", "--noprofile", "--norc", script], cwd=self.dir, env=self.env,
                                     stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -217,6 +219,7 @@ class Story:
             finally:
                 _kill_group(proc.pid)
                 proc.wait()
+        self.times.append((block.where, time.monotonic() - started))
         with open(out_path, errors="replace") as f:
             output = f.read()
         if timed_out and block.runs_for is None:

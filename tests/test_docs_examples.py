@@ -22,12 +22,18 @@ def test_examples_run(name, tmp_path):
         pytest.skip(f"{name} has no runnable example")
     story = Story(tmp_path)
     story.prepare()
+    failure = None
     try:
         story.start()
         for block in blocks:
             story.run(block)
+    except DocsError as e:
+        failure = str(e)
     finally:
         story.stop()
+        print("\n".join(f"{where}: {seconds:.1f} s" for where, seconds in story.times))
+    if failure:  # the file, line, block and output say it all: no traceback
+        pytest.fail(failure, pytrace=False)
 
 
 def test_one_convention_for_shell_examples():
