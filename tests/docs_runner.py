@@ -12,7 +12,7 @@ Markers: HTML comments on the lines just before a block's fence (blank lines all
     <!-- docs: exit N -->             the block must end with status N, not 0
     <!-- docs: timeout SECONDS -->    its deadline (default BLOCK_TIMEOUT)
     <!-- docs: runs-for SECONDS -->   a command that does not end by itself: stopped after
-                                      that long, which counts as success
+                                      that long (SIGINT, as Ctrl-C), which counts as success
 Every block's process group is killed when it ends, so nothing it left behind outlives it.
 """
 
@@ -167,8 +167,12 @@ class Story:
             f.write(text)
         os.symlink(os.path.dirname(self.bin), os.path.join(self.dir, ".venv"))
         os.mkdir(self.state_dir, 0o700)
+        # curl as the docs use it, but failing on an HTTP error (exit 22, the body still
+        # shown), quiet about progress, and each answer on a line of its own
+        with open(os.path.join(self.dir, ".curlrc"), "w") as f:
+            f.write('fail-with-body\nsilent\nshow-error\nconnect-timeout = 5\nwrite-out = "\\n"\n')
         self.env = dict(os.environ, PATH=self.bin + os.pathsep + os.environ.get("PATH", ""),
-                        ZSUP_STATE_DIR=self.state_dir, PYTHONUNBUFFERED="1")
+                        ZSUP_STATE_DIR=self.state_dir, PYTHONUNBUFFERED="1", CURL_HOME=self.dir)
         self.env.pop("VIRTUAL_ENV", None)
 
     def start(self, timeout: float = 20) -> None:
@@ -183,7 +187,7 @@ class Story:
         while True:
             if self.zsupd.poll() is not None:
                 raise DocsError(f"zsupd exited with {self.zsupd.returncode}:\n{self.log()}")
-            done = subprocess.run(["curl", "-sf", "-m", "1", url], capture_output=True)
+            done = subprocess.run(["curl", "-q", "-sf", "-m", "1", url], capture_output=True)
             if done.returncode == 0:
                 return
             if time.monotonic() > deadline:
@@ -216,6 +220,12 @@ class Story:
                 timed_out = False
             except subprocess.TimeoutExpired:
                 timed_out = True
+                if block.runs_for is not None:  # Ctrl-C, as a reader would stop it
+                    _kill_group(proc.pid, signal.SIGINT)
+                    try:
+                        proc.wait(3)
+                    except subprocess.TimeoutExpired:
+                        pass
             finally:
                 _kill_group(proc.pid)
                 proc.wait()
@@ -255,9 +265,9 @@ class Story:
         self._log.close()
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):
         pass
 
