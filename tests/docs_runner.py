@@ -4,7 +4,7 @@ A file's ```sh blocks run in order, each with `bash -e` in one scratch folder th
 copy of etc/ (its ports replaced, see PORTS) and a `.venv` link to the running virtualenv,
 with that virtualenv's bin on PATH and ZSUP_STATE_DIR=./.run. A zsupd started from the copy
 of etc/zsup.ini (as `make run` does, gateway included) serves the whole file. Exported
-variables carry from one block to the next.
+variables and the current folder carry from one block to the next, as in one terminal.
 
 Markers: HTML comments on the lines just before a block's fence (blank lines allowed):
     <!-- docs: skip REASON -->        not run (it cannot run here); the reason is required
@@ -205,8 +205,10 @@ class Story:
         """Run one block; its output, or DocsError naming the block, its status and output."""
         script = os.path.join(self.dir, ".docs-block.sh")
         with open(script, "w") as f:
+            # what a terminal keeps from one command to the next: exports and the folder
             f.write(f"[ -f {self.env_file} ] && . {self.env_file}\n"
-                    f"trap 'export -p > {self.env_file}' EXIT\nset -e\n")
+                    f"trap '{{ export -p; echo \"cd $(printf %q \"$PWD\")\"; }} > {self.env_file}' EXIT\n"
+                    "set -e\n")
             f.write(substitute(block.text, self.ports))
         out_path = os.path.join(self.dir, ".docs-block.out")
         started = time.monotonic()
