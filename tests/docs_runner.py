@@ -33,8 +33,9 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_TIMEOUT = 20.0
 # The ports the docs and etc/zsup.ini use, replaced (as whole numbers) by free ones: the
-# gateway, zsup-lookupd, and the `web` example server (its instances take the next ones).
-PORTS = (5000, 5010, 8000)
+# gateway, zsup-lookupd, the `web` example server (its instances take the next ones), and
+# another server's.
+PORTS = (5000, 5010, 8000, 8080)
 MARKER = re.compile(r"^<!--\s*docs:\s*(\S+)\s*(.*?)\s*-->\s*$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 KEYS = {"skip", "expect", "exit", "timeout", "runs-for"}
@@ -149,7 +150,7 @@ class Story:
 
     def __init__(self, tmp_path):
         self.dir = str(tmp_path)
-        self.ports = {5000: free_port(), 5010: free_port(), 8000: free_port(span=10)}
+        self.ports = {5000: free_port(), 5010: free_port(), 8000: free_port(span=10), 8080: free_port()}
         self.state_dir = os.path.join(self.dir, ".run")
         self.env_file = os.path.join(self.dir, ".docs-env")
         self.bin = os.path.dirname(sys.executable)
