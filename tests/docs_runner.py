@@ -13,7 +13,9 @@ Markers: HTML comments on the lines just before a block's fence (blank lines all
     <!-- docs: timeout SECONDS -->    its deadline (default BLOCK_TIMEOUT)
     <!-- docs: runs-for SECONDS -->   a command that does not end by itself: stopped after
                                       that long (SIGINT, as Ctrl-C), which counts as success
-Every block's process group is killed when it ends, so nothing it left behind outlives it.
+What a block starts in the background (`cmd &`) runs on for the next blocks, as in a terminal;
+every block's process group is killed at the end of the story (at once for a block that ran
+out of time), and zsupd is stopped, so nothing outlives the test.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class Story:
         self.zsupd = None
         self._log = None
         self.times: list[tuple[str, float]] = []  # (block, seconds), for a slow story
+        self.groups: list[int] = []  # process groups of blocks that ended, killed by stop()
 
     def prepare(self) -> None:
         etc = os.path.join(self.dir, "etc")
@@ -211,7 +214,8 @@ class Story:
                     f"trap '{{ export -p; echo \"cd $(printf %q \"$PWD\")\"; }} > {self.env_file}' EXIT\n"
                     "set -e\n")
             f.write(substitute(block.text, self.ports))
-        out_path = os.path.join(self.dir, ".docs-block.out")
+        # one file per block: what a block left in the background may still write to its own
+        out_path = os.path.join(self.dir, f".docs-block-{len(self.times) + 1}.out")
         started = time.monotonic()
         with open(out_path, "wb") as out:
             proc = subprocess.Popen(["bash", "--noprofile", "--norc", script], cwd=self.dir, env=self.env,
@@ -230,7 +234,10 @@ class Story:
                     except subprocess.TimeoutExpired:
                         pass
             finally:
-                _kill_group(proc.pid)
+                if timed_out:
+                    _kill_group(proc.pid)
+                else:  # what it started with `&` runs on, as in a terminal, until stop()
+                    self.groups.append(proc.pid)
                 proc.wait()
         self.times.append((block.where, time.monotonic() - started))
         with open(out_path, errors="replace") as f:
@@ -246,6 +253,8 @@ class Story:
         return output
 
     def stop(self) -> None:
+        for pgid in self.groups:
+            _kill_group(pgid)
         if self.zsupd is None:
             return
         try:

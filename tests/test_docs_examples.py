@@ -84,3 +84,4 @@ def test_a_failing_or_hanging_block_fails_naming_its_line(tmp_path):
     assert "tick" in story.run(bounded)
     with pytest.raises(DocsError, match=rf"does not match(.|\n)*:{story.ports[5000]}"):
         story.run(expecting)
+    story.stop()
