@@ -7,8 +7,11 @@ zsupctl` runs one file's examples.
 
 import os
 import re
+import subprocess
+import sys
 
 import pytest
+from conftest import wait_for
 from docs_runner import ROOT, DocsError, Story, extract, markdown_files
 
 FILES = markdown_files()
@@ -85,3 +88,56 @@ def test_a_failing_or_hanging_block_fails_naming_its_line(tmp_path):
     with pytest.raises(DocsError, match=rf"does not match(.|\n)*:{story.ports[5000]}"):
         story.run(expecting)
     story.stop()
+
+
+def _make(tmp_path, *args):
+    return subprocess.run(["make", "-s", "--no-print-directory", "-C", str(tmp_path), "-f",
+                           os.path.join(ROOT, "Makefile"), *args], capture_output=True, text=True, timeout=90)
+
+
+def _start_zsupd(tmp_path, state_dir):
+    """zsupd as `make run` starts it (a pidfile in its state dir), with one job."""
+    os.makedirs(state_dir, mode=0o700)
+    config = tmp_path / "zsup.ini"
+    config.write_text("[process:sleeper]\ncmd = sleep 1000\n")
+    pidfile = os.path.join(state_dir, "zsupd.pid")
+    proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "zsupd"), "-c", str(config),
+                             "--state-dir", state_dir, "--pidfile", pidfile],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(lambda: os.path.exists(pidfile) and os.path.getsize(pidfile), message="zsupd's pidfile")
+    return proc
+
+
+def test_make_stop_stops_the_zsupd_of_make_run(tmp_path):
+    state_dir = str(tmp_path / "run")
+    proc = _start_zsupd(tmp_path, state_dir)
+    try:
+        done = _make(tmp_path, "stop", f"STATE_DIR={state_dir}")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert done.stdout.splitlines() == [f"zsupd (pid {proc.pid}) is stopping", "zsupd stopped"]
+        assert proc.poll() == 0
+        again = _make(tmp_path, "stop", f"STATE_DIR={state_dir}")
+        assert again.returncode == 0 and again.stdout.startswith("no zsupd from make run is running")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def test_make_clean_forgets_run_time_state_and_says_so(tmp_path):
+    """`make clean` removes .run (make run's state dir) with the virtualenvs, and says what it
+    means; it refuses while that zsupd runs. Run in a scratch folder, never in the checkout."""
+    state_dir = str(tmp_path / ".run")
+    proc = _start_zsupd(tmp_path, state_dir)
+    try:
+        refused = _make(tmp_path, "clean")
+        assert refused.returncode != 0 and f"zsupd (pid {proc.pid}) from make run is running" in refused.stdout
+        assert os.path.isdir(state_dir)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    os.makedirs(tmp_path / ".venv")
+    done = _make(tmp_path, "clean")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not os.path.exists(state_dir) and not os.path.exists(tmp_path / ".venv")
+    assert "run-time state is forgotten" in done.stdout
