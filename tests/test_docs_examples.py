@@ -7,6 +7,7 @@ zsupctl` runs one file's examples.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,16 @@ from conftest import wait_for
 from docs_runner import ROOT, DocsError, Story, extract, markdown_files
 
 FILES = markdown_files()
+TOOLS = ("bash", "curl", "jq", "openssl", "tar")  # what the examples use besides zsup's own
+
+
+def _need_tools():
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        message = f"the docs' examples need {', '.join(missing)} (apt-get install {' '.join(missing)})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; CI must run them")
+        pytest.skip(message)
 
 
 @pytest.mark.timeout(150)
@@ -23,6 +34,7 @@ def test_examples_run(name, tmp_path):
     blocks = [b for b in extract(os.path.join(ROOT, name)) if b.skip is None]
     if not blocks:
         pytest.skip(f"{name} has no runnable example")
+    _need_tools()
     story = Story(tmp_path)
     story.prepare()
     failure = None
@@ -40,8 +52,8 @@ def test_examples_run(name, tmp_path):
 
 
 def test_one_convention_for_shell_examples():
-    """Shell examples are ```sh blocks: no ```bash, ```console or ```shell, and no unlabeled
-    block of `$ command` lines the runner would not see."""
+    """Shell examples are ```sh blocks of commands as typed: no ```bash, ```console or
+    ```shell, no unlabeled block of `$ command` lines the runner would not see, no prompts."""
     wrong = []
     for name in FILES:
         with open(os.path.join(ROOT, name), encoding="utf-8") as f:
@@ -57,6 +69,8 @@ def test_one_convention_for_shell_examples():
                     inside = None
             elif inside is not None and inside[1] in ("", "text") and re.match(r"\$ \w", line):
                 wrong.append(f"{name}:{n}: a `$ command` line in a ```{inside[1]} block (use ```sh)")
+            elif inside is not None and inside[1] == "sh" and re.match(r"\$ \w", line):
+                wrong.append(f"{name}:{n}: a `$ ` prompt in a ```sh block (commands as typed; output in ```text)")
     assert not wrong, "\n".join(wrong)
 
 
