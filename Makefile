@@ -71,11 +71,21 @@ run: $(STAMP)
 	@mkdir -p -m 700 $(STATE_DIR)
 	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) --pidfile $(STATE_DIR)/zsupd.pid -v
 
-# Stops the zsupd that `make run` started (SIGTERM: its jobs get their graceful stop).
+# The pid of the zsupd that `make run` started, if it still runs: its pidfile, and a process
+# of that pid that is a zsupd (a stale pidfile's pid may belong to anything by now).
+run_pid = pid=$$(cat $(1)/zsupd.pid 2>/dev/null); \
+	case "$$(ps -o args= -p "$$pid" 2>/dev/null)" in *zsupd*) ;; *) pid=;; esac
+
+# Stops the zsupd that `make run` started (SIGTERM: its jobs get their graceful stop, up to
+# their graceful_timeout) and waits until it is gone.
 stop:
-	@if [ -f $(STATE_DIR)/zsupd.pid ] && kill -0 $$(cat $(STATE_DIR)/zsupd.pid) 2>/dev/null; then \
-		kill -TERM $$(cat $(STATE_DIR)/zsupd.pid) && echo "zsupd (pid $$(cat $(STATE_DIR)/zsupd.pid)) is stopping"; \
-	else echo "no zsupd from make run is running ($(STATE_DIR)/zsupd.pid)"; fi
+	@$(call run_pid,$(STATE_DIR)); \
+	if [ -z "$$pid" ]; then echo "no zsupd from make run is running ($(STATE_DIR)/zsupd.pid)"; exit 0; fi; \
+	kill -TERM $$pid && echo "zsupd (pid $$pid) is stopping"; \
+	alive() { case "$$(ps -o stat= -p $$pid 2>/dev/null)" in ""|Z*) return 1;; esac; }; \
+	n=0; while alive && [ $$n -lt 600 ]; do sleep 0.1; n=$$((n + 1)); done; \
+	if alive; then echo "zsupd (pid $$pid) is still stopping after 60 s"; exit 1; fi; \
+	echo "zsupd stopped"
 
 # etc/zsupd.service, its ExecStart pointing at ZSUPD (default: this checkout's virtualenv),
 # into UNIT_DIR; an empty /etc/zsup/zsup.ini is made if there is none (docs/systemd.md).
@@ -102,5 +112,13 @@ bench: $(STAMP)
 soak: $(STAMP)
 	$(PY) scripts/soak.py
 
+# Also forgets run-time state: .run, make run's state dir (what was loaded, scaled or unloaded
+# at run time, which the next make run would bring back; logs; tasks). Refused while that
+# zsupd runs. A STATE_DIR given elsewhere is left alone.
 clean:
-	rm -rf $(VENV) $(GAFFER_VENV) $(SOCKJS_DIR) .run build *.egg-info
+	@$(call run_pid,$(CURDIR)/.run); \
+	if [ -n "$$pid" ]; then echo "zsupd (pid $$pid) from make run is running: make stop first"; exit 1; fi
+	rm -rf $(VENV) $(GAFFER_VENV) $(SOCKJS_DIR) build *.egg-info
+	rm -rf .run
+	@echo "removed the virtualenvs and .run: run-time state is forgotten (jobs loaded, scaled or unloaded"
+	@echo "at run time, logs, tasks); the next make run starts from etc/zsup.ini alone"

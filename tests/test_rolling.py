@@ -149,3 +149,10 @@ def test_zsupctl_restart_rolling(zsupd_factory):
     assert "restarted default.w" in zsupctl(d, "restart", "w").stdout
     with pytest.raises(Exception, match="max_surge"):
         d.call("rolling_restart", name="w", max_surge=0)
+
+
+def test_zsupctl_restart_rolling_of_a_job_with_nothing_to_roll_says_it_restarted(zsupd_factory):
+    d = zsupd_factory()
+    d.call("load", config={"name": "w", "cmd": "sleep 300", "numprocesses": 1}, start=False)
+    out = zsupctl(d, "restart", "--rolling", "w").stdout
+    assert out.strip() == "restarted default.w (not rolling: it had no running processes to replace)"

@@ -149,7 +149,10 @@ def cmd_restart(ctl: Ctl) -> int:
     while (info.get("roll") or {}).get("phase") == "rolling":
         time.sleep(0.2)
         info = ctl.call("info", **_name_args(ctl))
-    roll = info.get("roll") or {"phase": "done", "replaced": 0, "total": 0}
+    roll = info.get("roll")
+    if roll is None:  # nothing running and ready to roll: zsupd restarted the job at once
+        ctl.emit(info, lambda r: f"restarted {r['job']} (not rolling: it had no running processes to replace)")
+        return 0
     ctl.emit(info, lambda r: f"rolling restart of {r['job']}: {roll['phase']}, "
                              f"{roll.get('replaced', 0)}/{roll.get('total', 0)} replaced"
                              + (f": {roll['reason']}" if roll.get("reason") else ""))
