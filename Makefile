@@ -69,7 +69,7 @@ run: $(STAMP)
 	@echo "  logs             $(STATE_DIR)/logs/"
 	@echo "Ctrl-C (or make stop, from another terminal) stops zsupd and everything it runs."
 	@mkdir -p -m 700 $(STATE_DIR)
-	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) --pidfile $(STATE_DIR)/zsupd.pid -v
+	$(VENV)/bin/zsupd -c etc/zsup.ini --state-dir $(STATE_DIR) --pidfile $(STATE_DIR)/zsupd.pid
 
 # The pid of the zsupd that `make run` started, if it still runs: its pidfile, and a process
 # of that pid that is a zsupd (a stale pidfile's pid may belong to anything by now).

@@ -176,7 +176,8 @@ class Story:
         with open(os.path.join(self.dir, ".curlrc"), "w") as f:
             f.write('fail-with-body\nsilent\nshow-error\nconnect-timeout = 5\nwrite-out = "\\n"\n')
         self.env = dict(os.environ, PATH=self.bin + os.pathsep + os.environ.get("PATH", ""),
-                        ZSUP_STATE_DIR=self.state_dir, PYTHONUNBUFFERED="1", CURL_HOME=self.dir)
+                        ZSUP_STATE_DIR=self.state_dir, PYTHONUNBUFFERED="1", CURL_HOME=self.dir,
+                        HOME=self.dir)  # what an example writes to ~ stays in the scratch folder
         self.env.pop("VIRTUAL_ENV", None)
 
     def start(self, timeout: float = 20) -> None:
@@ -184,7 +185,7 @@ class Story:
         self._log = open(os.path.join(self.dir, "zsupd.log"), "ab")
         self.zsupd = subprocess.Popen(
             [os.path.join(self.bin, "zsupd"), "-c", "etc/zsup.ini", "--state-dir", self.state_dir,
-             "--pidfile", os.path.join(self.state_dir, "zsupd.pid"), "-v"],
+             "--pidfile", os.path.join(self.state_dir, "zsupd.pid")],
             cwd=self.dir, env=self.env, stdout=self._log, stderr=self._log, start_new_session=True)
         deadline = time.monotonic() + timeout
         url = f"http://127.0.0.1:{self.ports[5000]}/ping"

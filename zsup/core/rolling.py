@@ -54,7 +54,9 @@ class Rolling:
         self._loop.assert_in_loop()
         self._roll_cancel(job)
         old = [p for p in job.running()]
-        if not job.active or not old or job.state != JobState.RUNNING:
+        # `failing` (a process exits at once) still rolls what serves: replacing the rest all
+        # at once would take the job down with it
+        if not job.active or not old or job.state not in (JobState.RUNNING, JobState.FAILING):
             return False
         surge = max(1, surge or job.spec.max_surge)
         job.roll = Roll(old=old, todo=len(old), surge=surge, total=len(old), old_spec=old_spec)
