@@ -303,6 +303,11 @@ class Hub:
             log.exception("stream hub failed")
         finally:
             for client in list(self.clients):
+                if client.bye:  # a websocket: 1001, going away (best effort)
+                    try:
+                        client.sock.send(client.bye)
+                    except (OSError, ValueError):
+                        pass
                 self._close(client)
             for source in list(self.all_sources):
                 try:
@@ -392,7 +397,8 @@ class Hub:
                 sent = sock.send(b"".join(pieces)) if tls else sock.sendmsg(pieces)
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
-            except OSError:
+            except OSError as exc:
+                client.error = exc
                 self._close(client)
                 return
             if sent:

@@ -37,6 +37,7 @@ log = logging.getLogger("zsup.http.websockets")
 
 _TOO_SLOW = struct.pack("!H", 1008) + b"too slow: dropped"
 DROPPED_FRAME = bytes((0x88, len(_TOO_SLOW))) + _TOO_SLOW
+_AWAY = struct.pack("!H", 1001) + b"server shutting down"
 _READS = 64  # recv calls per readable event before serving the others
 
 
@@ -84,6 +85,7 @@ class HubSocket(WebSocket):
                              fmt_line=fmt_line, final=DROPPED_FRAME, beat=beat,
                              heartbeat=heartbeat, release=self._release, on_end=self._source_ended,
                              on_close=self._hub_closed, on_read=self._hub_read)
+        self.client.bye = bytes((0x88, len(_AWAY))) + _AWAY
         self._inbox = Inbox(self.hub.tasks, self.max_inbox)
         self._handle = self.received_message
         self.received_message = self._queue_message  # (ws4py's parser calls it: the hub thread)
@@ -191,6 +193,8 @@ class HubSocket(WebSocket):
     def _hub_closed(self) -> None:
         """The hub closed the socket (the client went away, was dropped, the hub stops)."""
         self.gone = True
+        if self.client.error is not None:
+            connection_lost(self, self.client.error)
         if self.stream is not None:
             try:
                 self.terminate()

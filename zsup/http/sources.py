@@ -53,6 +53,8 @@ class Client:
         #: A websocket's reader (the hub thread, when the socket is readable): False to close.
         self.on_read = on_read
         self.deadline: float | None = None  # closed then at the latest (a closing websocket)
+        self.error: OSError | None = None  # why a write failed (the client went away)
+        self.bye = b""  # sent when the hub stops (a websocket's close frame)
         self.on_end, self.on_close = on_end, on_close
         self.registered = False
         self.kind, self.chunked = kind, chunked
