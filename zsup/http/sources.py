@@ -304,34 +304,48 @@ class TaskSource(Source):
 
 
 class TaskPool:
-    """A few threads running what clients send, so a bus call never stalls the hub thread
-    and no client holds a thread. ``serial(key)`` gives one client's tasks in order."""
+    """Up to ``workers`` threads running what clients send, so a bus call never stalls the hub
+    thread and no client holds a thread. A thread is made when a task finds none idle (none
+    before the first message), and stays until ``stop``."""
 
     def __init__(self, workers: int):
         self.workers = workers
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._running = False
 
     def start(self) -> None:
-        self._threads = [threading.Thread(target=self._run, name=f"zsup-http-hub-task-{i}",
-                                          daemon=True) for i in range(self.workers)]
-        for thread in self._threads:
-            thread.start()
+        self._running = True
 
     def stop(self, timeout: float) -> None:
-        for _ in self._threads:
+        with self._lock:
+            self._running = False
+            threads, self._threads = self._threads, []
+        for _ in threads:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._threads = []
 
     def submit(self, fn: Callable[[], None]) -> None:
         self._queue.put(fn)
+        with self._lock:
+            if not self._running or self._idle or len(self._threads) >= self.workers:
+                return
+            thread = threading.Thread(target=self._run, daemon=True,
+                                      name=f"zsup-http-hub-task-{len(self._threads)}")
+            self._threads.append(thread)
+        thread.start()
 
     def _run(self) -> None:
         while True:
+            with self._lock:
+                self._idle += 1
             fn = self._queue.get()
+            with self._lock:
+                self._idle -= 1
             if fn is None:
                 return
             try:

@@ -152,6 +152,7 @@ class WebSocketUpgrader:
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}  # endpoint -> upgrades past the cap check
         self._hubbed: dict[str, int] = {}  # endpoint -> open websockets the hub serves
+        manager.elsewhere = lambda: sum(self._hubbed.values())
 
     def task(self, sock: socket.socket, environ: dict, leftover: bytes,
              limits: Limits | None = None) -> "UpgradeTask":
