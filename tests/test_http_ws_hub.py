@@ -319,3 +319,53 @@ def test_a_websocket_client_that_resets_is_one_debug_line(gw, caplog):
                 and r.name.startswith("zsup.http")]
         assert loud == [], [r.getMessage() for r in loud]
         assert not any(r.exc_info for r in caplog.records)
+
+
+class Streaming:
+    """A raw SockJS xhr_streaming receiver (HTTP/1.0: the body is the frames as they come)."""
+
+    def __init__(self, host, port, path):
+        self.sock = socket.create_connection((host, port), timeout=30)
+        self.sock.sendall(f"POST {path} HTTP/1.0\r\nHost: x\r\nContent-Length: 0\r\n\r\n".encode())
+        self.buf = bytearray()
+        self.sock.setblocking(False)
+
+    def read(self):
+        try:
+            while data := self.sock.recv(1 << 16):
+                self.buf += data
+        except BlockingIOError:
+            pass
+
+
+def test_sockjs_streaming_receivers_cost_no_thread_each(gw):
+    gw.load({"name": "chatty", "cmd": sys.executable, "args": ["-u", "-c", CHATTY]})
+    pid = gw.pid_of("chatty")[0]
+    warm = Conn(gw.host, gw.port, "/channel")  # the gateway's bus fan-out thread starts
+    idle = threads_now()
+    most = [idle]
+    receivers = [Streaming(gw.host, gw.port, f"/channel/000/x{i}/xhr_streaming")
+                 for i in range(50)]
+    try:
+        sub = json.dumps([json.dumps({"event": "SUB", "data": {"topic": f"STREAM:{pid}"}})])
+        for i in range(50):
+            conn = gw.connection()
+            conn.request("POST", f"/channel/000/x{i}/xhr_send", body=sub)
+            assert conn.getresponse().status == 204
+            conn.close()
+
+        def enough():
+            most[0] = max(most[0], threads_now())
+            for r in receivers:
+                r.read()
+            return all(r.buf.count(b'\\"gaffer:event\\"') >= 50 for r in receivers)
+
+        wait_for(enough, timeout=120, interval=0.05, message="events on every receiver")
+        assert receivers[0].buf.startswith(b"HTTP/1.0 200")
+        assert b"\r\n\r\n" + b"h" * 2048 + b"\no\n" in receivers[0].buf
+        tasks = gw.g.servers[0].stream_hub.tasks.workers
+        assert most[0] <= idle + tasks, (most[0], idle)
+    finally:
+        for r in receivers:
+            r.sock.close()
+        warm.sock.close()

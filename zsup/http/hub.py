@@ -163,8 +163,9 @@ class Hub:
             self._marked.append(client)
 
     def send(self, client: Client, data: bytes) -> None:
-        """Queue bytes for `client` now (any thread), without waiting for a pump."""
-        if client.push([data], self.max_buffer) or client.overflow:
+        """Queue bytes for `client` now (any thread), without waiting for a pump (chunked
+        when the client is)."""
+        if client.push(client.frame(data), self.max_buffer) or client.overflow:
             self.mark(client)
             self._wake()
 

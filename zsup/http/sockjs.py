@@ -19,8 +19,10 @@ that is not UTF-8 is sent with U+FFFD replacements.
 
 The channel objects are gaffer_ws's, with their frames going into a Session instead of a
 socket (SessionFrames); their subscriptions are pumped by the stream hub. The websocket
-transport is a hub websocket (zsup.http.hubws): what the session gets is sent as it comes,
-with no thread of its own. Each HTTP receiver request holds a gateway thread and a stream slot.
+transport is a hub websocket (zsup.http.hubws), and the streaming receivers are handed to the
+hub after their head (zsup.http.sockjs_stream): what the session gets is sent as it comes,
+with no thread of its own. Each receiver takes a stream slot; a polling ``xhr`` receiver holds
+a gateway thread while it waits (up to HEARTBEAT seconds).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from zsup.http import gaffer_ws
 from zsup.http.adapter import stream_hub
 from zsup.http.hubws import HubSocket, ws_frame
 from zsup.http.routes_api import api
+from zsup.http.sockjs_stream import hub_receiver
 from zsup.http.streams import StreamBody, _waitress_channel
 from zsup.http.web import HTTPError, StreamResponse, read_body
 
@@ -404,13 +407,17 @@ def _transport(ctx, req, prefix: str, server: str, session: str, transport: str)
         cls, bound = _channel(ctx.gate, prefix, req.query_string)
         hub = stream_hub(req.environ)
         current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound, hub)))
-    release = ctx.acquire_stream()
+    hub = stream_hub(req.environ) if transport != "xhr" else None
+    release = ctx.acquire_stream(holds_thread=hub is None)
     first = {"xhr_streaming": "h" * 2048 + "\n", "eventsource": "\r\n"}.get(transport)
+    ctype = "text/event-stream; charset=UTF-8" if transport == "eventsource" else _JS
     if current.claim():
+        if hub is not None:
+            return hub_receiver(hub, req, current, first, transport, ctype,
+                                {"Cache-Control": _NO_CACHE}, release, HEARTBEAT, STREAM_LIMIT)
         gen = _receive(current, first, transport)
     else:
         gen = _turned_away(first, transport)
-    ctype = "text/event-stream; charset=UTF-8" if transport == "eventsource" else _JS
     return StreamResponse(StreamBody(gen, release, _waitress_channel(req)), ctype,
                           headers={"Cache-Control": _NO_CACHE})
 
