@@ -22,7 +22,7 @@ from test_http_server import insecure_context
 from test_http_support import GW, echo_job, gw, start_gateway  # noqa: F401 (gw: a fixture)
 
 N_TLS = 200  # TLS websockets at once
-N_GAFFER = 100  # gaffer channel websockets, and as many SockJS websockets
+N_GAFFER = 50  # gaffer channel websockets, as many IO channels and SockJS websockets
 
 
 def threads_now() -> int:

@@ -8,6 +8,7 @@ Each line is framed for each channel (gaffer's frame carries an id of its own).
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
@@ -16,6 +17,7 @@ from zsup.errors import ZsupError
 from zsup.http.feeds import LineFeed
 from zsup.http.gaffer_keys_api import KeyCheck
 from zsup.http.gaffer_ws import READABLE, WRITABLE, GafferSocket, _delay, errno_of
+from zsup.http.hubws import ws_frame
 from zsup.http.sources import lines_of
 
 __all__ = ["IOChannel", "decode_frame", "encode_frame"]
@@ -48,6 +50,7 @@ class IOChannel(GafferSocket):
         self.label = label
         self.mode = mode
         self.feed: LineFeed | None = None
+        self._prefix, self._ids = uuid.uuid4().hex[:16], itertools.count()  # message ids
         self.source = None
         self._pending: list = []
         self._exit_sub = None
@@ -115,10 +118,16 @@ class IOChannel(GafferSocket):
         if self.gone:
             return True
         items, self._pending = self._pending + self.feed.poll(), []
-        for _, line in lines_of(items):
-            frame = encode_frame("message", uuid.uuid4().hex, line)
-            if not self.emit(frame, not _is_utf8(frame)):
+        frames = [encode_frame("message", f"{self._prefix}{next(self._ids)}", line)
+                  for _, line in lines_of(items)]
+        if self.client is not None:  # a websocket: one write for the batch
+            self.send_frames(b"".join(ws_frame(f, not _is_utf8(f)) for f in frames))
+            if self.gone:
                 return True
+        else:
+            for frame in frames:
+                if not self.emit(frame, not _is_utf8(frame)):
+                    return True
         return self._ended() if self.feed.ended else False
 
     def _watch_exit(self) -> bool:

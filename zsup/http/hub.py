@@ -78,7 +78,6 @@ class Hub:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._attach: collections.deque = collections.deque()
-        self._detach: collections.deque = collections.deque()
         self._marked: collections.deque = collections.deque()
         self._timers: list = []  # (due, n, source), the hub thread's
         self._timer_requests: collections.deque = collections.deque()
@@ -266,7 +265,7 @@ class Hub:
                 timeout = next_scan - now
                 if self._timers:
                     timeout = min(timeout, self._timers[0][0] - now)
-                if self._attach or self._marked or self._timer_requests or self._detach:
+                if self._attach or self._marked or self._timer_requests:
                     timeout = 0
                 for key, mask in self._selector.select(max(0.0, timeout)):
                     client = key.data
@@ -283,8 +282,6 @@ class Hub:
                         self._flush(client)
                 while self._attach:
                     self._add(self._attach.popleft())
-                while self._detach:
-                    self._close(self._detach.popleft())
                 while self._timer_requests:
                     due, source = self._timer_requests.popleft()
                     heapq.heappush(self._timers, (due, next(self._count), source))

@@ -176,8 +176,9 @@ class WebSocketUpgrader:
             self._pending[limits.name] -= 1
 
     def _served(self, ws: HubSocket, name: str) -> None:
-        """`ws` goes to the hub: it counts until it is released."""
+        """`ws` goes to the hub: its reserved place counts as open until it is released."""
         with self._lock:
+            self._pending[name] -= 1
             self._hubbed[name] = self._hubbed.get(name, 0) + 1
 
         def gone() -> None:
@@ -233,6 +234,7 @@ class WebSocketUpgrader:
             prepend_unread(ws, leftover)  # frames that came in the packet of the request head
             if isinstance(ws, HubSocket) and ws.client is not None:
                 self._served(ws, limits.name)
+                reserved = False
                 ws.serve()
             else:
                 self.manager.add(ws)
