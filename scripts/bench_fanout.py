@@ -9,13 +9,17 @@ HTTP/1.0, websockets with their RFC 6455 handshake) connect in waves of 500, the
 5 s (3 in quick mode) after a 3 s warm-up (1 s up to 1,000 clients). Counted: lines per
 client (`data:` lines, or text frames). Reported: lines/s delivered to each client (median) and to the slowest one (of
 either kind), to all together, what the child produced, and the gateway's threads (most seen
-while they are open), RSS and CPU. BENCH_FANOUT_SSE / BENCH_FANOUT_WS change the counts.
+while they are open), RSS and CPU. BENCH_FANOUT_SSE / BENCH_FANOUT_WS change the counts;
+BENCH_FANOUT_TLS=1 serves them all over TLS (a self-signed EC certificate made with openssl;
+the clients' handshakes are non-blocking too).
 If the gateway is missing or fails, the result is {"skipped": reason}, never an exception.
 """
 
 import os
 import selectors
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -26,6 +30,7 @@ import benchlib as bl  # noqa: E402
 SSE_CLIENTS = int(os.environ.get("BENCH_FANOUT_SSE", "5000"))
 WS_CLIENTS = int(os.environ.get("BENCH_FANOUT_WS", "5000"))
 CLIENTS = SSE_CLIENTS + WS_CLIENTS
+TLS = os.environ.get("BENCH_FANOUT_TLS", "") not in ("", "0")
 WAVE = 500  # connections not yet answered at once (the listen backlog is 1024)
 WINDOW = 3.0 if bl.QUICK else 5.0
 RATE_SCRIPT = ("import sys, time\n"
@@ -71,11 +76,13 @@ def measure() -> dict:
     pid = bl.wait_for(lambda: d.call("pids", name="chatty"), 10, 0.02, "the chatty process")[0]
     port = free_port()
     log_path = os.path.join(d.dir, "gateway.out")
+    tls_args = make_cert(d.dir) if TLS else []
     with open(log_path, "ab") as log:
         gw = subprocess.Popen([bl.ZSUP_PY, "-m", "zsup.cli.http_gateway", "--bus", d.bus, "--pub", d.pub,
                                "--bind", f"127.0.0.1:{port}", "--max-client-connections", "20000",
                                "--max-streams", str(SSE_CLIENTS + 100),
-                               "--max-websockets", str(WS_CLIENTS + 100)], stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                               "--max-websockets", str(WS_CLIENTS + 100), *tls_args],
+                              stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                               env=dict(os.environ, PYTHONPATH=bl.ROOT), cwd=d.dir)
 
     def tail():
@@ -105,6 +112,19 @@ def measure() -> dict:
             gw.kill()
             gw.wait()
         d.stop()
+
+
+def make_cert(folder: str) -> list[str]:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise Skip("BENCH_FANOUT_TLS needs the openssl command")
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True,
+                   timeout=60)
+    os.chmod(key, 0o600)
+    return ["--certfile", cert, "--keyfile", key]
 
 
 def tempfile_dir() -> str:
@@ -138,6 +158,34 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
 
     kinds = ["sse"] * SSE_CLIENTS + ["ws"] * WS_CLIENTS
     state: dict = {}
+    ctx = None
+    if TLS:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+    def handshake(s, st) -> None:
+        try:
+            s.do_handshake()
+        except ssl.SSLWantReadError:
+            sel.modify(s, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            sel.modify(s, selectors.EVENT_WRITE)
+            return
+        except OSError:
+            st["closed"] = True
+            sel.unregister(s)
+            return
+        st["hs"] = False
+        sel.modify(s, selectors.EVENT_WRITE)
+
+    def recv_all(s) -> bytes:
+        data = s.recv(1 << 18)
+        if data and ctx is not None:
+            while s.pending():
+                data += s.recv(1 << 18)
+        return data
     threads = [gproc.num_threads()]
 
     def pump(until: float) -> None:
@@ -145,10 +193,14 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
             for key, mask in sel.select(0.05):
                 s = key.fileobj
                 st = state[s]
+                if st["hs"]:
+                    handshake(s, st)
+                    continue
                 if mask & selectors.EVENT_WRITE:
                     try:
                         st["sent"] += s.send(st["request"][st["sent"]:])
-                    except (BlockingIOError, InterruptedError):
+                    except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError,
+                            ssl.SSLWantReadError):
                         continue
                     except OSError:
                         st["closed"] = True
@@ -158,8 +210,8 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
                         sel.modify(s, selectors.EVENT_READ)
                     continue
                 try:
-                    data = s.recv(1 << 18)
-                except BlockingIOError:
+                    data = recv_all(s)
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     continue
                 except OSError:
                     data = b""
@@ -191,9 +243,11 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
             s = socket.socket()
             s.setblocking(False)
             s.connect_ex(("127.0.0.1", port))
+            if ctx is not None:
+                s = ctx.wrap_socket(s, do_handshake_on_connect=False)
             state[s] = {"kind": kind, "request": sse_request if kind == "sse" else ws_request(),
                         "sent": 0, "head": b"", "status": None, "carry": b"", "lines": 0,
-                        "closed": False}
+                        "closed": False, "hs": ctx is not None}
             sel.register(s, selectors.EVENT_WRITE)
             opened += 1
             waiting += 1
@@ -227,7 +281,7 @@ def fan_out(port: int, pid: int, d, gw) -> dict:
     closed = sum(st["closed"] for st in state.values())
     for s in state:
         s.close()
-    return {"clients": CLIENTS, "sse_clients": SSE_CLIENTS, "ws_clients": WS_CLIENTS,
+    return {"clients": CLIENTS, "sse_clients": SSE_CLIENTS, "ws_clients": WS_CLIENTS, "tls": TLS,
             "closed_early": closed, "all_answered_s": t_conn,
             "produced_lines_per_s": (seq1 - seq0) / (t1 - t0),
             "per_client_lines_per_s": bl.median(per), "slowest_client_lines_per_s": per[0],

@@ -20,8 +20,12 @@ everything, on an IO channel one that may read (mode bit 1) and write (bit 2) th
 job; otherwise an error is sent and the socket closed. With it off, ``AUTH:`` frames are
 ignored and the gateway's own authentication guards the upgrade.
 
-Each subscription has a pump thread that moves events from its gate subscription to the
-socket; sends are serialised by a lock. ``CMD`` frames run in zsup.http.gaffer_commands.
+Served by the stream hub (zsup.http.hubws), as zsup's own websockets: no thread per socket
+or subscription. Each subscription is pumped by a hub source (``Hub.task_source``): gaffer's
+JSON for an event is made once per topic and, on a websocket, framed once for every socket
+subscribed to it. Frames from the client (``SUB``, ``CMD``, stdin writes) run on the hub's
+task pool, in order. ``CMD`` frames run in zsup.http.gaffer_commands. The IO channel is
+zsup.http.gaffer_io's.
 """
 
 from __future__ import annotations
@@ -29,35 +33,46 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import uuid
 from urllib.parse import parse_qs
-
-from ws4py.websocket import WebSocket
 
 from zsup.errors import ZsupError
 from zsup.http import gaffer_compat as gaffer
+from zsup.http.busgate import memo
 from zsup.http.gaffer_commands import run_command
 from zsup.http.gaffer_commands import split_name as _split
 from zsup.http.gaffer_keys_api import KeyCheck
-from zsup.http.streams import LineFeed
+from zsup.http.hub import shared_hub
+from zsup.http.hubws import HubSocket, ws_frame
 from zsup.http.web import STATUS_BY_CODE
 
 log = logging.getLogger("zsup.http.gaffer_ws")
 
 READABLE, WRITABLE = 1, 2  # pyuv.UV_READABLE, pyuv.UV_WRITABLE, as gaffer's mode uses them
+DELAY = 0.05  # batching of a busy subscription (streams.BATCH_DELAY)
 
 
-def _errno(exc: Exception) -> dict:
+def _delay() -> float:
+    return DELAY
+
+
+def errno_of(exc: Exception) -> dict:
     if isinstance(exc, ZsupError):
         return {"errno": STATUS_BY_CODE.get(exc.code, 500), "reason": exc.message}
     return {"errno": 400, "reason": str(exc)}
 
 
-class _LockedSend(WebSocket):
-    def __init__(self, *args, **kw):
-        super().__init__(*args, **kw)
-        self._send_lock = threading.Lock()
-        self._stop = threading.Event()
+class GafferSocket(HubSocket):
+    """What both of gaffer's channels share: key checks, and sending that never raises.
+
+    Made with a socket (a websocket, served by the hub) or without one (a SockJS session's
+    channel, zsup.http.sockjs: its frames go to the session). Either way its subscriptions
+    are pumped by ``hub`` (the gateway's, or ``shared_hub()``)."""
+
+    def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None,
+                 *, hub=None):
+        super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
+                         heartbeat_freq=heartbeat_freq)
+        self.hub = self.hub or hub or shared_hub()
         self.authorized = True  # False until a good AUTH frame when keys are required
 
     def check_auth(self, gate, text: str, allowed) -> bool | None:
@@ -85,21 +100,22 @@ class _LockedSend(WebSocket):
 
     def emit(self, payload, binary: bool = False) -> bool:
         """Send one frame; False once the socket is gone."""
-        if self._stop.is_set() or self.terminated:
+        if self.gone or self.terminated:
             return False
         try:
-            with self._send_lock:
-                self.send(payload, binary)
+            self.send(payload, binary)
             return True
         except Exception as exc:
             log.debug("gaffer websocket send failed: %s", exc)
             return False
 
-    def closed(self, code, reason=None):
-        self._stop.set()
-
-    def spawn(self, target, name: str) -> None:
-        threading.Thread(target=target, daemon=True, name=name).start()
+    def emit_texts(self, texts: list[str], framed: bytes | None) -> bool:
+        """Send text frames; on a websocket `framed` (the same texts, framed once for every
+        socket) when given. False once the socket is gone."""
+        if self.client is not None and framed is not None:
+            self.send_frames(framed)
+            return not self.gone
+        return all(self.emit(text) for text in texts)
 
 
 # -- /channel/websocket ------------------------------------------------------------------------
@@ -170,18 +186,26 @@ class _Sub:
             raise ValueError("invalid_topic")
         self.translate = translate
         self.sub = gate.subscribe(patterns)
+        self.source = None
+
+    def end(self) -> None:
+        """Stop it (any thread): its source closes it in the hub."""
+        if self.source is not None:
+            self.source.end()
+        else:
+            self.close()
 
     def close(self) -> None:
         self.sub.close()
 
 
-class GafferChannel(_LockedSend):
+class GafferChannel(GafferSocket):
     """``/channel/websocket``: gaffer's event channel and command frames."""
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None,
-                 *, gate):
+                 *, gate, hub=None):
         super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
-                         heartbeat_freq=heartbeat_freq)
+                         heartbeat_freq=heartbeat_freq, hub=hub)
         self.gate = gate
         self.subs: dict[str, _Sub] = {}
         self._subs_lock = threading.Lock()
@@ -233,31 +257,40 @@ class GafferChannel(_LockedSend):
                                     "data": {"reason": reason}})
                     return
                 self.subs[topic] = sub
-                self.spawn(lambda: self._pump(sub), f"zsup-gaffer-sub {topic}")
+                sub.source = self.hub.task_source(lambda: self._pump(sub), _delay,
+                                                  on_close=sub.close)
+                sub.sub.on_ready = sub.source.wake
+                sub.source.wake()
         self.send_json({"event": "gaffer:subscription_success", "topic": topic})
 
     def unsubscribe(self, topic: str) -> None:
         with self._subs_lock:
             sub = self.subs.pop(topic, None)
         if sub is not None:
-            sub.close()
+            sub.end()
         self.send_json({"event": "gaffer:subscription_success", "topic": topic})
 
-    def _pump(self, sub: _Sub) -> None:
-        try:
-            while not self._stop.is_set() and not sub.sub.closed:
-                ev = sub.sub.get(timeout=0.5)
-                if ev is None:
-                    continue
-                for name, fields in sub.translate(ev):
-                    data = dict(fields, event=name, topic=sub.topic)
-                    if not self.send_json({"event": "gaffer:event", "data": data}):
-                        return
-        except Exception:
-            if not self._stop.is_set():
-                log.exception("gaffer channel pump for %s failed", sub.topic)
-        finally:
-            sub.close()
+    def _pump(self, sub: _Sub) -> bool:
+        """Send what came for `sub` (a hub worker); True once it has ended."""
+        if self.gone:
+            return True
+        for ev in sub.sub.drain(1000):
+            m = memo(ev)
+            texts = m.get(("gaffer", sub.topic))
+            if texts is None:
+                texts = m[("gaffer", sub.topic)] = [
+                    json.dumps({"event": "gaffer:event",
+                                "data": dict(fields, event=name, topic=sub.topic)})
+                    for name, fields in sub.translate(ev)]
+            framed = None
+            if self.client is not None:
+                framed = m.get(("gaffer-ws", sub.topic))
+                if framed is None:
+                    framed = m[("gaffer-ws", sub.topic)] = b"".join(
+                        ws_frame(text.encode("utf-8")) for text in texts)
+            if texts and not self.emit_texts(texts, framed):
+                return True
+        return sub.sub.closed
 
     def command(self, data: dict) -> None:
         ident = data["identity"]
@@ -267,158 +300,16 @@ class GafferChannel(_LockedSend):
             result = run_command(self.gate, str(data["name"]), args, kwargs)
         except Exception as exc:  # a bad command is answered, never fatal
             self.send_json({"event": "gaffer:command_error",
-                            "data": {"id": ident, "error": _errno(exc)}})
+                            "data": {"id": ident, "error": errno_of(exc)}})
             return
         self.send_json({"event": "gaffer:command_success", "data": {"id": ident, "result": result}})
 
     def closed(self, code, reason=None):
-        super().closed(code, reason)
+        self.gone = True
         with self._subs_lock:
             subs, self.subs = list(self.subs.values()), {}
         for sub in subs:
-            sub.close()
-
-
-# -- /<pid>/channel ----------------------------------------------------------------------------
-
-def encode_frame(kind: str, ident: str, body: bytes) -> bytes:
-    return b" ".join((b"V1", kind.encode(), ident.encode())) + b"\0" + body
-
-
-def decode_frame(raw: bytes) -> tuple[str, str, bytes]:
-    """(type, id, body) of a ``V1 type id\\0body`` frame; ValueError when it is not one."""
-    header, sep, body = raw.partition(b"\0")
-    parts = header.split()
-    if not sep or len(parts) != 3 or parts[0] != b"V1":
-        raise ValueError("invalid message")
-    return parts[1].decode("ascii", "replace"), parts[2].decode("ascii", "replace"), body
-
-
-class IOChannel(_LockedSend):
-    """``/<pid>/channel[/<label>]``: one process's output out, its stdin in (gaffer's framing)."""
-
-    def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None,
-                 *, gate, proc: dict, label: str | None, mode: int):
-        super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
-                         heartbeat_freq=heartbeat_freq)
-        self.gate = gate
-        self.proc = proc
-        self.label = label
-        self.mode = mode
-        self.feed: LineFeed | None = None
-        self.authorized = False
-
-    def auth_failed(self, reason: str) -> None:
-        self.error(403, reason)
-
-    def _may(self, perms) -> bool:
-        job = self.proc["job"]
-        return ((not self.mode & READABLE or perms.can("read", job))
-                and (not self.mode & WRITABLE or perms.can("write", job)))
-
-    def error(self, errno: int, reason: str, ident: str = "gaffer_error") -> None:
-        self.emit(encode_frame("error", ident, json.dumps({"errno": errno, "reason": reason})
-                               .encode()), True)
-
-    def opened(self):
-        if self.proc.get("state") == "exited":
-            self.error(404, "the process exited")
-            self.close(1000, "process exited")
-            return
-        if self.mode & WRITABLE and not self.proc.get("redirect_input"):
-            self.error(403, "EPERM")
-            self.close(1000, "no stdin")
-            return
-        try:
-            self.authorized = not KeyCheck(self.gate).required()
-        except ZsupError:
-            self.authorized = False
-        if self.authorized:
-            self.begin()  # else once its AUTH frame is in
-
-    def begin(self) -> None:
-        if self.mode & READABLE:
-            after = (self.proc.get("last_seq") or {}).get(self.label, 0)
-            self.feed = LineFeed(self.gate, self.proc, self.label, after)
-            self.spawn(self._pump, f"zsup-gaffer-io {self.proc['pid']}")
-        else:
-            self.spawn(self._watch_exit, f"zsup-gaffer-io {self.proc['pid']}")
-
-    def _ended(self) -> None:
-        if not self._stop.is_set():
-            self.close(1000, "process exited")
-
-    def _pump(self):
-        try:
-            lines = self.feed.initial
-            while not self._stop.is_set():
-                for _, line in lines:
-                    frame = encode_frame("message", uuid.uuid4().hex, line)
-                    if not self.emit(frame, not _is_utf8(frame)):
-                        return
-                if self.feed.ended:
-                    return self._ended()
-                lines = self.feed.wait(0.5)
-        except Exception:
-            if not self._stop.is_set():
-                log.exception("gaffer IO channel pump failed")
-        finally:
-            self.feed.close()
-
-    def _watch_exit(self):
-        """Write-only: close when the process exits (gaffer does), by its event or, for an
-        exit the subscription missed, by asking every few seconds."""
-        s, n, pid = self.proc["session"], self.proc["name"], self.proc["pid"]
-        sub = self.gate.subscribe([f"proc.{s}.{n}.exit"])
-        try:
-            checks = 0
-            while not self._stop.is_set():
-                ev = sub.get(timeout=0.5)
-                if ev is not None and ev.msg.get("pid") == pid:
-                    return self._ended()
-                checks += 1
-                if checks % 4 == 0:
-                    try:
-                        if self.gate.call("get_process", pid=pid).get("state") == "exited":
-                            return self._ended()
-                    except ZsupError:
-                        return self._ended()
-        finally:
-            sub.close()
-
-    def received_message(self, message):
-        raw = message.data if isinstance(message.data, (bytes, bytearray)) else \
-            str(message.data).encode("utf-8")
-        try:
-            _, ident, body = decode_frame(bytes(raw))
-        except ValueError as exc:
-            self.error(400, str(exc))
-            return
-        if not self.authorized:
-            ok = self.check_auth(self.gate, body.decode("utf-8", "replace"), self._may)
-            if ok is False:
-                return
-            self.authorized = True
-            self.begin()
-        if not body.startswith(b"AUTH:"):
-            if not self.mode & WRITABLE:
-                self.error(403, "EPERM", ident)
-                return
-            try:
-                self.gate.call("send", pid=self.proc["pid"], data=body.decode("utf-8", "replace"))
-            except ZsupError as exc:
-                err = _errno(exc)
-                self.error(err["errno"], err["reason"], ident)
-                return
-        self.emit(encode_frame("response", ident, b"OK"), False)
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
+            sub.end()
 
 
 def _factory(cls, **bound):
@@ -465,3 +356,4 @@ def websocket_route(gate, path: str, query: str):
 
 
 from zsup.http import sockjs  # noqa: E402  (it uses this module; importing it registers its routes)
+from zsup.http.gaffer_io import IOChannel  # noqa: E402  (it builds on GafferSocket)

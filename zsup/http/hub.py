@@ -15,7 +15,9 @@ waitress worker only up to its response head: then the channel hands its socket 
   (``read_output`` to fill a seq gap): never in the hub thread.
 - the hub thread owns every socket: one selector, non-blocking writes (``sendmsg`` of the
   queued pieces; TLS sockets: ``send``, ``SSLWantWriteError`` waits for writability), a read
-  interest only to see the client go away, heartbeats, and the end of each stream.
+  interest to see a stream's client go away, or to read a websocket's frames (zsup.http.hubws:
+  so a TLS websocket's one SSL object is used by this thread only), heartbeats, and the end of
+  each stream. What websocket clients send runs on ``tasks`` (a few threads, in order per client).
 
 Each client has a bounded queue of bytes (``max_buffer``). A client that lets more pile up
 (it stopped reading, or reads slower than the stream goes) is dropped: what it has not been
@@ -41,9 +43,9 @@ import threading
 import time
 from typing import Callable
 
-from zsup.http.sources import Client, EventSource, LineSource, Source
+from zsup.http.sources import Client, EventSource, LineSource, Source, TaskPool, TaskSource
 
-__all__ = ["Client", "EventSource", "Hub", "LineSource"]
+__all__ = ["Client", "EventSource", "Hub", "LineSource", "TaskSource", "shared_hub"]
 
 log = logging.getLogger("zsup.http.hub")
 
@@ -57,8 +59,11 @@ class Hub:
     """One thread writing to every handed-over stream socket, and a few pumping their sources."""
 
     def __init__(self, workers: int = 2, max_buffer: int = DEFAULT_MAX_BUFFER,
-                 drop_grace: float = 5.0, scan_every: float = 0.25):
+                 drop_grace: float = 5.0, scan_every: float = 0.25, task_workers: int = 4):
         self.workers = workers
+        #: Runs what clients send (websocket messages that may call the bus), never the hub thread.
+        self.tasks = TaskPool(task_workers)
+        self._ident: int | None = None
         self.max_buffer = max_buffer
         self.drop_grace = drop_grace
         self.scan_every = scan_every
@@ -73,7 +78,6 @@ class Hub:
         os.set_blocking(self._wake_w, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._attach: collections.deque = collections.deque()
-        self._detach: collections.deque = collections.deque()
         self._marked: collections.deque = collections.deque()
         self._timers: list = []  # (due, n, source), the hub thread's
         self._timer_requests: collections.deque = collections.deque()
@@ -92,6 +96,7 @@ class Hub:
                                            daemon=True) for i in range(self.workers)]
         for thread in self._threads:
             thread.start()
+        self.tasks.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Close every stream (their releases run) and join the threads."""
@@ -103,6 +108,19 @@ class Hub:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
+        self.tasks.stop(max(0.0, deadline - time.monotonic()))
+
+    def in_hub_thread(self) -> bool:
+        return threading.get_ident() == self._ident
+
+    def task_source(self, step: Callable[[], bool], delay: Callable[[], float],
+                    next_due: Callable[[], float] | None = None,
+                    on_close: Callable[[], None] | None = None) -> TaskSource:
+        """A source whose pump runs ``step()`` (see TaskSource)."""
+        source = TaskSource(self, step, delay, next_due, on_close)
+        with self._sources_lock:
+            self.all_sources.add(source)
+        return source
 
     def line_source(self, gate, proc: dict, label: str, delay: Callable[[], float]) -> LineSource:
         """The shared source of ``(pid, label)`` (made here when there is none, or it ended)."""
@@ -137,28 +155,33 @@ class Hub:
         self._wake()
 
     def mark(self, client: Client) -> None:
-        """`client` has new bytes, or is over its bound (a pumping worker). Once in the list
-        until flushed: when the hub falls behind, a client's bytes pile up into bigger writes
-        rather than the list growing."""
+        """`client` has new bytes, or is over its bound (any thread). Once in the list until
+        flushed: a hub behind makes bigger writes, not a longer list."""
         if not client.marked:
             client.marked = True
             self._marked.append(client)
 
     def send(self, client: Client, data: bytes) -> None:
-        """Queue bytes for `client` now (any thread), without waiting for a pump."""
-        if client.push([data], self.max_buffer) or client.overflow:
+        """Queue bytes for `client` now (any thread), without waiting for a pump (chunked
+        when the client is)."""
+        if client.push(client.frame(data), self.max_buffer) or client.overflow:
             self.mark(client)
             self._wake()
 
     def write_now(self, client: Client, data: bytes) -> None:
         """Send `data` from this thread when nothing is queued before it, else queue it (a
         websocket's own frames: pong, close), so a close frame is out before its socket
-        is shut. Never blocks."""
+        is shut. Never blocks. A TLS socket is written by the hub thread only (one SSL object
+        must not be used by two threads): from another thread the bytes are queued. More than
+        ``max_buffer`` queued bytes drop the client, as a slow stream client is."""
         with client.lock:
-            if client.gone:
+            if client.gone or client.overflow:
                 return
+            if client.size + len(data) > self.max_buffer:
+                client.overflow = True
+                data = b""
             sent = 0
-            if not client.out:
+            if data and not client.out and (not client.tls or self.in_hub_thread()):
                 try:
                     sent = client.sock.send(data)
                 except (BlockingIOError, InterruptedError):
@@ -168,16 +191,24 @@ class Hub:
             if sent < len(data):
                 client.out.append(data[sent:])
                 client.size += len(data) - sent
-        if sent < len(data):
+        if sent < len(data) or client.overflow:
             self.mark(client)
             self._wake()
 
-    def detach(self, client: Client) -> None:
-        """Its owner closed the connection (any thread): forget it, close the hub's socket."""
-        client.on_close = None
-        client.gone = True
-        self._detach.append(client)
+    def finish(self, client: Client, grace: float | None = None) -> None:
+        """Close `client` once what is queued is written (at most `grace` seconds from now,
+        ``drop_grace`` by default); any thread."""
+        with client.lock:
+            client.ending = True
+            self.close_by(client, grace)
+        self.mark(client)
         self._wake()
+
+    def close_by(self, client: Client, grace: float | None = None) -> None:
+        """Close `client` at the latest `grace` seconds from now (a websocket closing)."""
+        due = time.monotonic() + (self.drop_grace if grace is None else grace)
+        if client.deadline is None or due < client.deadline:
+            client.deadline = due
 
     def end(self, client: Client) -> None:
         """The stream is over: close once what is queued is written (chunked: the last chunk).
@@ -226,6 +257,7 @@ class Hub:
     # -- the hub thread
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         next_scan = time.monotonic() + self.scan_every
         try:
             while self._running:
@@ -233,7 +265,7 @@ class Hub:
                 timeout = next_scan - now
                 if self._timers:
                     timeout = min(timeout, self._timers[0][0] - now)
-                if self._attach or self._marked or self._timer_requests or self._detach:
+                if self._attach or self._marked or self._timer_requests:
                     timeout = 0
                 for key, mask in self._selector.select(max(0.0, timeout)):
                     client = key.data
@@ -250,8 +282,6 @@ class Hub:
                         self._flush(client)
                 while self._attach:
                     self._add(self._attach.popleft())
-                while self._detach:
-                    self._close(self._detach.popleft())
                 while self._timer_requests:
                     due, source = self._timer_requests.popleft()
                     heapq.heappush(self._timers, (due, next(self._count), source))
@@ -271,6 +301,11 @@ class Hub:
             log.exception("stream hub failed")
         finally:
             for client in list(self.clients):
+                if client.bye:  # a websocket: 1001, going away (best effort)
+                    try:
+                        client.sock.send(client.bye)
+                    except (OSError, ValueError):
+                        pass
                 self._close(client)
             for source in list(self.all_sources):
                 try:
@@ -289,13 +324,17 @@ class Hub:
             return
         try:
             client.sock.setblocking(False)
-            if client.reads:
-                self._selector.register(client.sock, selectors.EVENT_READ, client)
-                client.registered = True
+            self._selector.register(client.sock, selectors.EVENT_READ, client)
+            client.registered = True
         except (OSError, ValueError):
             self._close(client)
             return
         self.clients.add(client)
+        client.tls = isinstance(client.sock, ssl.SSLSocket)
+        if client.on_read is not None:  # bytes that came before (after the request head, or
+            self._readable(client)    # decrypted and waiting in the SSL object)
+            if client not in self.clients:
+                return
         self._flush(client)
 
     def _scan(self, now: float) -> None:
@@ -303,7 +342,8 @@ class Hub:
             if source.due(now):
                 source.wake()
         for client in list(self.clients):
-            if client.closing_deadline is not None and now >= client.closing_deadline:
+            if ((client.closing_deadline is not None and now >= client.closing_deadline)
+                    or (client.deadline is not None and now >= client.deadline)):
                 self._close(client)
             elif (client.heartbeat is not None and not client.ending and not client.overflow
                   and now - client.last_push >= client.heartbeat):
@@ -311,6 +351,15 @@ class Hub:
                 self._flush(client)
 
     def _readable(self, client: Client) -> None:
+        if client.on_read is not None:  # a websocket: its frames
+            try:
+                alive = client.on_read()
+            except Exception:
+                log.exception("reading a websocket failed")
+                alive = False
+            if not alive:
+                self._close(client)
+            return
         # A stream's client sends nothing more: readable means it went away (or sent junk).
         try:
             data = client.sock.recv(4096)
@@ -325,7 +374,7 @@ class Hub:
         if client.overflow and client.closing_deadline is None:
             self._drop(client)
         sock = client.sock
-        tls = isinstance(sock, ssl.SSLSocket)
+        tls = client.tls
         while True:
             with client.lock:
                 if not client.out:
@@ -346,7 +395,8 @@ class Hub:
                 sent = sock.send(b"".join(pieces)) if tls else sock.sendmsg(pieces)
             except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 sent = 0
-            except OSError:
+            except OSError as exc:
+                client.error = exc
                 self._close(client)
                 return
             if sent:
@@ -363,13 +413,9 @@ class Hub:
         want = not empty
         if want != client.want_write:
             client.want_write = want
-            events = ((selectors.EVENT_READ if client.reads else 0)
-                      | (selectors.EVENT_WRITE if want else 0))
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
             try:
-                if not events:
-                    self._selector.unregister(sock)
-                    client.registered = False
-                elif client.registered:
+                if client.registered:
                     self._selector.modify(sock, events, client)
                 else:
                     self._selector.register(sock, events, client)
@@ -433,3 +479,17 @@ class Hub:
         if not was_gone and client.source is not None:
             client.source.wake()
         client.release()
+
+
+_shared: Hub | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_hub() -> Hub:
+    """A hub for feeds outside zsup's HTTP server (SockJS over another WSGI server)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Hub()
+            _shared.start()
+        return _shared

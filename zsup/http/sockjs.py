@@ -18,7 +18,11 @@ DISCONNECT_DELAY seconds is closed and its channel told so; a second concurrent 
 that is not UTF-8 is sent with U+FFFD replacements.
 
 The channel objects are gaffer_ws's, with their frames going into a Session instead of a
-socket (SessionFrames). Each receiver request holds a gateway thread and a stream slot.
+socket (SessionFrames); their subscriptions are pumped by the stream hub. The websocket
+transport is a hub websocket (zsup.http.hubws), and the streaming receivers are handed to the
+hub after their head (zsup.http.sockjs_stream): what the session gets is sent as it comes,
+with no thread of its own. Each receiver takes a stream slot; a polling ``xhr`` receiver holds
+a gateway thread while it waits (up to HEARTBEAT seconds).
 """
 
 from __future__ import annotations
@@ -32,10 +36,12 @@ from typing import Callable
 
 from webob import Response
 from ws4py.messaging import TextMessage
-from ws4py.websocket import WebSocket
 
 from zsup.http import gaffer_ws
+from zsup.http.adapter import stream_hub
+from zsup.http.hubws import HubSocket, ws_frame
 from zsup.http.routes_api import api
+from zsup.http.sockjs_stream import hub_receiver
 from zsup.http.streams import StreamBody, _waitress_channel
 from zsup.http.web import HTTPError, StreamResponse, read_body
 
@@ -67,8 +73,15 @@ class Session:
         self.last_seen = time.monotonic()
         self.channel = None
         self._channel_closed = False
+        #: Called (any thread, no lock held) after a message is queued or the session closed.
+        self.listener: Callable[[], None] | None = None
         self.channel = make_channel(self)
         self.channel.opened()
+
+    def _tell(self) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener()
 
     def claim(self) -> bool:
         """Become the session's one receiving request: False when another one is."""
@@ -84,7 +97,8 @@ class Session:
                 return False
             self._queue.append(text)
             self._cond.notify_all()
-            return True
+        self._tell()
+        return True
 
     def take(self, timeout: float) -> list[str] | None:
         """The queued messages (waiting up to `timeout`); [] on timeout; None once closed
@@ -106,6 +120,7 @@ class Session:
                 self.closed = (code, reason)
             self._cond.notify_all()
         self._close_channel()
+        self._tell()
 
     def _close_channel(self) -> None:
         with self._cond:
@@ -157,7 +172,7 @@ class SessionFrames:
 _classes: dict[type, type] = {}
 
 
-def _session_channel(cls: type, bound: dict) -> Callable[[Session], object]:
+def _session_channel(cls: type, bound: dict, hub) -> Callable[[Session], object]:
     sub = _classes.get(cls)
     if sub is None:
         sub = _classes.setdefault(cls, type(f"SockJS{cls.__name__}", (SessionFrames, cls), {}))
@@ -165,7 +180,7 @@ def _session_channel(cls: type, bound: dict) -> Callable[[Session], object]:
     def make(session: Session):
         obj = sub.__new__(sub)
         obj.sockjs_session = session
-        obj.__init__(None, **bound)
+        obj.__init__(None, **bound, hub=hub)
         return obj
     return make
 
@@ -257,35 +272,39 @@ def _channel(gate, prefix: str, query: str) -> tuple[type, dict]:
 
 # -- websocket transport ---------------------------------------------------------------------
 
-class SessionSocket(WebSocket):
+class SessionSocket(HubSocket):
     """``<prefix>/<server>/<session>/websocket``: one session over one websocket."""
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None,
                  *, cls: type, bound: dict):
         super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
-                         heartbeat_freq=heartbeat_freq)
-        self._make = _session_channel(cls, bound)
+                         heartbeat_freq=heartbeat_freq, kind="sockjs", beat=ws_frame(b"h"),
+                         heartbeat=HEARTBEAT)
+        self._make = _session_channel(cls, bound, self.hub)
+        self._out_lock = threading.Lock()
         self.session: Session | None = None
 
     def opened(self):
         self.send("o")
         self.session = Session(self._make)
-        threading.Thread(target=self._pump, daemon=True, name="zsup-sockjs-ws").start()
+        self.session.listener = self._forward
+        self._forward()
 
-    def _pump(self) -> None:
+    def _forward(self) -> None:
+        """Send what the session has (any thread; one at a time, so frames keep their order)."""
         session = self.session
-        try:
-            while True:
-                batch = session.take(HEARTBEAT)
+        with self._out_lock:
+            batch = session.take(0)
+            try:
                 if batch is None:
+                    session.listener = None
                     code, reason = session.closed
                     self.send(close_frame(code, reason))
                     self.close(1000, reason)
-                    return
-                self.send("a" + json.dumps(batch) if batch else "h")
-        except Exception as exc:  # the socket is gone
-            log.debug("SockJS websocket pump ended: %s", exc)
-            session.close(1002, "Connection interrupted")
+                elif batch:
+                    self.send("a" + json.dumps(batch))
+            except Exception as exc:  # the socket is gone
+                log.debug("SockJS websocket send failed: %s", exc)
 
     def received_message(self, message):
         data = message.data
@@ -299,6 +318,7 @@ class SessionSocket(WebSocket):
 
     def closed(self, code, reason=None):
         if self.session is not None:
+            self.session.listener = None
             self.session.close(1002, "Connection interrupted")
 
 
@@ -385,14 +405,19 @@ def _transport(ctx, req, prefix: str, server: str, session: str, transport: str)
     current = table.get(key)
     if current is None:
         cls, bound = _channel(ctx.gate, prefix, req.query_string)
-        current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound)))
-    release = ctx.acquire_stream()
+        hub = stream_hub(req.environ)
+        current = table.get_or_create(key, lambda: Session(_session_channel(cls, bound, hub)))
+    hub = stream_hub(req.environ) if transport != "xhr" else None
+    release = ctx.acquire_stream(holds_thread=hub is None)
     first = {"xhr_streaming": "h" * 2048 + "\n", "eventsource": "\r\n"}.get(transport)
+    ctype = "text/event-stream; charset=UTF-8" if transport == "eventsource" else _JS
     if current.claim():
+        if hub is not None:
+            return hub_receiver(hub, req, current, first, transport, ctype,
+                                {"Cache-Control": _NO_CACHE}, release, HEARTBEAT, STREAM_LIMIT)
         gen = _receive(current, first, transport)
     else:
         gen = _turned_away(first, transport)
-    ctype = "text/event-stream; charset=UTF-8" if transport == "eventsource" else _JS
     return StreamResponse(StreamBody(gen, release, _waitress_channel(req)), ctype,
                           headers={"Cache-Control": _NO_CACHE})
 

@@ -4,7 +4,9 @@
 formatting). ``LineSource`` is ONE ``LineFeed`` per ``(pid, label)`` shared by every client of
 that stream: each batch of lines is taken once and formatted once per kind of client, and the
 same bytes are queued for every client at the same place. ``EventSource`` is one gate
-subscription for one ``/watch`` or ``/channel`` client.
+subscription for one ``/watch`` or ``/channel`` client. ``TaskSource`` pumps a callable (a
+gaffer channel's subscriptions, a SockJS session): no thread of its own either. ``TaskPool``
+runs what websocket clients send (it may call the bus) off the hub thread, in order per client.
 
 Thread rules: a source is pumped by one hub worker at a time (its ``lock``); ``join`` and
 ``wake`` may be called from any thread; a client's queue is shared with the hub thread under
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -25,7 +29,7 @@ from zsup.http.feeds import LineFeed, event_lines
 if TYPE_CHECKING:
     from zsup.http.hub import Hub
 
-__all__ = ["Client", "EventSource", "LineSource", "Source"]
+__all__ = ["Client", "EventSource", "LineSource", "Source", "Inbox", "TaskPool", "TaskSource"]
 
 log = logging.getLogger("zsup.http.hub")
 
@@ -41,11 +45,16 @@ class Client:
     def __init__(self, sock, *, kind: str, chunked: bool, fmt_event: Callable[[Event], bytes],
                  fmt_line: Callable[[int, bytes], bytes], final: bytes, beat: bytes,
                  heartbeat: float | None, release: Callable[[], None], after: int = 0,
-                 reads: bool = True, on_end: Callable[[], None] | None = None,
-                 on_close: Callable[[], None] | None = None):
+                 on_end: Callable[[], None] | None = None,
+                 on_close: Callable[[], None] | None = None,
+                 on_read: Callable[[], bool] | None = None):
         self.sock = sock
-        #: False for a websocket: ws4py's manager reads it (the hub holds a dup to write).
-        self.reads = reads
+        self.tls = isinstance(sock, ssl.SSLSocket)
+        #: A websocket's reader (the hub thread, when the socket is readable): False to close.
+        self.on_read = on_read
+        self.deadline: float | None = None  # closed then at the latest (a closing websocket)
+        self.error: OSError | None = None  # why a write failed (the client went away)
+        self.bye = b""  # sent when the hub stops (a websocket's close frame)
         self.on_end, self.on_close = on_end, on_close
         self.registered = False
         self.kind, self.chunked = kind, chunked
@@ -206,7 +215,7 @@ class LineSource(Source):
                         client.fmt_line(*item) if isinstance(item, tuple) else client.fmt_event(item)
                         for item in items)
             else:  # ahead of the source (it read the ring later): only what it lacks
-                blob = b"".join(client.fmt_line(seq, line) for seq, line in _lines(items)
+                blob = b"".join(client.fmt_line(seq, line) for seq, line in lines_of(items)
                                 if seq >= client.next)
             client.next = self.feed.next
             if blob and not client.push(client.frame(blob), limit):
@@ -219,7 +228,8 @@ class LineSource(Source):
         self.hub.forget(self)
 
 
-def _lines(items: list):
+def lines_of(items: list):
+    """(seq, line) of every line of a pump's items (tuples, and whole output events)."""
     for item in items:
         if isinstance(item, tuple):
             yield item
@@ -253,3 +263,126 @@ class EventSource(Source):
 
     def close(self) -> None:
         self.sub.close()
+
+
+class TaskSource(Source):
+    """A source whose pump runs ``step()`` (a hub worker, under the source's lock), which
+    returns True once it has ended; also once ``next_due()`` (when given) has passed. For feeds whose
+    bytes the hub does not write itself as a Source's clients: gaffer's channel
+    subscriptions and IO channels, SockJS sessions. ``on_close`` runs once when it ends."""
+
+    def __init__(self, hub: "Hub", step: Callable[[], bool], delay: Callable[[], float],
+                 next_due: Callable[[], float] | None = None,
+                 on_close: Callable[[], None] | None = None):
+        super().__init__(hub, delay)
+        self.step, self.next_due, self.on_close = step, next_due, on_close
+        self.cancelled = False
+
+    def take_and_push(self) -> None:
+        if self.cancelled:
+            self.ended = True
+            return
+        self.last_pump = time.monotonic()
+        self.ended = bool(self.step())
+
+    def due(self, now: float) -> bool:
+        return self.next_due is not None and not self.scheduled and now >= self.next_due()
+
+    def end(self) -> None:
+        """Stop pumping (any thread, never waits): ``on_close`` runs in its next pump."""
+        self.cancelled = True
+        self.wake()
+
+    def close(self) -> None:
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            try:
+                on_close()
+            except Exception:
+                log.exception("closing a stream source failed")
+        self.hub.forget(self)
+
+
+class TaskPool:
+    """Up to ``workers`` threads running what clients send, so a bus call never stalls the hub
+    thread and no client holds a thread. A thread is made when a task finds none idle (none
+    before the first message), and stays until ``stop``."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._running = False
+
+    def start(self) -> None:
+        self._running = True
+
+    def stop(self, timeout: float) -> None:
+        with self._lock:
+            self._running = False
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        self._queue.put(fn)
+        with self._lock:
+            if not self._running or self._idle or len(self._threads) >= self.workers:
+                return
+            thread = threading.Thread(target=self._run, daemon=True,
+                                      name=f"zsup-http-hub-task-{len(self._threads)}")
+            self._threads.append(thread)
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            fn = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if fn is None:
+                return
+            try:
+                fn()
+            except Exception:
+                log.exception("a stream task failed")
+
+
+class Inbox:
+    """One client's tasks, run in order on a TaskPool; at most ``limit`` waiting."""
+
+    def __init__(self, pool: TaskPool, limit: int = 256):
+        self.pool, self.limit = pool, limit
+        self._items: collections.deque = collections.deque()
+        self._lock = threading.Lock()
+        self._busy = False
+
+    def put(self, fn: Callable[[], None]) -> bool:
+        """Queue `fn` (any thread); False when ``limit`` tasks already wait."""
+        with self._lock:
+            if len(self._items) >= self.limit:
+                return False
+            self._items.append(fn)
+            if self._busy:
+                return True
+            self._busy = True
+        self.pool.submit(self._drain)
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if not self._items:
+                    self._busy = False
+                    return
+                fn = self._items.popleft()
+            try:
+                fn()
+            except Exception:
+                log.exception("a websocket message failed")

@@ -10,53 +10,34 @@
   frames ``{"topic", "msg"[, "data"]}`` (``.`` or nothing: every event).
 - gaffer 0.5's ``/channel/websocket`` and ``/<pid>/channel[/<label>]``: zsup.http.gaffer_ws.
 
-Served by the gateway's stream hub (zsup.http.hub), as the live HTTP feeds are: ws4py's
-manager reads the socket, the hub writes it (a dup of it, non-blocking): each output line is
-framed once per event for every websocket of that stream (one text frame per line, binary
-when it is not UTF-8), a websocket that falls ``max_buffer`` bytes behind is closed (1008,
-"too slow"), and ws4py's own frames (pong, close) go through the hub's queue so nothing
-interleaves. Over TLS (one SSL object cannot be written and read by two threads) and without
-a hub, each websocket has its own pump thread instead, as before. zsupd sees none of this:
-all of them share the gateway's one SUB socket.
+Served by the gateway's stream hub (zsup.http.hub, zsup.http.hubws), as the live HTTP feeds
+are, plain or TLS: the hub thread reads and writes every websocket's socket; each output line
+is framed once per event for every websocket of that stream (one text frame per line, binary
+when it is not UTF-8); a websocket that falls ``max_buffer`` bytes behind is closed (1008,
+"too slow"); stdin writes run on the hub's small task pool. zsupd sees none of this: all of
+them share the gateway's one SUB socket.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import ssl
-import struct
-import threading
 from urllib.parse import parse_qs, unquote
-
-from ws4py.websocket import WebSocket
 
 from zsup.bus.protocol import Event
 from zsup.errors import ZsupError
 from zsup.http import gaffer_ws
 from zsup.http.busgate import memo
-from zsup.http.feeds import LineFeed, event_json_text, event_lines
-from zsup.http.hub import Client
-from zsup.http.ws4py_adapter import connection_lost
+from zsup.http.feeds import event_json_text, event_lines
+from zsup.http.hubws import DROPPED_FRAME, HubSocket, ws_frame
+
+__all__ = ["DROPPED_FRAME", "ChannelSocket", "ProcessSocket", "websocket_route", "ws_frame"]
 
 log = logging.getLogger("zsup.http.websockets")
 
 
 def _error_frame(code: str, message: str) -> str:
     return json.dumps({"error": {"code": code, "message": message}})
-
-
-def ws_frame(payload: bytes, binary: bool = False) -> bytes:
-    """One unmasked, final server frame (RFC 6455 section 5.2)."""
-    first = 0x82 if binary else 0x81
-    n = len(payload)
-    if n < 126:
-        return bytes((first, n)) + payload
-    if n < 65536:
-        return struct.pack("!BBH", first, 126, n) + payload
-    return struct.pack("!BBQ", first, 127, n) + payload
 
 
 def _line_frame(seq: int, line: bytes) -> bytes:
@@ -84,136 +65,28 @@ def _event_json_frame(event: Event) -> bytes:
     return out
 
 
-_TOO_SLOW = struct.pack("!H", 1008) + b"too slow: dropped"
-DROPPED_FRAME = bytes((0x88, len(_TOO_SLOW))) + _TOO_SLOW
-
-
-class _PumpedSocket(WebSocket):
-    """A websocket fed by the stream hub, or by a pump thread (TLS, no hub), until the source
-    ends or the socket closes."""
-
-    end_reason = ""
-
-    def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None):
-        super().__init__(sock, protocols=protocols, extensions=extensions, environ=environ,
-                         heartbeat_freq=heartbeat_freq)
-        self._stop = threading.Event()
-        self._pump_thread: threading.Thread | None = None
-        self._hub = None
-        self._hub_client: Client | None = None
-
-    def _hub_for(self):
-        """The hub that will write this websocket, or None (TLS, or no hub)."""
-        hub = (self.environ or {}).get("zsup.hub")
-        if hub is None or isinstance(self.sock, ssl.SSLSocket):
-            return None
-        return hub
-
-    def _make_client(self, hub, kind: str, fmt_event, fmt_line, release) -> Client:
-        dup = socket.socket(fileno=os.dup(self.sock.fileno()))
-        dup.setblocking(False)
-
-        def shut() -> None:  # dropped: ws4py's read sees the end and terminates it
-            try:
-                dup.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-        def end() -> None:  # the source ended (the process exited, the gateway stops)
-            if not self._stop.is_set():
-                self.close(1000, self.end_reason)
-
-        self._hub = hub
-        self._hub_client = Client(dup, kind=kind, chunked=False, fmt_event=fmt_event,
-                                  fmt_line=fmt_line, final=DROPPED_FRAME, beat=b"",
-                                  heartbeat=None, release=release, reads=False, on_end=end,
-                                  on_close=shut)
-        return self._hub_client
-
-    def _write(self, b):
-        client = self._hub_client
-        if client is None:
-            return super()._write(b)
-        if self.terminated or self.sock is None:
-            raise RuntimeError("Cannot send on a terminated websocket")
-        self._hub.write_now(client, b)
-
-    def opened(self):
-        self._pump_thread = threading.Thread(target=self._pump_safely, daemon=True,
-                                             name=f"zsup-ws-pump {self.path}")
-        self._pump_thread.start()
-
-    def _pump_safely(self):
-        try:
-            self.pump()
-        except OSError as exc:  # the client went away: one debug line for the websocket
-            if not self._stop.is_set():
-                connection_lost(self, exc)
-        except Exception as exc:  # a send after the websocket was terminated, mostly
-            if not self._stop.is_set():
-                log.debug("websocket pump ended: %s", exc)
-        finally:
-            self.release()
-
-    def closed(self, code, reason=None):
-        self._stop.set()
-        if self._hub_client is not None:
-            self._hub.detach(self._hub_client)
-            self.release()
-
-    def pump(self):  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def release(self):
-        pass
-
-
-class ProcessSocket(_PumpedSocket):
+class ProcessSocket(HubSocket):
     """``/wstreams/<pid>``: stdin in, output lines out."""
 
     end_reason = "process exited"
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None, *,
                  gate, proc: dict, label: str):
-        super().__init__(sock, protocols, extensions, environ, heartbeat_freq)
+        super().__init__(sock, protocols, extensions, environ, heartbeat_freq, kind="ws",
+                         fmt_event=_event_frames, fmt_line=_line_frame)
         self.gate = gate
         self.proc = proc
         self.label = label
-        self.feed: LineFeed | None = None
 
     def opened(self):
         after = (self.proc.get("last_seq") or {}).get(self.label, 0)
-        hub = self._hub_for()
-        if hub is not None:
-            client = self._make_client(hub, "ws", _event_frames, _line_frame, lambda: None)
-            while not hub.line_source(self.gate, self.proc, self.label, lambda: 0.05).join(
-                    client, after, b""):
-                pass
-            hub.attach(client)
-            return
-        self.feed = LineFeed(self.gate, self.proc, self.label, after)
-        super().opened()
+        while not self.hub.line_source(self.gate, self.proc, self.label, lambda: 0.05).join(
+                self.client, after, b""):
+            pass
 
-    def pump(self):
-        lines = self.feed.initial
-        while not self._stop.is_set():
-            for _, line in lines:
-                try:
-                    self.send(line.decode("utf-8"), False)
-                except UnicodeDecodeError:
-                    self.send(line, True)
-            if self.feed.ended:
-                if not self._stop.is_set():
-                    self.close(1000, "process exited")
-                return
-            lines = self.feed.wait(0.5)
-
-    def release(self):
-        if self.feed is not None:
-            self.feed.close()
-        client = self._hub_client
-        if client is not None and client.source is not None:
-            client.source.wake()  # it forgets the client (gone)
+    def released(self):
+        if self.client.source is not None:
+            self.client.source.wake()  # it forgets the client (gone)
 
     def received_message(self, message):
         data = message.data
@@ -227,33 +100,22 @@ class ProcessSocket(_PumpedSocket):
                 pass
 
 
-class ChannelSocket(_PumpedSocket):
+class ChannelSocket(HubSocket):
     """``/channel``: bus events as JSON text frames."""
 
     def __init__(self, sock, protocols=None, extensions=None, environ=None, heartbeat_freq=None, *,
                  gate, patterns: list[str]):
-        super().__init__(sock, protocols, extensions, environ, heartbeat_freq)
+        super().__init__(sock, protocols, extensions, environ, heartbeat_freq, kind="ws-json",
+                         fmt_event=_event_json_frame)
         self.gate = gate
         self.patterns = patterns
         self.sub = None
 
     def opened(self):
         self.sub = self.gate.subscribe(self.patterns)
-        hub = self._hub_for()
-        if hub is not None:
-            client = self._make_client(hub, "ws-json", _event_json_frame, None, self.sub.close)
-            hub.event_source(self.sub, client, lambda: 0.05)
-            hub.attach(client)
-            return
-        super().opened()
+        self.hub.event_source(self.sub, self.client, lambda: 0.05)
 
-    def pump(self):
-        while not self._stop.is_set() and not self.sub.closed:
-            event = self.sub.get(timeout=0.5)
-            if event is not None:
-                self.send(event_json_text(event), False)
-
-    def release(self):
+    def released(self):
         if self.sub is not None:
             self.sub.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+from typing import Callable
 
 from ws4py.manager import WebSocketManager as _WS4PyManager
 from ws4py.websocket import WebSocket
@@ -91,6 +92,11 @@ class WebSocketManager(_WS4PyManager):
         self._poll_timeout = poll_timeout
         self._stopping = threading.Event()
         self._backlog: set[int] = set()
+        #: How many websockets are served elsewhere (the stream hub's), counted by len().
+        self.elsewhere: Callable[[], int] = lambda: 0
+
+    def __len__(self) -> int:
+        return len(self.websockets) + self.elsewhere()
 
     @property
     def accepting(self) -> bool:

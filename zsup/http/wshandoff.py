@@ -5,7 +5,10 @@ waitress queues it, takes the socket out of waitress's loop (in the loop's own t
 queues ``WebSocketUpgrader.task(...)`` on waitress's worker pool. The worker checks the
 handshake (RFC 6455 section 4.2.1), asks the ``authorize`` hook and the ``websocket_routes``
 callable, answers ``101`` (or 400, 401, 404, 503 in the gateway's JSON error shape) itself,
-and gives the websocket to the manager. Plain requests on the same connection before the
+and gives the websocket to the stream hub (a ``zsup.http.hubws.HubSocket``: the hub thread
+reads and writes it, TLS or not) or, for any other ws4py websocket, to ws4py's manager
+(which reads it on its one thread). Both count against the endpoint's ``max_websockets``,
+checked before the ``101``. Plain requests on the same connection before the
 upgrade are answered first, in order.
 
 The websocket is made with ``factory(sock, protocols=None, extensions=None, environ=environ)``
@@ -32,6 +35,7 @@ from webob.headers import EnvironHeaders
 from ws4py import WS_KEY
 from ws4py.websocket import WebSocket
 
+from zsup.http.hubws import HubSocket
 from zsup.http.limits import Limits
 from zsup.http.listen import close_quietly
 from zsup.http.ws4py_adapter import WebSocketManager, prepend_unread, quiet_resets
@@ -147,6 +151,8 @@ class WebSocketUpgrader:
         self.io_timeout = io_timeout
         self._lock = threading.Lock()
         self._pending: dict[str, int] = {}  # endpoint -> upgrades past the cap check
+        self._hubbed: dict[str, int] = {}  # endpoint -> open websockets the hub serves
+        manager.elsewhere = lambda: sum(self._hubbed.values())
 
     def task(self, sock: socket.socket, environ: dict, leftover: bytes,
              limits: Limits | None = None) -> "UpgradeTask":
@@ -159,6 +165,7 @@ class WebSocketUpgrader:
         with self._lock:
             open_here = sum(1 for ws in list(self.manager.websockets.values())
                             if getattr(ws, "zsup_endpoint", None) == name)
+            open_here += self._hubbed.get(name, 0)
             if open_here + self._pending.get(name, 0) >= limits.max_websockets:
                 return False
             self._pending[name] = self._pending.get(name, 0) + 1
@@ -167,6 +174,17 @@ class WebSocketUpgrader:
     def _unreserve(self, limits: Limits) -> None:
         with self._lock:
             self._pending[limits.name] -= 1
+
+    def _served(self, ws: HubSocket, name: str) -> None:
+        """`ws` goes to the hub: its reserved place counts as open until it is released."""
+        with self._lock:
+            self._pending[name] -= 1
+            self._hubbed[name] = self._hubbed.get(name, 0) + 1
+
+        def gone() -> None:
+            with self._lock:
+                self._hubbed[name] -= 1
+        ws.on_gone = gone
 
     def upgrade(self, sock: socket.socket, environ: dict, leftover: bytes,
                 limits: Limits | None = None) -> None:
@@ -214,7 +232,12 @@ class WebSocketUpgrader:
                           f"Sec-WebSocket-Accept: {_accept_value(key)}\r\n"
                           "\r\n").encode("ascii"))
             prepend_unread(ws, leftover)  # frames that came in the packet of the request head
-            self.manager.add(ws)
+            if isinstance(ws, HubSocket) and ws.client is not None:
+                self._served(ws, limits.name)
+                reserved = False
+                ws.serve()
+            else:
+                self.manager.add(ws)
         except Exception:
             logger.exception("websocket upgrade of %s failed", environ.get("PATH_INFO"))
             if not answered:
