@@ -261,9 +261,13 @@ class Watch:
                     kv = event.get("kv", {})
                     yield (event.get("type", "PUT").lower(), _unb64(kv.get("key")), _unb64(kv.get("value")),
                            int(kv.get("mod_revision", 0)))
-        except (OSError, ValueError, http.client.HTTPException) as exc:
+        except (OSError, ValueError, AttributeError, http.client.HTTPException) as exc:
+            # close() from another thread may pull http.client's file away mid-read (an
+            # AttributeError inside it): only a watch that was closed ends quietly
             if self._closed:
                 return
+            if isinstance(exc, AttributeError):
+                raise
             raise EtcdError(f"the etcd watch stream broke: {exc}") from None
 
     def close(self) -> None:
