@@ -5,6 +5,8 @@ Creates (or reuses) `.venv-bench/` with supervisor and circus from PyPI (never z
 dependencies), runs every scenario script (scripts/bench_*.py) in it, each daemon in turn
 (A B C A B C ...) for 3 rounds (1 with BENCH_QUICK=1), and writes one table of medians
 (min-max) to bench/results/latest.md, with the raw numbers in bench/results/latest.json.
+`scripts/bench.py fanout` (any scenario names) runs only those and keeps the other rows' last
+numbers in both files.
 A scenario that fails is reported as such; the others still run.
 """
 
@@ -211,6 +213,13 @@ def main() -> int:
     only = [a for a in sys.argv[1:] if a in SCENARIOS] or SCENARIOS
     results = {name: run_scenario(name) for name in only}
     info["load_end"] = [round(x, 1) for x in os.getloadavg()]
+    if only != SCENARIOS:  # a partial run replaces its own rows and keeps the others' last numbers
+        try:
+            with open(os.path.join(RESULTS, "latest.json")) as f:
+                results = {**json.load(f)["results"], **results}
+        except (OSError, ValueError, KeyError):
+            pass
+        results = {name: results[name] for name in SCENARIOS if name in results}
     text = table(results, info)
     os.makedirs(RESULTS, exist_ok=True)
     with open(os.path.join(RESULTS, "latest.json.tmp"), "w") as f:

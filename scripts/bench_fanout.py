@@ -10,6 +10,8 @@ HTTP/1.0, websockets with their RFC 6455 handshake) connect in waves of 500, the
 client (`data:` lines, or text frames). Reported: lines/s delivered to each client (median) and to the slowest one (of
 either kind), to all together, what the child produced, and the gateway's threads (most seen
 while they are open), RSS and CPU. BENCH_FANOUT_SSE / BENCH_FANOUT_WS change the counts;
+BENCH_FANOUT_THREADS sets the gateway's worker pool (`--threads`, default 6 here: the clients
+hold no worker, so the pool only serves REST; zsup-http's own default is 32);
 BENCH_FANOUT_TLS=1 serves them all over TLS (a self-signed EC certificate made with openssl;
 the clients' handshakes are non-blocking too).
 If the gateway is missing or fails, the result is {"skipped": reason}, never an exception.
@@ -81,7 +83,8 @@ def measure() -> dict:
         gw = subprocess.Popen([bl.ZSUP_PY, "-m", "zsup.cli.http_gateway", "--bus", d.bus, "--pub", d.pub,
                                "--bind", f"127.0.0.1:{port}", "--max-client-connections", "20000",
                                "--max-streams", str(SSE_CLIENTS + 100),
-                               "--max-websockets", str(WS_CLIENTS + 100), *tls_args],
+                               "--max-websockets", str(WS_CLIENTS + 100),
+                               "--threads", os.environ.get("BENCH_FANOUT_THREADS", "6"), *tls_args],
                               stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                               env=dict(os.environ, PYTHONPATH=bl.ROOT), cwd=d.dir)
 

@@ -13,6 +13,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -218,6 +219,8 @@ def test_gaffer_channels_and_sockjs_websockets_cost_no_thread_each(zsupd_factory
         g.load({"name": "chatty", "cmd": sys.executable, "args": ["-u", "-c", CHATTY]})
         pid = g.pid_of("chatty")[0]
         conns = [Conn(g.host, g.port, "/channel")]  # the gateway's bus fan-out thread starts
+        wait_for(lambda: any(t.name == "zsup-http-fanout" for t in threading.enumerate()), timeout=10,
+                 message="the bus fan-out thread started by the first channel")
         idle = threads_now()
         most = [idle]
 

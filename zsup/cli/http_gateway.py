@@ -48,7 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plugin-dir", metavar="DIR", help="plugin folder (default: the config's plugin_dir, "
                    "else <state_dir>/plugins)")
     p.add_argument("--max-streams", type=positive_int, default=10000, metavar="N",
-                   help="open stream feeds at most; longpolls: 16 at once (default: 10000)")
+                   help="open stream feeds at most; longpolls: half of --threads at once (default: 10000)")
+    p.add_argument("--threads", type=worker_threads, default=32, metavar="N",
+                   help="worker threads for requests, half kept for REST and half for requests "
+                        "that wait (longpolls, mounted apps); live feeds and websockets need "
+                        "none (default: 32)")
     p.add_argument("--max-websockets", type=positive_int, metavar="N",
                    help="websockets open at once per endpoint; more are refused with 503 (default: the "
                         "endpoint's max_websockets, 10000)")
@@ -134,7 +138,7 @@ class Gateway:
     (endpoints that share their password and tokens files share a server)."""
 
     def __init__(self, bus: str, pub: str, endpoints: list[dict], plugin_dir: str | None = None,
-                 max_streams: int = 10000, timeout: float = 5.0):
+                 max_streams: int = 10000, timeout: float = 5.0, threads: int = 32):
         from zsup.http.app import GatewayApp
         from zsup.http.auth import Authenticator, check_private
         from zsup.http.busgate import BusGate
@@ -156,7 +160,7 @@ class Gateway:
                 **limits))
         for (auth_file, tokens_file), group in groups.items():
             app = GatewayApp(self.gate, Authenticator(auth_file, tokens_file), plugin_dir,
-                             max_streams=max_streams)
+                             max_streams=max_streams, threads=threads)
             self.apps.append(app)
             self.servers.append(HTTPServer(
                 app, group, app.websocket_routes, threads=app.threads, authorize=app.authorize,
@@ -222,6 +226,14 @@ def fleet_of(args):
                  password=settings.get("registry_password"), timeout=args.timeout)
 
 
+def worker_threads(text: str) -> int:
+    """An argparse type: a worker pool of at least 2 (one for REST, one for waiting requests)."""
+    n = positive_int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"expected a number >= 2, got {text!r}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.hash_password is not None:
@@ -229,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=log_level(args.verbose), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         bus, pub, endpoints, plugin_dir = resolve(args)
-        gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout)
+        gateway = Gateway(bus, pub, endpoints, plugin_dir, args.max_streams, args.timeout, args.threads)
         fleet = fleet_of(args)
         for app in gateway.apps:
             app.fleet = fleet

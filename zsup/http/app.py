@@ -2,8 +2,8 @@
 
 ``GatewayApp(gate, authenticator=None, plugin_dir=None, max_streams=256)`` is a WSGI app and
 also gives HTTPServer what it needs: ``websocket_routes`` and ``authorize``; ``threads`` is
-the worker pool it needs (``max_streams`` for live feeds plus ``rest_threads`` that no stream
-can take).
+the worker pool (``threads``: half for requests that hold their worker while they wait, the
+rest for REST, which no waiting request can take; live feeds and websockets hold none).
 
 Order of a request: the ``access_token`` query parameter is taken out of the environ (so no
 route, mounted app or log line sees it) -> ``OPTIONS`` (CORS preflight, never authenticated)
@@ -94,12 +94,15 @@ def _undecodable(environ: dict) -> str | None:
 
 class GatewayApp:
     def __init__(self, gate: BusGate, authenticator: Authenticator | None = None,
-                 plugin_dir: str | None = None, max_streams: int = 10000, rest_threads: int = 16):
+                 plugin_dir: str | None = None, max_streams: int = 10000, threads: int = 32):
         self.gate = gate
         self.authenticator = authenticator or Authenticator()
         self.plugin_dir = plugin_dir
         self.max_streams = max_streams
-        self.rest_threads = rest_threads
+        #: Requests that hold their worker while open (longpolls, mounted apps; live feeds and
+        #: websockets leave theirs for zsup.http.hub): at most this many at once.
+        self.held_threads = max(1, threads // 2)
+        self.rest_threads = max(1, threads - self.held_threads)
         self.cursors = Cursors()
         self._slots = threading.BoundedSemaphore(max_streams)
         self._held = threading.BoundedSemaphore(min(max_streams, self.held_threads))
@@ -112,10 +115,6 @@ class GatewayApp:
         self.count_websockets: Callable[[], int] | None = None
         #: the fleet for /cluster/* (zsup.http.cluster_api), set by zsup-http's --cluster
         self.fleet = None
-
-    #: Requests that hold their worker while open (longpolls, mounted apps; live feeds and
-    #: websockets leave theirs for zsup.http.hub): at most this many at once.
-    held_threads = 16
 
     @property
     def threads(self) -> int:
