@@ -81,6 +81,26 @@ def test_unknown_jobs_and_cycles_are_refused(manager, tmp_path):
         load_config(str(path))
 
 
+def test_a_scheduled_job_cannot_be_depended_on(manager, tmp_path):
+    """A scheduled job is never ready: depending on it is refused whichever comes first."""
+    backup = {"name": "backup", "cmd": "true", "schedule": "0 3 * * *"}
+    with pytest.raises(BadRequest, match="job default.web depends on default.backup, a scheduled job"):
+        manager.load_many([{"name": "web", "cmd": "sleep", "args": ["300"], "depends": "backup"}, backup])
+    manager.load(backup)
+    with pytest.raises(BadRequest, match="a scheduled job"):
+        manager.load({"name": "web", "cmd": "sleep", "args": ["300"], "depends": "backup"})
+    manager.unload("backup")
+    manager.load({"name": "web", "cmd": "sleep", "args": ["300"], "depends": "backup"}, start=False)
+    with pytest.raises(BadRequest, match="job default.web depends on default.backup, a scheduled job"):
+        manager.load(backup)
+    assert [j for j in manager.jobs()] == ["default.web"]
+    path = tmp_path / "zsup.ini"
+    path.write_text("[process:web]\ncmd = x\ndepends = backup\n[process:backup]\ncmd = x\nschedule = 0 3 * * *\n")
+    with pytest.raises(ConfigError, match=r"\[process:web\] depends: job default.web depends on default.backup, "
+                                          "a scheduled job"):
+        load_config(str(path))
+
+
 def test_an_update_of_a_dependency_replaces_its_processes(manager):
     manager.load_many([{"name": "db", "cmd": "sleep", "args": ["300"]},
                        {"name": "web", "cmd": "sleep", "args": ["300"], "depends": "db"}])

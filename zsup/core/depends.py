@@ -49,9 +49,11 @@ class DependencyError(BadRequest):
         self.job = job
 
 
-def check_graph(depends: dict[str, list[str]], known: set[str] | None = None) -> None:
-    """BadRequest naming the first unknown dependency or cycle. `depends`: job -> its
-    dependencies; `known`: other job names that exist (default: only those of `depends`)."""
+def check_graph(depends: dict[str, list[str]], known: set[str] | None = None,
+                scheduled: set[str] = frozenset()) -> None:
+    """BadRequest naming the first unknown or scheduled dependency, or cycle. `depends`: job ->
+    its dependencies; `known`: other job names that exist (default: only those of `depends`);
+    `scheduled`: the jobs with a `schedule`."""
     every = set(depends) | (known or set())
     for job, deps in depends.items():
         for dep in deps:
@@ -59,6 +61,9 @@ def check_graph(depends: dict[str, list[str]], known: set[str] | None = None) ->
                 raise DependencyError(job, f"job {job} depends on itself")
             if dep not in every:
                 raise DependencyError(job, f"job {job} depends on {dep}, an unknown job")
+            if dep in scheduled:  # it runs now and then and is never "ready"
+                raise DependencyError(job, f"job {job} depends on {dep}, a scheduled job (never "
+                                      "ready: make it a before_start hook instead)")
     state: dict[str, int] = {}  # 1: being visited, 2: done
 
     def visit(job: str, path: list[str]) -> None:
@@ -84,7 +89,9 @@ class Ordering:
         that name a job neither loaded nor among them (load_session's batch)."""
         graph = {name: job.spec.depends for name, job in self._jobs.items()}
         graph.update({spec.fullname: spec.depends for spec in new})
-        check_graph(graph, None if strict else {d for deps in graph.values() for d in deps})
+        scheduled = {name for name, job in self._jobs.items() if job.spec.schedule}
+        scheduled = (scheduled - {spec.fullname for spec in new}) | {s.fullname for s in new if s.schedule}
+        check_graph(graph, None if strict else {d for deps in graph.values() for d in deps}, scheduled)
 
     def _waiting_for(self, job: Job) -> list[str]:
         """The dependencies of `job` not ready yet (empty: it may start)."""

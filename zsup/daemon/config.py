@@ -268,7 +268,8 @@ class _Reader:
             if missing:
                 raise self.fail(f"no [socket:{missing[0]}] section", sname, "sockets")
         try:  # `depends`: every job named is in the file, and no cycle (zsup/core/depends.py)
-            check_graph({job.fullname: job.depends for job in jobs})
+            check_graph({job.fullname: job.depends for job in jobs},
+                        scheduled={job.fullname for job in jobs if job.schedule})
         except DependencyError as exc:
             sname = next(s for s, sess, name in processes if f"{sess}.{name}" == exc.job)
             raise self.fail(exc.message.partition(": ")[2], sname, "depends") from None
