@@ -48,8 +48,10 @@ def test_hooks_run_in_order_with_their_env(logged, tmp_path):
                                                    "after_stop"]
     assert lines[0] == "before_start pid=0 code=" and lines[1] == f"after_start pid={pid} code="
     assert lines[4] == f"after_stop pid={pid} code=0"
-    hooks = [(label, data) for job, label, data in log.writes if label == "hook"]
-    assert (("hook", b"said before_start\n") in hooks and ("hook", b"said after_stop\n") in hooks)
+    # the hook's output reaches the log a moment after its trace line
+    hooks = lambda: [(label, data) for job, label, data in list(log.writes) if label == "hook"]
+    wait_for(lambda: ("hook", b"said after_stop\n") in hooks(), message="after_stop's output logged")
+    assert ("hook", b"said before_start\n") in hooks()
 
 
 def test_a_failing_before_start_fails_the_spawn(manager, recorder):

@@ -41,8 +41,9 @@ def test_rotation_by_size_with_compression(zsupd_factory):
                       "numprocesses = 0\nlog_max_bytes = 100000\nlog_backups = 3\n")
     d.call("commit", name="rot")
     paths = lambda: d.call("log_paths", name="rot", label="stdout")["paths"]["stdout"]
-    wait_for(lambda: (log_lines(d, "rot") or [None])[-1] is not None and log_lines(d, "rot")[-1].seq == 20000,
-             timeout=30, message="the last line on disk")
+    # one read per try: a rotation between two reads would see the new, empty file
+    wait_for(lambda: [r.seq for r in log_lines(d, "rot")[-1:]] == [20000], timeout=30,
+             message="the last line on disk")
     wait_for(lambda: len(paths()) == 4 and all(p.endswith(".gz") for p in paths()[1:]), timeout=30,
              message="3 compressed backups")
     for p in paths()[1:]:
