@@ -1,6 +1,8 @@
 """Gaffer semantics at the edges: unload takes one-off processes along, `$$` reaches the
 shell, a detached process is found again after a restart of zsupd (real processes)."""
 
+import sys
+
 from conftest import alive, kill_tree, wait_for
 
 
@@ -70,6 +72,31 @@ def test_a_detached_process_is_found_again_after_a_restart(zsupd_factory, tmp_pa
         d.start()
         assert d.call("info", name="loner")["processes"] == []  # stopped at run time, and none to find
     finally:
+        kill_tree([os_pid])
+
+
+def test_a_detached_process_found_again_is_held_to_its_limits(zsupd_factory, tmp_path):
+    """max_memory watches a process found again after a restart as it did the one it spawned."""
+    go = tmp_path / "go"
+    grow = ("import os, time\nwhile not os.path.exists(%r): time.sleep(0.05)\n"
+            "ballast = bytearray(200 * 2**20)\ntime.sleep(300)\n" % str(go))
+    script = tmp_path / "grow.py"
+    script.write_text(grow)
+    config = (f"[process:loner]\ncmd = {sys.executable}\nargs = {script}\ndetach = true\n"
+              "max_memory = 64M\nlimit_window = 1\n")
+    d = zsupd_factory(config, path=tmp_path / "one")
+    pid = wait_for(lambda: d.call("pids", name="loner"))[0]
+    os_pid = d.call("get_process", pid=pid)["os_pid"]
+    try:
+        sigterm(d)
+        d.start()
+        wait_for(lambda: [p["os_pid"] for p in d.call("info", name="loner")["processes"]] == [os_pid])
+        go.write_text("")  # now it grows past max_memory
+        wait_for(lambda: not alive(os_pid), timeout=15, message="the adopted process stopped for its memory")
+        info = wait_for(lambda: (i := d.call("info", name="loner"))["processes"] and i, timeout=10)
+        assert info["last_limit"]["limit"] == "max_memory" and info["processes"][0]["os_pid"] != os_pid
+    finally:
+        go.write_text("")
         kill_tree([os_pid])
 
 

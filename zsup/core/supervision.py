@@ -339,6 +339,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
             log.info("job %s: found detached process %s (os pid %s) again", job.name, proc.pid, proc.os_pid)
             self._publish_proc(proc, "spawn", detach=True, committed=False, adopted=True)
+            self._resources_spawned(proc)  # its cgroup and max_memory/max_cpu, as for a spawn
 
     def _on_death(self, job: Job, proc: Process) -> None:
         """A kept-alive process died on its own (or could not spawn): restart it."""
