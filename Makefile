@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 STATE_DIR ?= $(CURDIR)/.run
 
-.PHONY: venv gaffer-venv sockjs-client browser-deps etcd-server run test lint bench soak clean stop install-service
+.PHONY: venv gaffer-venv sockjs-client browser-deps etcd-server docs-tools run test lint bench soak clean stop install-service
 
 # gaffer 0.5.2's own client and CLI (Python 2.7), for tests/test_gaffer_client.py. virtualenv
 # 20.21 is the last that makes Python 2.7 environments. PY27: pyenv's 2.7 (its shim only works
@@ -57,7 +57,12 @@ etcd-server:
 # Three workers, a test file each at a time: most tests wait on real processes and sockets, so
 # this takes the suite from ~10 to ~4 minutes on 2 cores. TEST_ARGS= runs it in one process.
 TEST_ARGS ?= -n 3 --dist loadfile
-test: $(STAMP) $(GAFFER_STAMP) $(SOCKJS_STAMP) browser-deps etcd-server
+# The docs' examples (tests/test_docs_examples.py) use curl, jq and openssl.
+docs-tools:
+	@for t in curl jq openssl; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	test -z "$$missing" || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }
+
+test: $(STAMP) $(GAFFER_STAMP) $(SOCKJS_STAMP) browser-deps etcd-server docs-tools
 	$(PY) -m pytest -q $(TEST_ARGS) tests
 
 lint: $(STAMP)
