@@ -181,19 +181,12 @@ def test_head_deadline_closes_a_slow_head_but_not_a_slow_stream(gateway, zsupd_f
 def test_head_deadline_over_tls_starts_after_the_handshake(tmp_path):
     """HTTPServer alone (no zsupd needed): a TLS client that handshakes and then sends half a
     head is closed at the deadline; one that sends a whole request is answered."""
-    import shutil
     import ssl
 
-    from zsup.http.server import Endpoint, HTTPServer
+    from test_http_server import self_signed
 
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl command not found")
-    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
-                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True,
-                   timeout=60)
+    from zsup.http.server import Endpoint, HTTPServer
+    cert, key = self_signed(tmp_path)
 
     def app(environ, start_response):
         start_response("200 OK", [("Content-Type", "text/plain")])

@@ -1,5 +1,6 @@
-"""zsup.http.adapter: the assumptions about waitress's and ws4py's internals, pinned, and a
-shutdown that can neither raise on a closed trigger nor keep the interpreter from exiting."""
+"""zsup.http.adapter, .channel and .ws4py_adapter: the assumptions about waitress's and
+ws4py's internals, pinned, and a shutdown that can neither raise on a closed trigger nor keep
+the interpreter from exiting."""
 
 import base64
 import hashlib
@@ -24,7 +25,7 @@ from zsup.http.adapter import SafeTrigger
 from zsup.http.server import Endpoint, HTTPServer
 
 #: sha256 of the source of waitress's ``HTTPChannel.received`` that ``Channel.received`` in
-#: zsup/http/adapter.py repeats (waitress 3.0.x). When this test fails, compare the two
+#: zsup/http/channel.py repeats (waitress 3.0.x). When this test fails, compare the two
 #: loops, carry the change over into the copy, then update this pin.
 RECEIVED_SHA256 = "88e4f14ad908fa2e038a85088172734c5814bdd5449ffec5c386d1d7bd9e91a6"
 
@@ -39,7 +40,7 @@ def test_waitress_received_loop_is_the_one_zsup_copies():
     source = textwrap.dedent(inspect.getsource(HTTPChannel.received))
     digest = hashlib.sha256(source.encode()).hexdigest()
     assert digest == RECEIVED_SHA256, (
-        "waitress's HTTPChannel.received changed: zsup.http.adapter.Channel.received repeats "
+        "waitress's HTTPChannel.received changed: zsup.http.channel.Channel.received repeats "
         "it; review the copy against the installed waitress, then update RECEIVED_SHA256 "
         f"in this test to {digest}")
 

@@ -211,19 +211,8 @@ def test_a_client_that_stops_reading_is_dropped_and_the_others_go_on(gw):
 
 
 def test_tls_streams_go_through_the_hub(zsupd_factory, tmp_path):
-    import shutil
-    import subprocess
-
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        import pytest
-        pytest.skip("openssl command not found")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=60)
-    os.chmod(key, 0o600)
+    from test_http_server import self_signed
+    cert, key = self_signed(tmp_path)
     d = zsupd_factory("")
     gateway = start_gateway(d, tmp_path, endpoints=[
         {"name": "t", "bind": "127.0.0.1:0", "certfile": str(cert), "keyfile": str(key),

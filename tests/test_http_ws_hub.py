@@ -7,19 +7,16 @@ import json
 import logging
 import os
 import selectors
-import shutil
 import socket
 import ssl
 import struct
-import subprocess
 import sys
 import threading
 import time
 
-import pytest
 from conftest import wait_for
 from test_http_fanout_hub import CHATTY
-from test_http_server import insecure_context
+from test_http_server import insecure_context, self_signed
 from test_http_support import GW, echo_job, gw, start_gateway  # noqa: F401 (gw: a fixture)
 
 N_TLS = 200  # TLS websockets at once
@@ -138,18 +135,6 @@ def read_all(conns, until, timeout, watch=lambda: None):
         sel.close()
 
 
-def make_cert(tmp_path):
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl command not found")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "2", "-subj", "/CN=localhost"],
-                   check=True, capture_output=True, timeout=60)
-    os.chmod(key, 0o600)
-    return cert, key
-
 
 class TLSGW(GW):
     def connection(self, timeout=10):
@@ -159,7 +144,7 @@ class TLSGW(GW):
 
 
 def test_tls_websockets_cost_no_thread_each(zsupd_factory, tmp_path):
-    cert, key = make_cert(tmp_path)
+    cert, key = self_signed(tmp_path)
     d = zsupd_factory("")
     gateway = start_gateway(d, tmp_path, endpoints=[
         {"name": "t", "bind": "127.0.0.1:0", "certfile": str(cert), "keyfile": str(key),

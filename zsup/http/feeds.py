@@ -174,15 +174,7 @@ class LineFeed:
             event = self.sub.get(timeout=max(0.005, min(deadline, self._next_check) - now))
             now = time.monotonic()
             if event is None:
-                if self.sub.closed:
-                    out += self.catch_up()
-                    self.ended = True
-                elif now >= self._next_check:
-                    if now - self._last_output < self._check_every and self.state != "exited":
-                        # Not idle: output is flowing (a gap would show in its seq).
-                        self._next_check = self._last_output + self._check_every
-                    else:
-                        out += self._idle_check(now)
+                out += self._quiet(now)
                 continue
             self._take(event, out)
             out += self.take_queued()
@@ -200,16 +192,22 @@ class LineFeed:
         out = self.take_queued()
         if out or self.ended:
             return out
-        now = time.monotonic()
+        return self._quiet(time.monotonic())
+
+    def _quiet(self, now: float) -> list:
+        """Nothing came from the subscription: the catch-up of a closed one, or the ring's
+        check once ``next_check`` is due (unless output is flowing: a gap would show in its
+        seq)."""
         if self.sub.closed:
-            out += self.catch_up()
+            out = self.catch_up()
             self.ended = True
-        elif now >= self._next_check:
+            return out
+        if now >= self._next_check:
             if now - self._last_output < self._check_every and self.state != "exited":
                 self._next_check = self._last_output + self._check_every
             else:
-                out += self._idle_check(now)
-        return out
+                return self._idle_check(now)
+        return []
 
     def take_queued(self) -> list:
         """What is already queued (items as in ``wait_batch``), without waiting."""

@@ -3,7 +3,7 @@
 
 A live feed (``/streams/...?feed=continuous|eventsource``, ``/watch``) is answered by a
 waitress worker only up to its response head: then the channel hands its socket over
-(``zsup.http.adapter.Channel.hand_over``) and the hub serves it until it ends. Three parts:
+(``zsup.http.channel.Channel.hand_over``) and the hub serves it until it ends. Three parts:
 
 - a ``Source`` makes the bytes. ``LineSource`` is ONE ``LineFeed`` per ``(pid, label)`` shared
   by every client of that stream: each batch of lines is taken once and formatted once per

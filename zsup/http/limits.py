@@ -1,5 +1,6 @@
 """What an endpoint allows one client: the limits (docs/http.md, "Limits") and the count of
-connections per client address. Bookkeeping only (no socket here): zsup.http.adapter applies them.
+connections per client address. Bookkeeping only (no socket here): zsup.http.adapter
+(accepting) and zsup.http.channel (closing) apply them.
 """
 
 from __future__ import annotations

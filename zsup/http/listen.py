@@ -7,7 +7,7 @@ backlog (waitress would use one backlog for every socket). Only the standard lib
 
 TLS: the listening socket is wrapped by the context ``tls_context`` makes, without
 handshaking, so every accepted connection is an unhandshaken ``TLSSocket``; the channel
-(zsup.http.adapter) drives the handshake without blocking.
+(zsup.http.channel) drives the handshake without blocking.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ about what the application does. The work is split by job:
 - zsup.http.listen: bind addresses, endpoints, TLS contexts, listening sockets;
 - zsup.http.limits: what an endpoint allows a client (head deadline, connections per
   client address, websockets);
-- zsup.http.adapter: waitress's channel and servers (non-blocking TLS handshake, the
-  websocket hand-off out of waitress's loop) and ws4py's manager: the only module that
-  touches either library's internals;
+- zsup.http.channel and zsup.http.adapter: waitress's channel (non-blocking TLS handshake,
+  the hand-off of a socket out of waitress's loop) and its servers and loop; with
+  zsup.http.ws4py_adapter (ws4py's manager), the only modules that touch either library's
+  internals;
 - zsup.http.wshandoff: the websocket opening handshake, answered on a worker thread, and
   the poller the websocket manager waits on;
 - this module: starting and stopping all of it.

@@ -38,7 +38,7 @@ from webob import Response
 from ws4py.messaging import TextMessage
 
 from zsup.http import gaffer_ws
-from zsup.http.adapter import stream_hub
+from zsup.http.channel import stream_hub
 from zsup.http.hubws import HubSocket, ws_frame
 from zsup.http.routes_api import api
 from zsup.http.sockjs_stream import hub_receiver

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Callable
 
-from zsup.http.adapter import waitress_channel
+from zsup.http.channel import waitress_channel
 from zsup.http.hub import Client
 from zsup.http.streams import HandOver
 from zsup.http.web import StreamResponse

@@ -31,8 +31,8 @@ import time
 from typing import Callable, Iterator
 
 from zsup.bus.protocol import Event
-from zsup.http.adapter import stream_hub, waitress_channel
 from zsup.http.busgate import memo
+from zsup.http.channel import stream_hub, waitress_channel
 
 # Cursors and event_line_count are imported from here too (app.py, tests).
 from zsup.http.feeds import Cursors, LineFeed, event_json_text, event_line_count, sse_event, sse_line  # noqa: F401

@@ -1,6 +1,6 @@
 """The websocket hand-off: an upgrade request on a socket waitress let go becomes a ws4py websocket.
 
-The channel (zsup.http.adapter) spots a complete ``Upgrade: websocket`` request head before
+The channel (zsup.http.channel) spots a complete ``Upgrade: websocket`` request head before
 waitress queues it, takes the socket out of waitress's loop (in the loop's own thread) and
 queues ``WebSocketUpgrader.task(...)`` on waitress's worker pool. The worker checks the
 handshake (RFC 6455 section 4.2.1), asks the ``authorize`` hook and the ``websocket_routes``
@@ -66,7 +66,7 @@ class SelectorPoller:
     ws4py's EPollPoller yields lazily (so its poll runs outside the manager's lock) and breaks
     when it is released under a running loop; this one returns lists, tolerates closed and
     reused descriptors, and is released only by the manager thread itself (the manager in
-    zsup.http.adapter sees to that).
+    zsup.http.channel sees to that).
     """
 
     def __init__(self) -> None:
