@@ -115,54 +115,49 @@ def parse_limits(data: dict) -> dict:
     return out
 
 
+def _memory(data: dict, key: str, example: str) -> int | None:
+    """A size of memory in bytes (at least 1M), or None when `key` is not given."""
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BadRequest(f"{key}: expected a size such as {example}, got {value!r}")
+    size = parse_size(key, value)
+    if size < 1024 * 1024:
+        raise BadRequest(f"{key}: must be at least 1M, got {value!r}")
+    return size
+
+
+def _percent(data: dict, key: str, example: str) -> float | None:
+    """A percentage of one CPU (`150` or `150%`), or None when `key` is not given; the caller
+    checks its range."""
+    value = data.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        return float(value.strip().removesuffix("%") if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"{key}: expected a percentage of one CPU such as {example}, got {value!r}") from None
+
+
 def _cgroup(data: dict) -> dict:
     """cgroup_memory_max (bytes), cgroup_cpu_max (percent of one CPU), cgroup_pids_max: the
     job's cgroup v2 limits (zsup/core/cgroup.py), None for none."""
-    memory = data.get("cgroup_memory_max")
-    if memory not in (None, ""):
-        if isinstance(memory, bool) or not isinstance(memory, (int, str)):
-            raise BadRequest(f"cgroup_memory_max: expected a size such as 1G, got {memory!r}")
-        memory = parse_size("cgroup_memory_max", memory)
-        if memory < 1024 * 1024:
-            raise BadRequest(f"cgroup_memory_max: must be at least 1M, got {data.get('cgroup_memory_max')!r}")
-    cpu = data.get("cgroup_cpu_max")
-    if cpu not in (None, ""):
-        try:
-            if isinstance(cpu, bool):
-                raise ValueError
-            cpu = float(cpu.strip().removesuffix("%") if isinstance(cpu, str) else cpu)
-        except (TypeError, ValueError):
-            raise BadRequest(f"cgroup_cpu_max: expected a percentage of one CPU such as 150, got {cpu!r}") from None
-        if not 1 <= cpu <= 100 * 4096:
-            raise BadRequest(f"cgroup_cpu_max: must be between 1 and {100 * 4096}, got {data.get('cgroup_cpu_max')!r}")
-    return {"cgroup_memory_max": memory or None, "cgroup_cpu_max": cpu or None,
+    cpu = _percent(data, "cgroup_cpu_max", "150")
+    if cpu is not None and not 1 <= cpu <= 100 * 4096:
+        raise BadRequest(f"cgroup_cpu_max: must be between 1 and {100 * 4096}, got {data.get('cgroup_cpu_max')!r}")
+    return {"cgroup_memory_max": _memory(data, "cgroup_memory_max", "1G"), "cgroup_cpu_max": cpu,
             "cgroup_pids_max": _int("cgroup_pids_max", data.get("cgroup_pids_max"), 1, 2**31 - 1)}
 
 
 def _watched(data: dict) -> dict:
     """max_memory (bytes, of RSS), max_cpu (percent of one CPU, averaged over limit_window s)."""
-    memory = data.get("max_memory")
-    if memory in (None, ""):
-        memory = None
-    else:
-        if isinstance(memory, bool) or not isinstance(memory, (int, str)):
-            raise BadRequest(f"max_memory: expected a size such as 512M, got {memory!r}")
-        memory = parse_size("max_memory", memory)
-        if memory < 1024 * 1024:
-            raise BadRequest(f"max_memory: must be at least 1M, got {data.get('max_memory')!r}")
-    cpu = data.get("max_cpu")
-    if cpu in (None, ""):
-        cpu = None
-    else:
-        text = cpu.strip().removesuffix("%") if isinstance(cpu, str) else cpu
-        try:
-            if isinstance(text, bool):
-                raise ValueError
-            cpu = float(text)
-        except (TypeError, ValueError):
-            raise BadRequest(f"max_cpu: expected a percentage of one CPU such as 80 or 150%, got {cpu!r}") from None
-        if not 0 < cpu <= 100 * 4096:
-            raise BadRequest(f"max_cpu: must be above 0 and at most {100 * 4096}, got {data.get('max_cpu')!r}")
+    memory = _memory(data, "max_memory", "512M")
+    cpu = _percent(data, "max_cpu", "80 or 150%")
+    if cpu is not None and not 0 < cpu <= 100 * 4096:
+        raise BadRequest(f"max_cpu: must be above 0 and at most {100 * 4096}, got {data.get('max_cpu')!r}")
     window = data.get("limit_window")
     if window in (None, ""):
         window = DEFAULT_WINDOW
