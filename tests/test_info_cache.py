@@ -57,3 +57,27 @@ def test_info_over_the_bus_is_the_cached_answer(zsupd_factory):
     assert info["config"]["cmd"] == "sleep 300" and info["job"] == "default.web"
     d.call("stop_job", name="web")
     wait_for(lambda: d.call("info", name="web")["running"] == 0)
+
+
+def test_cached_info_follows_readiness_and_health(manager, tmp_path):
+    """The readiness fields come from the process's life (ProcLife.version keys the cache):
+    starting, then ready once the check passes, then unhealthy with its reason."""
+    flag = tmp_path / "ok"
+    manager.load({"name": "svc", "cmd": "sleep", "args": ["300"], "numprocesses": 1,
+                  "ready": f"cmd:test -e {flag}", "health": f"cmd:test -e {flag}", "health_interval": 0.1})
+    wait_for(lambda: json.loads(manager.info_json("svc"))["processes"][0]["state"] == "running")
+    assert json.loads(manager.info_json("svc"))["processes"][0]["readiness"] == "starting"
+    flag.write_text("")
+    wait_for(lambda: json.loads(manager.info_json("svc"))["processes"][0]["readiness"] == "ready")
+    same_as_dicts(manager, "svc")
+    flag.unlink()
+    wait_for(lambda: json.loads(manager.info_json("svc"))["processes"][0]["health_failures"] > 0)
+    same_as_dicts(manager, "svc")
+
+
+def test_cached_info_with_percent_signs(manager):
+    """An argument with `%` in it survives the per-call formatting of the cache."""
+    manager.load({"name": "pct", "cmd": "sh", "args": ["-c", "echo 100%d; sleep 300"], "numprocesses": 1})
+    wait_for(lambda: json.loads(manager.info_json("pct"))["processes"][0]["last_seq"]["stdout"] == 1)
+    info = same_as_dicts(manager, "pct")
+    assert info["processes"][0]["args"] == ["-c", "echo 100%d; sleep 300"]

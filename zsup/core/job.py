@@ -13,15 +13,6 @@ from zsup.core.states import JobState, ProcessState, check_job
 _BY_PID = operator.attrgetter("pid")
 
 
-def _proc_json(proc: Process, now: float) -> bytes:
-    """One process of info_json: its cached fragment, with its readiness when it has one."""
-    life = getattr(proc, "life", None)
-    if life is None:
-        return proc.info_json(now)
-    return proc.info_json(now, (life.readiness, life.reason, life.status, life.failures, life.ready_at),
-                          life.info)
-
-
 def life_info(proc: Process) -> dict:
     """A process's `info()` with its readiness (zsup/core/lifecycle.py's ProcLife), for info,
     get_process and the HTTP API."""
@@ -84,11 +75,12 @@ class Job:
     def running(self) -> list[Process]:
         return [p for p in self.processes.values() if p.state == ProcessState.RUNNING]
 
-    def lifecycle(self) -> dict:
-        """Readiness of the running processes and what ended for good: status rows and info."""
+    def lifecycle(self, running: list[Process] | None = None) -> dict:
+        """Readiness of the running processes (`running()`, when the caller has it already) and
+        what ended for good: status rows and info."""
         ready = unhealthy = 0
         reason = None
-        for proc in self.running():
+        for proc in self.running() if running is None else running:
             life = getattr(proc, "life", None)
             if life is None or life.readiness == "ready":
                 ready += 1
@@ -112,9 +104,10 @@ class Job:
         head = self._head(procs)
         now = time.time()
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
-                         b",".join([_proc_json(p, now) for p in procs]), b"]}"])
+                         b",".join([p.info_json(now, getattr(p, "life", None)) for p in procs]), b"]}"])
 
     def _head(self, procs: list[Process]) -> dict:
+        running = self.running()
         return {
             "name": self.spec.name,
             "session": self.spec.session,
@@ -123,9 +116,9 @@ class Job:
             "state": self.state.value,
             "stop_reason": self.stop_reason,
             "numprocesses": self.numprocesses,
-            "running": len(self.running()),
+            "running": len(running),
             "pids": [p.pid for p in procs if p.state != ProcessState.EXITED],
-            **self.lifecycle(),
+            **self.lifecycle(running),
             "flapping_retries": self.flapping.retries if self.flapping else 0,
             "last_error": self.last_error,
             "last_error_time": self.last_error_time,

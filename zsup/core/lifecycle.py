@@ -34,14 +34,18 @@ READY_POLL_MAX = 1.0
 FAILED_STOPS = ("ready_timeout", "unhealthy", "watchdog", "max_memory", "max_cpu")
 
 
+_SHOWN = frozenset(("readiness", "reason", "status", "failures", "ready_at"))  # in ProcLife.info()
+
+
 class ProcLife:
     """What the lifecycle knows of one process. Supervisor thread only, but `log_re` and
     `log_done`, which the IO thread reads (and sets once)."""
 
     __slots__ = ("readiness", "reason", "status", "failures", "timers", "sock", "path", "log_re",
-                 "log_done", "ready_at", "poll")
+                 "log_done", "ready_at", "poll", "version")
 
     def __init__(self):
+        object.__setattr__(self, "version", 1)
         self.readiness = Readiness.STARTING
         self.reason: str | None = None  # why the process was judged unhealthy or not ready
         self.status: str | None = None  # the last STATUS= of sd_notify
@@ -53,6 +57,12 @@ class ProcLife:
         self.log_done = False
         self.ready_at: float | None = None
         self.poll = READY_POLL
+
+    def __setattr__(self, name: str, value) -> None:
+        # `version` counts the changes of what info() shows: Process.info_json's cache key
+        object.__setattr__(self, name, value)
+        if name in _SHOWN:
+            object.__setattr__(self, "version", self.version + 1)
 
     def info(self) -> dict:
         return {"readiness": self.readiness.value, "reason": self.reason, "status": self.status,

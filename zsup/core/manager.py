@@ -351,7 +351,7 @@ class Manager(Supervision):
                 "started": min((p.started for p in running), default=None),
                 "cmd": job.spec.cmd,
                 "last_error": job.last_error,
-                **job.lifecycle(),
+                **job.lifecycle(running),
             })
         return out
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 import os
 import re
 import shlex
@@ -126,6 +127,9 @@ def find_executable(program: str, env: dict, cwd: str | None) -> str:
     return found
 
 
+_LAST_SEQ = operator.attrgetter("last_seq")
+
+
 class Process:
     """A spawned child. Its pipes are read by the IO loop; its pidfd is watched by the
     supervisor loop. All fields are changed only in the supervisor loop's thread; `state`
@@ -152,8 +156,11 @@ class Process:
         self.stdin_fd = -1
         self.adopted = False  # a detached process started by a previous zsupd, found again
         self.instance: int | None = None  # slot among the job's kept processes (ZSUP_INSTANCE)
-        self._json_key: tuple | None = None  # what info_json's cached fragment was made from
+        # info_json's cache: every field but the output seqs and the uptime, made again when
+        # set_state (the one door for the fields it holds) resets _json_life, or the life changed
+        self._json_life = -1
         self._json = b""
+        self._json_tail = b""
 
     @property
     def job(self) -> str:
@@ -163,6 +170,7 @@ class Process:
         """Move to `new`; IllegalTransition if the state machine does not allow it."""
         check_process(self.state, new, self.pid)
         self.state = new
+        self._json_life = -1
 
     def spawn(self, extra_env: dict | None = None, socket_fds: dict | None = None) -> None:
         """Start the process. `socket_fds`: zsupd's listening sockets by name (name -> fd),
@@ -322,20 +330,25 @@ class Process:
         end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
 
-    def info_json(self, now: float, extra_key: tuple = (), extra=None) -> bytes:
-        """`info()` encoded as JSON, from a fragment re-encoded only when the process changed
-        (state, exit, output seq, or `extra_key`: what `extra()`, a dict merged in, is made
-        of); the uptime is the only field formatted per call (it goes last)."""
-        key = (self.state, self.os_pid, self.exit_code, self.committed, extra_key,
-               *[s.last_seq for s in self.streams.values()])
-        if key != self._json_key:
-            info = self.info()
-            del info["uptime"]
-            if extra is not None:
-                info.update(extra())
-            self._json, self._json_key = encode_json(info)[:-1] + b',"uptime":', key
-        end = self.ended if self.state == ProcessState.EXITED else now
-        return b"%s%.3f}" % (self._json, max(0.0, end - self.started))
+    def info_json(self, now: float, life=None) -> bytes:
+        """`info()`, with `life.info()` merged in when given (zsup/core/lifecycle.py's ProcLife),
+        as JSON: from a fragment made again only when the state changed (set_state) or the
+        life did (`life.version`); the output seqs and the uptime are the only fields
+        formatted per call, so a listing of hundreds costs a format each, not an encode."""
+        if (0 if life is None else life.version) != self._json_life:
+            self._cache_json(life)
+        return self._json + self._json_tail % (*map(_LAST_SEQ, self.streams.values()),
+                                               max(0.0, (self.ended or now) - self.started))
+
+    def _cache_json(self, life) -> None:
+        info = self.info()
+        if life is not None:
+            info.update(life.info())
+        del info["last_seq"], info["uptime"]
+        seqs = ",".join(f'"{label}":%d' for label in self.streams)  # labels are names: no quote, no %
+        self._json = encode_json(info)[:-1]
+        self._json_tail = (',"last_seq":{' + seqs + '},"uptime":%.3f}').encode()
+        self._json_life = 0 if life is None else life.version
 
     def info(self) -> dict:
         return {

@@ -7,6 +7,7 @@ from typing import Any
 
 from webob import Request, Response
 
+from zsup.bus.protocol import decode_json
 from zsup.errors import ZsupError
 
 __all__ = ["HTTPError", "MAX_BODY", "STATUS_BY_CODE", "error_response", "json_response",
@@ -67,22 +68,10 @@ def read_body(req: Request, limit: int = MAX_BODY) -> bytes:
     return data
 
 
-def loads_strict(text: str) -> Any:
-    """`json.loads` for untrusted text: NaN, Infinity and numbers that overflow to infinity
-    (``1e999``) are refused, and nesting deeper than the parser's recursion limit is a
-    ValueError like any other malformed JSON (json raises RecursionError for it)."""
-    try:
-        return json.loads(text, parse_constant=lambda name: _bad(f"{name} is not valid JSON"),
-                          parse_float=_finite)
-    except RecursionError:
-        raise ValueError("nested too deeply") from None
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise ValueError(f"{text[:40]} is too large a number")
-    return value
+def loads_strict(text: str | bytes) -> Any:
+    """JSON from a stranger: the bus's strict parser (zsup.bus.protocol.decode_json), so
+    NaN, Infinity, ``1e999`` and nesting past 1024 are a ValueError like any malformed JSON."""
+    return decode_json(text)
 
 
 def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> Any:
@@ -101,10 +90,6 @@ def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> An
             if text and len(text) < 64 and not any(c in text for c in "{}[]\"'"):
                 return text
         raise HTTPError(400, f"malformed JSON in the request body: {exc}") from None
-
-
-def _bad(message: str):
-    raise ValueError(message)
 
 
 class StreamResponse:
