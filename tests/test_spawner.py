@@ -54,7 +54,8 @@ def test_spawned_child_runs_directly_and_dies_with_its_parent():
         assert psutil.Process(child).ppid() == proc.pid
         assert os.getpgid(child) == child
         wait_for(lambda: psutil.Process(child).cmdline() == ["sleep", "300"], message="the shell to exec sleep")
-        assert sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2"]  # nothing else leaked in
+        # nothing else leaked in (sleep opens its locale for a moment as it starts: waited out)
+        wait_for(lambda: sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2"], message="fds 0, 1, 2 only")
         # a failed step is an OSError with its errno; the failed child is reaped, not a zombie
         assert out["missing"] == [2, "No such file or directory"]
         assert out["cwd"] == [2, "chdir: No such file or directory"]
@@ -116,7 +117,7 @@ def test_limits_and_passed_fds_are_set_before_the_program_runs():
         assert lines[:5] == ["100", "200", "0027", "123", "7"]
         assert lines[5].startswith("socket:")
         wait_for(lambda: psutil.Process(child).cmdline() == ["sleep", "300"], message="the shell to exec sleep")
-        assert sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2", "3"]
+        wait_for(lambda: sorted(os.listdir(f"/proc/{child}/fd")) == ["0", "1", "2", "3"], message="fds 0-3 only")
         with open(f"/proc/{child}/limits") as f:
             assert any(line.startswith("Max open files") and line.split()[3:5] == ["100", "200"] for line in f)
     finally:
@@ -169,3 +170,54 @@ def test_without_the_c_part_children_go_through_setpriv_and_still_die_with_zsup(
         sup.kill()
         sup.wait(10)
         kill_tree(pids)
+
+
+# spawns in a fresh process, so that the fds its first spawn reserves are known
+MANY_SPAWNS = textwrap.dedent(f"""
+    import json, os, sys
+    sys.path.insert(0, {ROOT!r})
+    from zsup.core import spawner
+
+    def fds():
+        return {{int(fd): os.readlink(f"/proc/self/fd/{{fd}}") for fd in os.listdir("/proc/self/fd")
+                if os.path.exists(f"/proc/self/fd/{{fd}}")}}
+
+    def run(script, stdio_of):
+        r, w = os.pipe2(os.O_CLOEXEC)
+        pid = spawner.spawn("/bin/sh", ["sh", "-c", script], {{}}, None, stdio_of(w))
+        os.close(w)
+        said = b""
+        while chunk := os.read(r, 100):  # returns b"" only once no copy of w is left anywhere
+            said += chunk
+        os.close(r)
+        os.waitpid(pid, 0)
+        return said.decode()
+
+    keep = [os.pipe2(os.O_CLOEXEC) for _ in range(100)]  # a big table, as zsupd has
+    first = fds()
+    out = {{"said": [run(f"echo {{i}}", lambda w: (spawner.STDIN_NULL, w, spawner.SAME_AS_STDOUT)) for i in range(3)]}}
+    before = fds()
+    reserved = sorted(set(before) - set(first))
+    out["reserved"] = [before[fd] for fd in reserved]
+    for fd in reserved:
+        os.close(fd)  # a careless library closing fds it does not own
+    out["said"] += [run("echo ok >&2", lambda w: (spawner.STDIN_NULL, spawner.INHERIT, w)) for _ in range(50)]
+    after = fds()
+    out["stdio_kept"] = all(after[fd] == before[fd] for fd in (0, 1, 2))
+    out["count"] = [len(before), len(after)]
+    print(json.dumps(out))
+""")
+
+
+@needs_c
+def test_spawning_many_leaves_our_own_fds_as_they_were():
+    """The child gets a table of its own from a few low fds (the parent puts its stdio there
+    for the spawn, then points them back at /dev/null): our stdio is untouched, no fd is
+    left behind per spawn, each child's pipe ends when it exits, and reserved fds someone
+    else closed are made again rather than written over."""
+    out = json.loads(subprocess.run([PYTHON, "-c", MANY_SPAWNS], capture_output=True, text=True, timeout=60,
+                                    check=True).stdout)
+    assert out["said"] == ["0\n", "1\n", "2\n"] + ["ok\n"] * 50
+    assert out["reserved"] == ["/dev/null"] * 4  # three slots and the /dev/null they go back to
+    assert out["stdio_kept"]
+    assert out["count"][0] == out["count"][1]  # made again, nothing more
