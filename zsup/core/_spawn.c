@@ -141,8 +141,8 @@ child(void *arg)
     /* A table of our own, copied from fds 0 .. keep_below-1 only: zsupd's hundreds of pipes
      * and pidfds are neither copied nor closed one by one at the exec (their flush made a
      * spawn cost O(open fds): half a millisecond with 200 children). */
-    if (syscall(SYS_close_range, a->keep_below, ~0U, CLOSE_RANGE_UNSHARE) != 0)
-        goto fail;
+    if (syscall(SYS_close_range, a->keep_below, ~0U, CLOSE_RANGE_UNSHARE) != 0 && unshare(CLONE_FILES) != 0)
+        goto fail; /* (before Linux 5.9: a copy of the whole table, as vfork made) */
     a->step = "stdio";
     /* nothing but 0, 1, 2 and what dup2 puts there below is inherited */
     syscall(SYS_close_range, 3U, ~0U, CLOSE_RANGE_CLOEXEC);
