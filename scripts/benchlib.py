@@ -2,8 +2,8 @@
 
 Every scenario script (scripts/bench_*.py) runs in a virtualenv of its own (`.venv-bench/`)
 that holds supervisor and circus, so that neither ever becomes a dependency of zsup. zsupd
-itself runs from zsup's own virtualenv (`.venv/`); the scenario scripts import only zsup's
-bus client (`zsup.bus.client`, which needs pyzmq, installed in both).
+runs from the same virtualenv (zsup's dependencies are installed there too, zsup itself is
+imported from the source tree), so all three daemons start the same interpreter.
 
 Each daemon is started with a temporary config, state dir and sockets (ipc:// or unix
 sockets only, nothing on the network), and killed with everything it started at the end of
@@ -28,12 +28,23 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH_VENV = os.environ.get("BENCH_VENV") or os.path.join(ROOT, ".venv-bench")
 BENCH_PY = os.path.join(BENCH_VENV, "bin", "python")
-ZSUP_PY = os.path.join(ROOT, ".venv", "bin", "python")
-if not os.path.exists(ZSUP_PY):
-    ZSUP_PY = sys.executable
+
+
+def _zsup_dependencies() -> list[str]:
+    import tomllib
+
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["dependencies"]
+
+
 # Versions checked on Python 3.11 (circus 0.19.0 is the first release with 3.11/3.12 support;
-# it needs tornado >= 5 and pyzmq >= 17, both fine with pyzmq 27).
-BENCH_PACKAGES = ["supervisor==4.3.0", "circus==0.19.0", "psutil", "pyzmq"]
+# it needs tornado >= 5 and pyzmq >= 17, both fine with pyzmq 27). zsup's own dependencies
+# go in too: zsupd runs from this virtualenv like the rivals, with zsup imported from the
+# source tree (PYTHONPATH) and compiled to bytecode, as a wheel install has it. From its
+# editable install in .venv, every start would also import setuptools' editable finder
+# (and pathlib with it): ~15 ms that no installed program pays.
+BENCH_PACKAGES = ["supervisor==4.3.0", "circus==0.19.0", "psutil", "pyzmq"] + _zsup_dependencies()
+ZSUP_PY = BENCH_PY if os.path.exists(BENCH_PY) else sys.executable
 STAMP = os.path.join(BENCH_VENV, ".bench-installed")
 QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
 KINDS = ("zsup", "circus", "supervisord")
@@ -57,8 +68,9 @@ def ensure_bench_venv() -> str:
     except OSError:
         pass
     base = sys.executable
-    if os.path.exists(ZSUP_PY):  # a real interpreter, not a venv of a venv's symlink chain
-        base = ZSUP_PY
+    venv_py = os.path.join(ROOT, ".venv", "bin", "python")
+    if os.path.exists(venv_py):  # a real interpreter, not a venv of a venv's symlink chain
+        base = venv_py
     if not os.path.exists(BENCH_PY):
         progress(f"creating the benchmark virtualenv {BENCH_VENV}")
         subprocess.run([base, "-m", "venv", BENCH_VENV], check=True)
@@ -361,6 +373,11 @@ class Daemon:
 
 class ZsupDaemon(Daemon):
     kind = "zsup"
+
+    def wait_idle(self, name):
+        # like circus's "stopped": every process of the stop has been reaped and its exit
+        # handled (published, logged), so the next command is timed on its own
+        wait_for(lambda: not self.call("info", name=name)["processes"], 30, 0.01, "zsupd to finish the stop")
 
     def __init__(self, *a, settings: dict | None = None, **kw):
         super().__init__(*a, **kw)
