@@ -46,6 +46,10 @@ from zsup.bus.protocol import (
 )
 from zsup.errors import ZsupError
 
+# Plain ints: pyzmq's flags are enums, and combining them costs enum arithmetic per frame.
+_NOBLOCK, _MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
 log = logging.getLogger("zsup.bus")
 
 Handler = Callable[[str, dict], Any]
@@ -314,14 +318,19 @@ class BusServer:
     def _serve_batch(self, sock: zmq.Socket) -> None:
         for _ in range(_BATCH):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(_NOBLOCK)
             except zmq.Again:
                 return
             reply = self._answer(frames)
             try:
-                sock.send_multipart(reply, zmq.NOBLOCK)
+                for frame in reply[:-1]:
+                    sock.send(frame, _MORE)
+                sock.send(reply[-1], _NOBLOCK)
             except zmq.Again:
                 log.warning("bus reply dropped: client %r is not reading", frames[0])
+            # Asking is cheaper than the exception of an empty read (pyzmq builds a ZMQError).
+            if not sock.getsockopt(_EVENTS) & _POLLIN:
+                return
 
     def _answer(self, frames: list[bytes]) -> list[bytes]:
         """The reply to one request: every request gets one, whatever its frames hold."""
