@@ -89,6 +89,7 @@ class Manager(Supervision):
         self._pipes = PipeReader(self._io, self._on_lines, batch_in=self._loop)
         self._jobs: dict[str, Job] = {}
         self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
+        self._attached = 0  # those of _procs not detached: a stop of all waits for them
         self._exited: OrderedDict[int, Process] = OrderedDict()
         # zsup pids, never reused: zsupd passes one that survives its restarts (daemon/store.py)
         self._pid_counter = pids if pids is not None else itertools.count(1)

@@ -67,7 +67,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                 continue  # a detached process outlives the manager by design; a dependency waits
             longest = max(longest, proc.graceful_timeout + (proc.spec.hook_timeout if proc.spec.before_stop else 0))
             self._stop_proc(proc, "shutdown")
-        if not any(not p.spec.detach for p in self._procs.values()):
+        if not self._attached:
             self._all_gone.set()
         return longest * layers
 
@@ -195,6 +195,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             self._loop.call_soon(self._on_death, job, proc)
             return None
         self._procs[proc.pid] = proc
+        self._attached += not proc.spec.detach
         self._resources_spawned(proc)  # its cgroup; max_memory, max_cpu (zsup/core/resources.py)
         (job.committed if committed else job.processes)[proc.pid] = proc
         self._all_gone.clear()
@@ -297,7 +298,8 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
     def _finish_exit(self, proc: Process) -> None:
         self._loop.assert_in_loop()
         self._pipes.close_stdin(proc)
-        self._procs.pop(proc.pid, None)
+        if self._procs.pop(proc.pid, None) is not None:
+            self._attached -= not proc.spec.detach
         self._exited[proc.pid] = proc
         while len(self._exited) > EXITED_KEPT:
             self._exited.popitem(last=False)
@@ -312,7 +314,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             self._dependency_freed(job)
         if job is not None and job.spec.after_stop:
             self._run_hook(job, proc, "after_stop")
-        if not any(not p.spec.detach for p in self._procs.values()):
+        if not self._attached:  # (a count, not a scan of every live process per exit)
             self._all_gone.set()
         if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
             if not self._roll_lost(job, proc):
@@ -334,6 +336,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             except ProcessLookupError:
                 continue
             self._procs[proc.pid] = proc
+            self._attached += not proc.spec.detach
             job.processes[proc.pid] = proc
             self._all_gone.clear()
             self._loop.add_reader(proc.pidfd, lambda _fd, p=proc: self._on_pidfd(p))
