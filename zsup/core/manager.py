@@ -259,16 +259,19 @@ class Manager(Supervision):
         return [j.name for j in jobs]
 
     @supervised
-    def start_job(self, name: str, session: str | None = None) -> dict:
+    def start_job(self, name: str, session: str | None = None) -> bytes:
+        """Start the job; its info, as `info_json` has it (a job of hundreds answers from the
+        cached fragments rather than hundreds of dicts)."""
         job = self._job(name, session)
         self._start_job(job)
-        return job.info()
+        return job.info_json()
 
     @supervised
-    def stop_job(self, name: str, session: str | None = None) -> dict:
+    def stop_job(self, name: str, session: str | None = None) -> bytes:
+        """Stop the job; its info, as `info_json` has it."""
         job = self._job(name, session)
         self._stop_job(job, "stop")
-        return job.info()
+        return job.info_json()
 
     @supervised
     def start_all(self) -> list[str]:
@@ -328,6 +331,12 @@ class Manager(Supervision):
     @supervised
     def info(self, name: str, session: str | None = None) -> dict:
         return self._job(name, session).info()
+
+    @supervised
+    def saved(self, name: str, session: str | None = None) -> dict:
+        """What the store keeps of a job across restarts of zsupd: config, count, active."""
+        job = self._job(name, session)
+        return {"config": job.spec.to_dict(), "numprocesses": job.numprocesses, "active": job.active}
 
     @supervised
     def info_json(self, name: str, session: str | None = None) -> bytes:

@@ -110,7 +110,7 @@ def changing(d, change: Callable[[], Any], names: Callable[[Any], Iterable[str]]
 
     def run():
         result = change()
-        return result, [(name, d.manager.info(name)) for name in names(result)]
+        return result, [(name, d.manager.saved(name)) for name in names(result)]
 
     try:
         result, infos = d.supervise(run)
@@ -267,21 +267,21 @@ def restart(d) -> list[str]:
 @command
 def start_job(d, name: str, session: str | None = None) -> dict:
     full = _name(name, session)
-    return changing(d, lambda: d.manager.start_job(full), lambda info: [info["job"]])
+    return RawJSON(changing(d, lambda: d.manager.start_job(full), lambda _info: [full]))
 
 
 @command
 def stop_job(d, name: str, session: str | None = None) -> dict:
     full = _name(name, session)
-    return changing(d, lambda: d.manager.stop_job(full), lambda info: [info["job"]])
+    return RawJSON(changing(d, lambda: d.manager.stop_job(full), lambda _info: [full]))
 
 
 def _each_job(d, act: Callable[[str], Any], active_only: bool = False) -> Callable[[], list[str]]:
     """Apply `act` to every job but zsupd's own, in priority order (run it supervised)."""
     def change():
-        jobs = [d.manager.info(n) for n in d.manager.jobs() if not is_internal(n)]
-        names = [i["job"] for i in sorted(jobs, key=lambda i: i["config"]["priority"])
-                 if i["active"] or not active_only]
+        jobs = [(n, d.manager.saved(n)) for n in d.manager.jobs() if not is_internal(n)]
+        names = [n for n, saved in sorted(jobs, key=lambda j: j[1]["config"]["priority"])
+                 if saved["active"] or not active_only]
         for name in names:
             act(name)
         return names

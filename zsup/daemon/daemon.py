@@ -380,7 +380,7 @@ class Daemon:
     def remember(self, name: str, removed: bool = False, info: dict | None = None) -> None:
         """Record a run-time change of one job so that a restart of zsupd keeps it.
 
-        `info` is the job's info read in the supervised call that changed it (see
+        `info` is what Manager.saved answered in the supervised call that changed it (see
         commands.changing); without it the manager is asked (a second round trip)."""
         if is_internal(name):
             return
@@ -393,7 +393,7 @@ class Daemon:
                 self.store.forget_job(name)
             return
         if info is None:
-            info = self.manager.info(name)
+            info = self.manager.saved(name)
         self.store.save_job(name, "file" if file_spec else "runtime", info["config"], info["numprocesses"],
                             info["active"], fp=fp)
 
