@@ -236,7 +236,6 @@ class HTTPServer:
             server.hub = self._hub
             self._servers.append(server)
         self._waitress = make_loop(self._map, adj, self._servers, self._dispatcher)
-        self._manager.start()
         self._hub.start()
         self._loop_thread = threading.Thread(target=self._waitress.run, name="zsup-http-loop",
                                              daemon=True)
@@ -336,15 +335,8 @@ class HTTPServer:
             self._hub.stop(timeout)
 
     def _stop_websockets(self, timeout: float) -> None:
-        if self._manager is None:
-            return
-        self._manager.stop()
-        if self._manager.ident is not None:
-            self._manager.join(timeout)
-            if self._manager.is_alive():
-                logger.warning("websocket manager still running after %ss", timeout)
-        else:
-            self._manager.run()  # never started: closes what it holds, releases the poller
+        if self._manager is not None and self._manager.shutdown(timeout):
+            logger.warning("websocket manager still running after %ss", timeout)
 
     def _remove_unix_files(self) -> None:
         for path, identity in self._unix_files:

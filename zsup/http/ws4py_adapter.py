@@ -92,6 +92,7 @@ class WebSocketManager(_WS4PyManager):
         self._poll_timeout = poll_timeout
         self._stopping = threading.Event()
         self._backlog: set[int] = set()
+        self._launched = False  # the thread starts with the first websocket it is given (lock)
         #: How many websockets are served elsewhere (the stream hub's), counted by len().
         self.elsewhere: Callable[[], int] = lambda: 0
 
@@ -120,12 +121,27 @@ class WebSocketManager(_WS4PyManager):
                 self.poller.register(fd)
                 if websocket.buf:
                     self._backlog.add(fd)
+                if not self._launched:  # zsup's own websockets live in the stream hub: most
+                    self._launched = True  # gateways never need this thread (nor its 0.1 s poll)
+                    self.start()
         if late:
             finish(websocket)
 
     def stop(self) -> None:
         self._stopping.set()
         self.running = False
+
+    def shutdown(self, timeout: float) -> bool:
+        """Stop, and close what is held: in the manager's thread if it ever started (waited
+        for up to `timeout`), else here. True if the thread is still running."""
+        self.stop()
+        with self.lock:
+            started, self._launched = self._launched, True  # no add() starts it from now on
+        if not started:
+            self.run()  # closes what it holds, releases the poller
+            return False
+        self.join(timeout)
+        return self.is_alive()
 
     def run(self) -> None:
         self.running = True
