@@ -27,8 +27,6 @@ from zsup.bus.typed import BusCommands
 from zsup.errors import Unavailable, ZsupError, error_from_dict
 from zsup.paths import default_state_dir
 
-_MORE, _RCVTIMEO = int(zmq.SNDMORE), int(zmq.RCVTIMEO)  # plain ints: no enum arithmetic per call
-
 __all__ = ["Client", "Event", "Subscriber", "default_endpoints"]
 
 COMMAND_SOCKET = "zsupd.sock"
@@ -76,7 +74,6 @@ class Client(BusCommands):
         self._context = context or zmq.Context.instance()
         self._prefix = secrets.token_hex(4)
         self._counter = itertools.count(1)
-        self._rcvtimeo = -1  # the socket's RCVTIMEO, in ms, as last set
         self._socket: zmq.Socket | None = self._connect()
 
     def _connect(self) -> zmq.Socket:
@@ -100,20 +97,14 @@ class Client(BusCommands):
         if self._socket is None:
             raise ZsupError("this Client is closed")
         request_id = f"{self._prefix}-{next(self._counter)}"
-        self._socket.send(b"", _MORE)
-        self._socket.send(encode_request(cmd, args, request_id))
+        self._socket.send_multipart([b"", encode_request(cmd, args, request_id)])
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            # A blocking read bounded by RCVTIMEO: no Poller made per call, as socket.poll does.
-            remaining = max(1, int((deadline - time.monotonic()) * 1000))
-            if remaining != self._rcvtimeo:
-                self._socket.setsockopt(_RCVTIMEO, remaining)
-                self._rcvtimeo = remaining
-            try:
-                frames = self._socket.recv_multipart()
-            except zmq.Again:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._socket.poll(remaining * 1000, zmq.POLLIN):
                 self._reset()
-                raise Unavailable(f"no zsupd answering at {self.endpoint} (is it running?)") from None
+                raise Unavailable(f"no zsupd answering at {self.endpoint} (is it running?)")
+            frames = self._socket.recv_multipart()
             if len(frames) != 2 or frames[0] != b"":
                 continue  # not a reply to the envelope we use; cannot be ours
             reply = decode_reply(frames[1])
@@ -130,7 +121,6 @@ class Client(BusCommands):
         # starts later, and the old socket's late reply dies with it.
         self._socket.close()
         self._socket = self._connect()
-        self._rcvtimeo = -1
 
     def close(self) -> None:
         """Close the socket (pending requests are dropped)."""
