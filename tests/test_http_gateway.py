@@ -325,3 +325,42 @@ def test_streams_beyond_the_cap_get_503(zsupd_factory, tmp_path):
             c.close()
     finally:
         gateway.stop()
+
+
+def test_closing_the_gate_leaves_a_busy_client_to_its_thread(tmp_path):
+    """BusGate.close at shutdown closes the idle clients' sockets, but not one a worker is
+    waiting on (a zmq socket is one thread's; closing it under a blocked read aborts
+    libzmq): that request ends as a timeout, and its thread closes the socket."""
+    import zmq
+
+    from zsup.errors import Unavailable
+    from zsup.http.busgate import BusGate
+
+    endpoint = f"ipc://{tmp_path}/mute.sock"
+    ctx = zmq.Context()
+    mute = ctx.socket(zmq.ROUTER)  # a bus that reads requests and never answers
+    mute.bind(endpoint)
+    gate = BusGate(endpoint, f"ipc://{tmp_path}/pub.sock", timeout=1.0)
+    outcome = []
+
+    def worker():
+        try:
+            gate.call("ping")
+        except Exception as exc:  # noqa: BLE001 - the type is what the test checks
+            outcome.append(exc)
+
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        assert mute.poll(5000), "the request did not arrive"
+        mute.recv_multipart()
+        client = next(iter(gate._busy))
+        gate.close()
+        assert not client._socket.closed  # still the worker's
+        thread.join(10)
+        assert len(outcome) == 1 and isinstance(outcome[0], Unavailable), outcome
+        assert client._socket is None  # closed by its own thread once the request ended
+    finally:
+        gate.close()
+        mute.close(0)
+        ctx.term()

@@ -186,6 +186,7 @@ class BusGate(BusCommands):
         self._context = context or zmq.Context.instance()
         self._local = threading.local()
         self._clients: weakref.WeakSet = weakref.WeakSet()  # dead threads' clients go
+        self._busy: set = set()  # clients inside a request: only their own thread closes them
         self._clients_lock = threading.Lock()
         self._requests: collections.deque = collections.deque()
         self._lock = threading.Lock()
@@ -212,10 +213,18 @@ class BusGate(BusCommands):
             self._local.client = client
             with self._clients_lock:
                 self._clients.add(client)
+        with self._clients_lock:
+            self._busy.add(client)
         try:
             return client.request(cmd, args or {}, timeout=timeout)
         except Unavailable:
             raise Unavailable("zsupd is not answering (is it running?); try again later") from None
+        finally:
+            with self._clients_lock:
+                self._busy.discard(client)
+                closing = self._closed
+            if closing:  # close() left this socket to us: a zmq socket is one thread's
+                client.close()
 
     def _check_ipc_socket(self) -> None:
         # A missing ipc socket file means no zsupd at all: answer at once, not after a timeout.
@@ -354,7 +363,7 @@ class BusGate(BusCommands):
         if self._thread is not None:
             self._thread.join(5)
         with self._clients_lock:
-            clients, self._clients = list(self._clients), weakref.WeakSet()
+            clients, self._clients = [c for c in self._clients if c not in self._busy], weakref.WeakSet()
         for client in clients:
             try:
                 client.close()  # a socket may be closed from another thread once unused
