@@ -23,11 +23,12 @@ from zsup.bus.server import BusServer
 from zsup.bus.topics import INTERNAL_SESSION, is_internal
 from zsup.core.events import EventEmitter
 from zsup.core.jobspec import JobSpec
-from zsup.core.logfiles import LogSettings, LogWriter, log_paths
+from zsup.core.logfiles import LogWriter, log_paths
 from zsup.core.manager import Manager
 from zsup.daemon import agent_commands, commands, key_commands, logtargets, socket_commands, task_commands
 from zsup.daemon.config import ConfigError, DaemonConfig, load_config
 from zsup.daemon.init import InitMode
+from zsup.daemon.joblogs import JobLogs, log_defaults
 from zsup.daemon.metrics import DaemonMetrics
 from zsup.daemon.notify import Notifier, summary
 from zsup.daemon.plugins import PluginContext, PluginHost
@@ -36,40 +37,6 @@ from zsup.daemon.store import Store, fingerprint
 from zsup.errors import ZsupError
 
 log = logging.getLogger("zsupd")
-
-
-
-class JobLogs:
-    """Adapts the Manager's output callback to the LogWriter: one LogSettings per job spec."""
-
-    def __init__(self, writer: LogWriter, defaults: LogSettings, target=None):
-        self.writer = writer
-        self.target = target  # a LogTarget (journal, syslog) instead of the files, or None
-        self.defaults = defaults
-        self._cache: dict[int, tuple[JobSpec, LogSettings]] = {}
-
-    def settings(self, spec: JobSpec) -> LogSettings:
-        hit = self._cache.get(id(spec))
-        if hit is None or hit[0] is not spec:
-            hit = (spec, LogSettings.merge(self.defaults, spec.to_dict()))
-            self._cache[id(spec)] = hit
-        return hit[1]
-
-    def write(self, job, label, spec, pid, os_pid, seq, data, lines=None) -> None:
-        settings = self.settings(spec)
-        if settings.log:
-            if self.target is None:
-                self.writer.write(job, label, settings, pid, os_pid, seq, data, lines)
-            else:
-                self.target.write(job, label, pid, os_pid, seq, data)
-
-
-def log_defaults(settings: dict) -> LogSettings:
-    return LogSettings(
-        log=settings["log"], log_dir=settings["log_dir"], log_format=settings["log_format"],
-        log_max_bytes=settings["log_max_bytes"], log_backups=settings["log_backups"],
-        log_rotate=settings["log_rotate"],
-    )
 
 
 class Daemon:
