@@ -24,7 +24,8 @@ from zsup import __version__
 from zsup.cli.daemonize import daemonize, setup_logging, stop_on_signals
 from zsup.cli.daemonize import pidfile as write_pidfile
 from zsup.cli.options import Parser, add_verbosity, bind_address, positive_int
-from zsup.lookup.lookupd import DEFAULT_TTL, MAX_TTL, LookupApp, Registry, TokenFile
+from zsup.lookup.lookupd import LookupApp, TokenFile
+from zsup.lookup.registry import DEFAULT_TTL, MAX_TTL, Registry
 
 DEFAULT_BIND = "127.0.0.1:5010"
 PROG = "zsup-lookupd"

@@ -22,7 +22,7 @@ import time
 from zsup.lookup.changes import Changes, diff
 from zsup.lookup.etcd import EtcdClient, EtcdError
 from zsup.lookup.etcd_registrar import NODES
-from zsup.lookup.lookupd import (
+from zsup.lookup.registry import (
     DEFAULT_TTL,
     RegistryError,
     check_fields,
@@ -39,7 +39,7 @@ RETRY_MIN, RETRY_MAX = 0.2, 5.0
 
 
 class EtcdRegistry:
-    """The same methods as zsup.lookup.lookupd.Registry; thread-safe."""
+    """The same methods as zsup.lookup.registry.Registry; thread-safe."""
 
     def __init__(self, client: EtcdClient, default_ttl: float = DEFAULT_TTL):
         self.client = client
