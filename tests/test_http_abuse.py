@@ -234,8 +234,8 @@ srv.stop()
 
 
 def test_out_of_file_descriptors_pauses_accepting_and_logs_once(tmp_path):
-    """accept() failing (EMFILE) must neither spin the loop nor log per attempt; the server
-    accepts again once descriptors are free."""
+    """accept() failing (EMFILE) must neither spin the loop nor log per attempt (once per
+    episode); the server accepts again once descriptors are free."""
     import psutil
 
     log_path = tmp_path / "server.log"
@@ -266,8 +266,13 @@ def test_out_of_file_descriptors_pauses_accepting_and_logs_once(tmp_path):
                 return data.endswith(b"hello")
 
         wait_for(hello, timeout=20, interval=0.2, message="serving again")
-        text = log_path.read_text()
-        assert text.count("cannot accept") == 1 and "accepting connections again" in text, text
+        # once per episode, not per attempt: each `cannot accept` is followed by `accepting
+        # again` before the next (closing 80 clients can start a second, short episode: the
+        # listen backlog's connections are accepted while the old ones are still closing)
+        lines = [line for line in log_path.read_text().splitlines()
+                 if "cannot accept" in line or "accepting connections again" in line]
+        kinds = ["down" if "cannot accept" in line else "up" for line in lines]
+        assert kinds and kinds == ["down", "up"] * (len(kinds) // 2), lines
     finally:
         for s in socks:
             s.close()
