@@ -29,7 +29,10 @@ class Follower(Streamer):
             while not self._errq.empty():
                 self.errors.append(self._errq.get())
             return any(text in line for line in self.errors)
-        wait_for(check, timeout=timeout, interval=0.02, message=f"{text!r} on stderr; got {self.errors}")
+        try:
+            wait_for(check, timeout=timeout, interval=0.02, message=f"{text!r} on stderr")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; stderr had {self.errors}") from None
 
     def texts(self, start=0):
         self._drain()

@@ -43,10 +43,16 @@ def follow(ctl: Ctl, sub: Subscriber, handle: Callable[[Event], None],
     while True:
         event = sub.recv(timeout=HEARTBEAT)
         if event is not None:
-            handle(event)
-            # a backlog of events still being read says nothing of zsupd now: ask it anyway
-            if time.monotonic() - last_ping < HEARTBEAT:
-                continue
+            try:
+                handle(event)
+            except Unavailable:
+                # filling a gap (lines the subscription dropped) met a zsupd that stopped
+                # answering: the ping below says so, and on_back fetches what was missed
+                pass
+            else:
+                # a backlog of events still being read says nothing of zsupd now: ask it anyway
+                if time.monotonic() - last_ping < HEARTBEAT:
+                    continue
         last_ping = time.monotonic()
         if _answers(ctl, PING_TIMEOUT):
             continue
