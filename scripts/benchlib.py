@@ -374,11 +374,6 @@ class Daemon:
 class ZsupDaemon(Daemon):
     kind = "zsup"
 
-    def wait_idle(self, name):
-        # like circus's "stopped": every process of the stop has been reaped and its exit
-        # handled (published, logged), so the next command is timed on its own
-        wait_for(lambda: not self.call("info", name=name)["processes"], 30, 0.01, "zsupd to finish the stop")
-
     def __init__(self, *a, settings: dict | None = None, **kw):
         super().__init__(*a, **kw)
         self.settings = settings or {}
@@ -425,6 +420,11 @@ class ZsupDaemon(Daemon):
 
     def stop_job(self, name):
         self.call("stop_job", name=name)
+
+    def wait_idle(self, name):
+        # like circus's "stopped": every process of the stop has been reaped and its exit
+        # handled (published, logged), so the next command is timed on its own
+        wait_for(lambda: not self.call("info", name=name)["processes"], 30, 0.01, "zsupd to finish the stop")
 
     def status(self):
         return self.call("status")

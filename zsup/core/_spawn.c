@@ -249,7 +249,8 @@ slot_ok(int fd)
     return fd >= 0 && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == null_rdev;
 }
 
-/* Point each used slot at its source; 0 if the slots are unusable (the caller keeps the sources). */
+/* Point each used slot at its source and the child's stdio at the slots; 0 (and nothing
+ * changed) if the slots are unusable. */
 static int
 stage(struct child_args *a)
 {
@@ -273,12 +274,16 @@ stage(struct child_args *a)
         }
     }
     for (i = 0; i < 3; i++) {
-        if (a->stdio[i] >= 0) {
-            if (dup3(a->stdio[i], slots[i], O_CLOEXEC) < 0)
-                return 0;
-            a->stdio[i] = slots[i];
+        if (a->stdio[i] >= 0 && dup3(a->stdio[i], slots[i], O_CLOEXEC) < 0) {
+            while (--i >= 0) /* the slots pointed so far let go of their pipe ends again */
+                if (a->stdio[i] >= 0)
+                    dup3(null_fd, slots[i], O_CLOEXEC);
+            return 0;
         }
     }
+    for (i = 0; i < 3; i++)
+        if (a->stdio[i] >= 0)
+            a->stdio[i] = slots[i];
     return 1;
 }
 
@@ -367,9 +372,7 @@ spawn(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     int src[3] = {a.stdio[0], a.stdio[1], a.stdio[2]};
     pthread_mutex_lock(&slots_lock);
-    if (!stage(&a)) {
-        a.stdio[0] = src[0], a.stdio[1] = src[1], a.stdio[2] = src[2];
-    }
+    stage(&a); /* else the sources stay as they are, and the child copies up to them */
     a.keep_below = 3;
     for (i = 0; i < 3; i++)
         if (a.stdio[i] >= (int)a.keep_below)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from webob import Request, Response
 
+from zsup.bus.protocol import decode_json
 from zsup.errors import BadRequest, ZsupError
 from zsup.http import web
 
@@ -52,7 +53,7 @@ def params(req: Request) -> dict:
         if ctype == "application/json" or (not ctype and body.lstrip().startswith(b"{")) or \
                 (ctype == "text/plain" and body.lstrip().startswith(b"{")):
             try:
-                data = web.loads_strict(body.decode("utf-8")) if body.strip() else {}
+                data = decode_json(body.decode("utf-8")) if body.strip() else {}
             except (UnicodeDecodeError, ValueError) as exc:
                 raise BadRequest(f"body: not valid JSON ({exc})") from None
             if not isinstance(data, dict):

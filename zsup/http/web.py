@@ -11,7 +11,7 @@ from zsup.bus.protocol import decode_json
 from zsup.errors import ZsupError
 
 __all__ = ["HTTPError", "MAX_BODY", "STATUS_BY_CODE", "error_response", "json_response",
-           "loads_strict", "read_body", "read_json", "StreamResponse"]
+           "read_body", "read_json", "StreamResponse"]
 
 #: The largest request body a route reads; a bigger one gets 413.
 MAX_BODY = 1 << 20
@@ -68,12 +68,6 @@ def read_body(req: Request, limit: int = MAX_BODY) -> bytes:
     return data
 
 
-def loads_strict(text: str | bytes) -> Any:
-    """JSON from a stranger: the bus's strict parser (zsup.bus.protocol.decode_json), so
-    NaN, Infinity, ``1e999`` and nesting past 1024 are a ValueError like any malformed JSON."""
-    return decode_json(text)
-
-
 def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> Any:
     """The body as JSON (`default` when empty). With `lenient`, a body that is not JSON is
     taken as a bare word (``start``, ``+2``, ``HUP``), for curl users."""
@@ -81,7 +75,7 @@ def read_json(req: Request, default: Any = None, *, lenient: bool = False) -> An
     if not data.strip():
         return default
     try:
-        return loads_strict(data.decode("utf-8"))
+        return decode_json(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise HTTPError(400, "the request body is not UTF-8") from None
     except ValueError as exc:
