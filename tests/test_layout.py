@@ -136,3 +136,19 @@ def oversized() -> list[str]:
 
 def test_no_module_is_too_big():
     assert oversized() == []
+
+
+# Modules only some configs need (issue 14, "import only what the config needs"): a zsupd
+# whose config has no schedule, no check, no key and no plugin never loads them.
+ON_DEMAND = ("cronsim", "concurrent.futures", "secrets", "hmac", "urllib.request")
+
+
+def test_a_plain_zsupd_start_imports_no_on_demand_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; import zsup.cli.zsupd, zsup.daemon.daemon; "
+            f"print(' '.join(m for m in {ON_DEMAND!r} if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == []

@@ -17,9 +17,11 @@ import math
 import re
 import socket
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 from zsup.errors import BadRequest
 
@@ -133,6 +135,8 @@ class CheckPool:
     def call(self, loop, fn: Callable, done: Callable, on_error: Callable) -> None:
         """Run `fn()` on a worker; `done(result)` in `loop`'s thread (`on_error(exc)` if it raised)."""
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor  # the first check's cost, not the start's
+
             self._pool = ThreadPoolExecutor(self.size, thread_name_prefix="zsup-check")
 
         def work():

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING
-
-from cronsim import CronSim, CronSimError
 
 from zsup.core.states import JobState
 from zsup.errors import BadRequest
@@ -37,6 +34,10 @@ def parse_schedule(value) -> str | None:
     if not isinstance(value, str) or "\0" in value:
         raise BadRequest(f"schedule: expected a cron expression such as '*/5 * * * *', got {value!r}")
     value = " ".join(value.split())
+    from datetime import datetime  # cronsim and datetime: only a config with a schedule pays them
+
+    from cronsim import CronSim, CronSimError
+
     try:
         CronSim(value, datetime.now().astimezone())
     except (CronSimError, ValueError) as exc:
@@ -45,7 +46,12 @@ def parse_schedule(value) -> str | None:
 
 
 def next_run(expr: str, after: float) -> float:
-    """The next time (epoch seconds) after `after` the expression names."""
+    """The next time (epoch seconds) after `after` the expression names; cronsim's
+    CronSimError or StopIteration if it never is."""
+    from datetime import datetime
+
+    from cronsim import CronSim
+
     start = datetime.fromtimestamp(after).astimezone()
     return next(CronSim(expr, start)).timestamp()
 
@@ -54,6 +60,8 @@ class Scheduling:
     """Mixed into Manager (with Supervision); uses `_loop`, `_jobs`, `_manage`, `_publish_job`."""
 
     def _schedule_arm(self, job: Job) -> None:
+        from cronsim import CronSimError  # loaded already: parse_schedule checked the expression
+
         self._schedule_cancel(job)
         try:
             job.next_run = next_run(job.spec.schedule, time.time())

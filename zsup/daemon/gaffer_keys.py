@@ -14,10 +14,8 @@ Used from the bus's control thread only (the Store serialises access anyway).
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
-import secrets
 import time
 
 from zsup.errors import BadRequest, Conflict, NotFound
@@ -80,6 +78,8 @@ def _password_ok(stored: str, password: str) -> bool:
         got = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), int(iterations))
     except ValueError:
         return False
+    import hmac  # paid by the first login, not by every zsupd start
+
     return hmac.compare_digest(got.hex(), digest)
 
 
@@ -120,7 +120,7 @@ class GafferKeys:
         parent_hash = None
         if parent is not None:
             parent_hash = self._row(key_hash(_text(parent, "parent")))[0]
-        key = secrets.token_hex(16)
+        key = os.urandom(16).hex()  # secrets.token_hex(16), without importing secrets at start
         self.store.execute("INSERT INTO gaffer_keys (hash, label, permissions, parent, created) "
                            "VALUES (?, ?, ?, ?, ?)",
                            (key_hash(key), label, json.dumps(permissions), parent_hash,
@@ -241,7 +241,7 @@ class GafferKeys:
         if row is None or not _password_ok(row[1], password if isinstance(password, str) else ""):
             raise NotFound("bad username or password")
         permissions = json.loads(self._row(row[3])[2])
-        key = secrets.token_hex(16)
+        key = os.urandom(16).hex()  # secrets.token_hex(16), without importing secrets at start
         self.store.execute("INSERT INTO gaffer_keys (hash, label, permissions, parent, created) "
                            "VALUES (?, ?, ?, ?, ?)", (key_hash(key), f"login {username}",
                                                       json.dumps(permissions), row[3], time.time()))
