@@ -484,10 +484,17 @@ class CircusDaemon(Daemon):
         return self._client
 
     def call(self, command, **props):
-        reply = self.client.call({"command": command, "properties": props})
-        if reply.get("status") != "ok":
-            raise RuntimeError(f"circus {command}: {reply}")
-        return reply
+        # circus refuses a command while the arbiter still runs another ("arbiter is already
+        # running arbiter_start_watchers command": its start goes on after the children run),
+        # so such a refusal is retried, not recorded as the scenario's error
+        deadline = time.monotonic() + 30
+        while True:
+            reply = self.client.call({"command": command, "properties": props})
+            if reply.get("status") == "ok":
+                return reply
+            if "already running" not in str(reply.get("reason")) or time.monotonic() > deadline:
+                raise RuntimeError(f"circus {command}: {reply}")
+            time.sleep(0.01)
 
     def ping(self) -> bool:
         return self.call("list") is not None
