@@ -15,7 +15,7 @@ import urllib.request
 import psutil
 import pytest
 from conftest import wait_for
-from test_agent import Files, Gateway, add, app_files, http, wait_state
+from test_agent import Files, Gateway, add, app_files, http, status_of, wait_state
 
 
 class Trickle(httpserver.BaseHTTPRequestHandler):
@@ -130,7 +130,10 @@ def test_setups_at_once_are_capped(agent):
     assert refused.value.code == 503 and refused.value.headers["Retry-After"] == "5"
     assert json.loads(refused.value.read())["error"]["code"] == "unavailable"
     assert http("GET", f"{gw.root}/process-status/hard.c")[0] == 404  # nothing recorded
+    # "downloading" is said before the first request reaches the server's handler thread
+    wait_for(lambda: trickle.httpd.seen >= 1, timeout=10, message="the first download to reach the server")
     assert trickle.httpd.seen == 1  # the second waits, it does not download
+    assert status_of(gw, second)["state"] == "pending"
     # a queued setup can be deleted, which makes room
     assert http("POST", second["delete"], {})[0] == 200
     code, third = create(gw, "c", trickle.url + "/body")
