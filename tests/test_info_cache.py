@@ -81,3 +81,19 @@ def test_cached_info_with_percent_signs(manager):
     wait_for(lambda: json.loads(manager.info_json("pct"))["processes"][0]["last_seq"]["stdout"] == 1)
     info = same_as_dicts(manager, "pct")
     assert info["processes"][0]["args"] == ["-c", "echo 100%d; sleep 300"]
+
+
+def test_cached_info_of_a_stop_says_stopping(manager):
+    """A stop keeps each process's cached fragment (only the state moves, and it is formatted
+    per call): the stop's own answer and the next ones say `stopping`, then the exits show."""
+    manager.load({"name": "slow", "cmd": "sh", "args": ["-c", "trap '' TERM; echo up; sleep 300"],
+                  "numprocesses": 2, "graceful_timeout": 30})
+    wait_for(lambda: all(p["last_seq"]["stdout"] == 1 for p in manager.info("slow")["processes"]) and
+             len(manager.info("slow")["processes"]) == 2)
+    same_as_dicts(manager, "slow")
+    answer = json.loads(manager.stop_job("slow"))
+    assert [p["state"] for p in answer["processes"]] == ["stopping"] * 2
+    assert [p["state"] for p in same_as_dicts(manager, "slow")["processes"]] == ["stopping"] * 2
+    for proc in answer["processes"]:
+        os.killpg(proc["os_pid"], signal.SIGKILL)
+    wait_for(lambda: json.loads(manager.info_json("slow"))["processes"] == [])

@@ -128,6 +128,7 @@ def find_executable(program: str, env: dict, cwd: str | None) -> str:
 
 
 _LAST_SEQ = operator.attrgetter("last_seq")
+_STATE_JSON = {state: encode_json(state.value) for state in ProcessState}
 
 
 class Process:
@@ -170,7 +171,11 @@ class Process:
         """Move to `new`; IllegalTransition if the state machine does not allow it."""
         check_process(self.state, new, self.pid)
         self.state = new
-        self._json_life = -1
+        if new is not ProcessState.STOPPING:
+            # the other moves come with fields of the fragment (os_pid, started, exit_code...);
+            # a stop changes the state alone, which info_json formats per call: a stop of
+            # hundreds answers its info without encoding each process again
+            self._json_life = -1
 
     def spawn(self, extra_env: dict | None = None, socket_fds: dict | None = None) -> None:
         """Start the process. `socket_fds`: zsupd's listening sockets by name (name -> fd),
@@ -337,17 +342,17 @@ class Process:
         formatted per call, so a listing of hundreds costs a format each, not an encode."""
         if (0 if life is None else life.version) != self._json_life:
             self._cache_json(life)
-        return self._json + self._json_tail % (*map(_LAST_SEQ, self.streams.values()),
+        return self._json + self._json_tail % (_STATE_JSON[self.state], *map(_LAST_SEQ, self.streams.values()),
                                                max(0.0, (self.ended or now) - self.started))
 
     def _cache_json(self, life) -> None:
         info = self.info()
         if life is not None:
             info.update(life.info())
-        del info["last_seq"], info["uptime"]
+        del info["state"], info["last_seq"], info["uptime"]
         seqs = ",".join(f'"{label}":%d' for label in self.streams)  # labels are names: no quote, no %
         self._json = encode_json(info)[:-1]
-        self._json_tail = (',"last_seq":{' + seqs + '},"uptime":%.3f}').encode()
+        self._json_tail = (',"state":%s,"last_seq":{' + seqs + '},"uptime":%.3f}').encode()
         self._json_life = 0 if life is None else life.version
 
     def info(self) -> dict:
