@@ -97,3 +97,19 @@ def test_cached_info_of_a_stop_says_stopping(manager):
     for proc in answer["processes"]:
         os.killpg(proc["os_pid"], signal.SIGKILL)
     wait_for(lambda: json.loads(manager.info_json("slow"))["processes"] == [])
+
+
+def test_a_spawn_burst_leaves_every_fragment_made(manager):
+    """Once a burst of spawns is over, zsupd makes the new processes' fragments while nothing
+    waits (Job.warm_info): the next answer (a stop's, say) joins cached bytes."""
+    manager.load({"name": "many", "cmd": "sleep", "args": ["300"], "numprocesses": 150})
+    wait_for(lambda: manager.info("many")["running"] == 150)
+
+    def stale():
+        job = manager._job("many")
+        return [p.pid for p in job.all_processes() if p._json_life != getattr(p, "life", None).version]
+
+    wait_for(lambda: manager.run_supervised(stale) == [], message="every fragment made after the burst")
+    answer = json.loads(manager.stop_job("many"))
+    assert [p["state"] for p in answer["processes"]] == ["stopping"] * 150
+    wait_for(lambda: manager.info("many")["processes"] == [])

@@ -106,6 +106,11 @@ class Job:
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
                          b",".join([p.info_json(now, getattr(p, "life", None)) for p in procs]), b"]}"])
 
+    def warm_info(self) -> None:
+        """Make the cached info fragment of each process that has none up to date."""
+        for p in self.all_processes():
+            p.warm_json(getattr(p, "life", None))
+
     def _head(self, procs: list[Process]) -> dict:
         running = self.running()
         return {

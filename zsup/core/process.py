@@ -340,10 +340,14 @@ class Process:
         as JSON: from a fragment made again only when the state changed (set_state) or the
         life did (`life.version`); the output seqs and the uptime are the only fields
         formatted per call, so a listing of hundreds costs a format each, not an encode."""
-        if (0 if life is None else life.version) != self._json_life:
-            self._cache_json(life)
+        self.warm_json(life)
         return self._json + self._json_tail % (_STATE_JSON[self.state], *map(_LAST_SEQ, self.streams.values()),
                                                max(0.0, (self.ended or now) - self.started))
+
+    def warm_json(self, life=None) -> None:
+        """Make info_json's cached fragment again if the state or the life changed since."""
+        if (0 if life is None else life.version) != self._json_life:
+            self._cache_json(life)
 
     def _cache_json(self, life) -> None:
         info = self.info()

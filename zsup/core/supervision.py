@@ -157,6 +157,7 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
         for proc in running[: max(0, len(running) - wanted)]:
             self._stop_proc(proc, "scale")  # the oldest go first
         missing = wanted - len(running) - len(job.finished) - job.hook_starts
+        spawning = missing > 0
         deadline = time.monotonic() + SPAWN_SLICE
         with self.events.held():  # a slice's events go out in one burst (zsup/core/events.py)
             for done in range(min(missing, SPAWN_BATCH)):
@@ -169,10 +170,19 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                 missing -= SPAWN_BATCH
         if missing > 0:  # the rest in the next turn, after what queued meanwhile
             self._loop.call_soon(self._manage_rest, job)
+        elif spawning:
+            # the burst is over: make the new processes' info fragments now, while nothing
+            # waits, not in the answer of the next command (a stop's, built while the exits
+            # of hundreds pour in before it can reap them)
+            self._loop.call_soon(self._warm_info, job)
 
     def _manage_rest(self, job: Job) -> None:
         if self._jobs.get(job.name) is job:
             self._manage(job)
+
+    def _warm_info(self, job: Job) -> None:
+        if self._jobs.get(job.name) is job:
+            job.warm_info()
 
     def _spawn(self, job: Job, committed: bool = False, env: dict | None = None,
                graceful_timeout: float | None = None) -> Process | None:
