@@ -24,7 +24,7 @@ import functools
 import itertools
 import logging
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any, Callable, Iterable, Iterator
 
 from zsup.bus.parse import parse_scale, parse_signal
@@ -91,6 +91,9 @@ class Manager(Supervision):
         self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
         self._attached = 0  # those of _procs not detached: a stop of all waits for them
         self._exited: OrderedDict[int, Process] = OrderedDict()
+        # drained exits on their way back from the IO thread (Supervision._exit_drained)
+        self._drained: deque[Process] = deque()
+        self._drained_called = False
         # zsup pids, never reused: zsupd passes one that survives its restarts (daemon/store.py)
         self._pid_counter = pids if pids is not None else itertools.count(1)
         self._ignored_os_pids: set[int] = set()

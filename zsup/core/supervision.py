@@ -303,7 +303,29 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
         if not proc.spec.detach:
             self._stop_leftovers(proc)
             self._resources_reaped(proc)
-        self._pipes.drain(proc, lambda: self._loop.call_soon(self._finish_exit, proc))
+        self._pipes.drain(proc, lambda: self._exit_drained(proc))
+
+    def _exit_drained(self, proc: Process) -> None:
+        """IO thread: the process's pipes are drained. Exits go back to the supervisor in
+        batches, one call for every exit drained meanwhile (`_finish_exits`)."""
+        self._drained.append(proc)
+        if not self._drained_called:  # read unlocked: at worst one more call, which finds none
+            self._drained_called = True
+            self._loop.call_soon(self._finish_exits)
+
+    def _finish_exits(self) -> None:
+        # The flag goes down before the deque is read: an exit appended after the read
+        # schedules a call of its own. The batch's events go out in one burst at its end (a
+        # stop of hundreds woke the bus's publisher thread once per event), and before the
+        # pipes of the processes it restarted reach the IO thread (PipeReader._post).
+        self._drained_called = False
+        with self.events.held():
+            while self._drained:
+                proc = self._drained.popleft()
+                try:
+                    self._finish_exit(proc)
+                except Exception:  # one bad exit must not leave the others unfinished
+                    log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
 
     def _finish_exit(self, proc: Process) -> None:
         self._loop.assert_in_loop()
