@@ -315,19 +315,28 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
 
     def _finish_exits(self) -> None:
         # The flag goes down before the deque is read: an exit appended after the read
-        # schedules a call of its own. The batch's events go out in one burst at its end (a
-        # stop of hundreds woke the bus's publisher thread once per event), and before the
-        # pipes of the processes it restarted reach the IO thread (PipeReader._post).
+        # schedules a call of its own. The batch's `exit`, `stop_pid` and `reap` events go out
+        # in one burst (a stop of hundreds woke the bus's publisher thread once per event),
+        # and all before any of what follows an exit (restart, dependants, after_stop): an
+        # in-process listener still hears the exit before the restart (`zsup start` stops
+        # everything from inside the exit event, zsup/cli/procfile_local.py).
         self._drained_called = False
+        done = []
         with self.events.held():
             while self._drained:
                 proc = self._drained.popleft()
                 try:
-                    self._finish_exit(proc)
+                    done.append((proc, *self._finish_exit(proc)))
                 except Exception:  # one bad exit must not leave the others unfinished
                     log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
+        for proc, job, kept in done:
+            try:
+                self._after_exit(proc, job, kept)
+            except Exception:
+                log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
 
-    def _finish_exit(self, proc: Process) -> None:
+    def _finish_exit(self, proc: Process) -> tuple[Job | None, bool]:
+        """The exit's bookkeeping and events; (its job, whether the job still kept it)."""
         self._loop.assert_in_loop()
         self._pipes.close_stdin(proc)
         if self._procs.pop(proc.pid, None) is not None:
@@ -340,8 +349,12 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
         if proc.stop_reason:
             self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
         job = self._jobs.get(proc.job)
-        kept = job is not None and (job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
+        kept = job is not None and bool(job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
         self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
+        return job, kept
+
+    def _after_exit(self, proc: Process, job: Job | None, kept: bool) -> None:
+        """What follows an exit once it is published: dependants, after_stop, a restart."""
         if kept and job.spec.depends:
             self._dependency_freed(job)
         if job is not None and job.spec.after_stop:
