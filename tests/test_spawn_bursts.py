@@ -12,7 +12,9 @@ from zsup.core.events import EventEmitter
 def test_held_events_wait_for_the_end_and_keep_their_order():
     events = EventEmitter()
     seen = []
-    events.subscribe("", lambda topic, msg, data: seen.append((topic, threading.get_ident())))
+    at_once = []  # a listener not deferred: every event at once, held or not
+    events.subscribe("", lambda topic, msg, data: seen.append((topic, threading.get_ident())), deferred=True)
+    events.subscribe("proc.", lambda topic, msg, data: at_once.append((topic, list(seen))))
     other = threading.Thread(target=lambda: events.publish("proc.b", {}))
     with events.held():
         events.publish("proc.a1", {})
@@ -26,12 +28,15 @@ def test_held_events_wait_for_the_end_and_keep_their_order():
     assert [t for t, _ in seen] == ["proc.b", "proc.a1", "proc.a2", "proc.a3"]
     events.publish("proc.c", {})  # after the block: at once
     assert seen[-1][0] == "proc.c"
+    # the other listener heard each of its events when it was published, inside the block
+    assert [(t, [x for x, _ in s]) for t, s in at_once][:4] == [
+        ("proc.a1", []), ("proc.b", ["proc.b"]), ("proc.a2", ["proc.b"]), ("proc.a3", ["proc.b"])]
 
 
 def test_a_held_block_that_raises_still_lets_its_events_go():
     events = EventEmitter()
     seen = []
-    events.subscribe("", lambda topic, msg, data: seen.append(topic))
+    events.subscribe("", lambda topic, msg, data: seen.append(topic), deferred=True)
     try:
         with events.held():
             events.publish("proc.x", {})

@@ -315,11 +315,13 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
 
     def _finish_exits(self) -> None:
         # The flag goes down before the deque is read: an exit appended after the read
-        # schedules a call of its own. The batch's `exit`, `stop_pid` and `reap` events go out
-        # in one burst (a stop of hundreds woke the bus's publisher thread once per event),
-        # and all before any of what follows an exit (restart, dependants, after_stop): an
-        # in-process listener still hears the exit before the restart (`zsup start` stops
-        # everything from inside the exit event, zsup/cli/procfile_local.py).
+        # schedules a call of its own. Every exit of the batch is published before any of
+        # what follows an exit (restart, dependants, after_stop): an in-process listener
+        # hears the exits before the restarts (`zsup start` stops everything from inside the
+        # exit event, zsup/cli/procfile_local.py). The deferred listeners (the bus's
+        # publisher thread) get the batch's events, restarts' spawns included, in one burst
+        # at the end: a restart spawns before the publisher thread wakes, and a stop of
+        # hundreds no longer wakes it once per event.
         self._drained_called = False
         done = []
         with self.events.held():
@@ -329,11 +331,11 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
                     done.append((proc, *self._finish_exit(proc)))
                 except Exception:  # one bad exit must not leave the others unfinished
                     log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
-        for proc, job, kept in done:
-            try:
-                self._after_exit(proc, job, kept)
-            except Exception:
-                log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
+            for proc, job, kept in done:
+                try:
+                    self._after_exit(proc, job, kept)
+                except Exception:
+                    log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
 
     def _finish_exit(self, proc: Process) -> tuple[Job | None, bool]:
         """The exit's bookkeeping and events; (its job, whether the job still kept it)."""

@@ -95,8 +95,8 @@ class Daemon:
         self.log_writer.start()
         if self.job_logs.target is not None:
             self.job_logs.target.start()
-        self.events.subscribe("", self.bus.publish)
-        self.events.subscribe("", self.webhooks)
+        self.events.subscribe("", self.bus.publish, deferred=True)  # the publisher thread: a wake per burst
+        self.events.subscribe("", self.webhooks, deferred=True)
         self.events.subscribe(topics.PROC, self.metrics.on_event)
         self.events.subscribe(topics.JOB, self.metrics.on_event)
         if self.verbose >= 2:
@@ -108,7 +108,7 @@ class Daemon:
         from zsup.core.guard import OrphanGuard
         self.guard = OrphanGuard(os.path.join(self.state_dir, "zsupd.pgids"))
         self.manager.ignore_child(self.guard.start())
-        self.events.subscribe(topics.PROC, self.guard.on_event)
+        self.events.subscribe(topics.PROC, self.guard.on_event, deferred=True)
         self.manager.group_listeners.append(self.guard.forget)
         self.manager.start()
         self._find_detached()
