@@ -1,4 +1,5 @@
-"""The supervision half of the Manager: spawning, stopping, reaping and restarting.
+"""The supervision half of the Manager: spawning, stopping and restarting (what follows an
+exit, reaping included, is zsup/core/exits.py).
 
 Everything here runs in the supervisor loop's thread (the Loop named "zsup-supervisor"),
 except `_on_lines`, which the IO loop calls. The public, `@supervised` half of the Manager
@@ -10,17 +11,17 @@ so a call from the wrong thread fails loudly in tests instead of racing in produ
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import time
 
 from zsup.bus.topics import io_topic, job_topic, proc_topic
 from zsup.core.depends import Ordering
+from zsup.core.exits import Exits
 from zsup.core.hooks import Hooks
 from zsup.core.job import Job
 from zsup.core.jobspec import JobSpec, check_env, split_job_name
 from zsup.core.leftovers import Leftovers
-from zsup.core.lifecycle import FAILED_STOPS, Lifecycle
+from zsup.core.lifecycle import Lifecycle
 from zsup.core.output import OutputStream
 from zsup.core.process import Process, SpawnError
 from zsup.core.resources import LIMIT_STOPS, ResourceWatch
@@ -31,7 +32,6 @@ from zsup.errors import BadRequest, NotFound
 
 log = logging.getLogger(__name__)
 
-EXITED_KEPT = 1000  # recently exited processes still answered by get_process/read_output
 BACKOFF_RESET = 1.0  # a process that lived this long is not crash-looping
 START_GRACE = 5.0  # a process that fails within this long of its start could not start: `failing`
 BACKOFF_BASE = 0.01
@@ -45,7 +45,7 @@ SPAWN_MIN = 16
 SPAWN_BATCH = 64
 
 
-class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, ResourceWatch):
+class Supervision(Exits, Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, ResourceWatch):
     """Mixed into Manager, whose __init__ makes the state used here: `_loop`, `_pipes`,
     `_jobs`, `_procs`, `_exited`, `_pid_counter`, `_ignored_os_pids`, `_all_gone`, `_lingering`,
     `group_listeners`, `events`, `log_writer`, `stopping`."""
@@ -288,84 +288,6 @@ class Supervision(Leftovers, Lifecycle, Rolling, Ordering, Hooks, Scheduling, Re
             else:
                 proc.signal_group(signal.SIGKILL)
                 self.cgroups.kill(proc)  # its whole tree, setsid() included (zsup/core/cgroup.py)
-
-    def _on_pidfd(self, proc: Process) -> None:
-        self._loop.assert_in_loop()
-        self._loop.remove_reader(proc.pidfd)
-        try:
-            _, status = os.waitpid(proc.os_pid, os.WNOHANG)
-        except ChildProcessError:
-            status = None if proc.adopted else 0  # not our child: its status went elsewhere
-        if proc.stop_timer is not None:
-            proc.stop_timer.cancel()
-        proc.reaped(status)
-        self._life_ended(proc)
-        if not proc.spec.detach:
-            self._stop_leftovers(proc)
-            self._resources_reaped(proc)
-        self._pipes.drain(proc, lambda: self._exit_drained(proc))
-
-    def _exit_drained(self, proc: Process) -> None:
-        """IO thread: the process's pipes are drained. Exits go back to the supervisor in
-        batches, one call for every exit drained meanwhile (`_finish_exits`)."""
-        self._drained.append(proc)
-        if not self._drained_called:  # read unlocked: at worst one more call, which finds none
-            self._drained_called = True
-            self._loop.call_soon(self._finish_exits)
-
-    def _finish_exits(self) -> None:
-        # The flag goes down before the deque is read: an exit appended after the read
-        # schedules a call of its own. Every exit of the batch is published before any of
-        # what follows an exit (restart, dependants, after_stop): an in-process listener
-        # hears the exits before the restarts (`zsup start` stops everything from inside the
-        # exit event, zsup/cli/procfile_local.py). The deferred listeners (the bus's
-        # publisher thread) get the batch's events, restarts' spawns included, in one burst
-        # at the end: a restart spawns before the publisher thread wakes, and a stop of
-        # hundreds no longer wakes it once per event.
-        self._drained_called = False
-        done = []
-        with self.events.held():
-            while self._drained:
-                proc = self._drained.popleft()
-                try:
-                    done.append((proc, *self._finish_exit(proc)))
-                except Exception:  # one bad exit must not leave the others unfinished
-                    log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
-            for proc, job, kept in done:
-                try:
-                    self._after_exit(proc, job, kept)
-                except Exception:
-                    log.exception("exit of process %s (%s) failed", proc.pid, proc.job)
-
-    def _finish_exit(self, proc: Process) -> tuple[Job | None, bool]:
-        """The exit's bookkeeping and events; (its job, whether the job still kept it)."""
-        self._loop.assert_in_loop()
-        self._pipes.close_stdin(proc)
-        if self._procs.pop(proc.pid, None) is not None:
-            self._attached -= not proc.spec.detach
-        self._exited[proc.pid] = proc
-        while len(self._exited) > EXITED_KEPT:
-            self._exited.popitem(last=False)
-        self._publish_proc(proc, "exit", exit_code=proc.exit_code, term_signal=proc.term_signal,
-                           reason=proc.stop_reason, uptime=round(proc.uptime(), 3))
-        if proc.stop_reason:
-            self._publish_proc(proc, "stop_pid", reason=proc.stop_reason)
-        job = self._jobs.get(proc.job)
-        kept = job is not None and bool(job.processes.pop(proc.pid, None) or job.committed.pop(proc.pid, None))
-        self._publish_proc(proc, "reap", lingering=proc.os_pid in self._lingering)
-        return job, kept
-
-    def _after_exit(self, proc: Process, job: Job | None, kept: bool) -> None:
-        """What follows an exit once it is published: dependants, after_stop, a restart."""
-        if kept and job.spec.depends:
-            self._dependency_freed(job)
-        if job is not None and job.spec.after_stop:
-            self._run_hook(job, proc, "after_stop")
-        if not self._attached:  # (a count, not a scan of every live process per exit)
-            self._all_gone.set()
-        if kept and not proc.committed and (not proc.stop_reason or proc.stop_reason in FAILED_STOPS):
-            if not self._roll_lost(job, proc):
-                self._on_death(job, proc)
 
     # ------------------------------------------------------------------ detached, found again
     def _adopt_detached(self, job: Job) -> None:
