@@ -107,7 +107,8 @@ class Job:
                          b",".join([p.info_json(now, getattr(p, "life", None)) for p in procs]), b"]}"])
 
     def warm_info(self) -> None:
-        """Make the cached info fragment of each process that has none up to date."""
+        """Bring each process's cached info fragment up to date (Process.warm_json), so
+        that the next info_json only joins and formats."""
         for p in self.all_processes():
             p.warm_json(getattr(p, "life", None))
 

@@ -338,8 +338,9 @@ class Process:
     def info_json(self, now: float, life=None) -> bytes:
         """`info()`, with `life.info()` merged in when given (zsup/core/lifecycle.py's ProcLife),
         as JSON: from a fragment made again only when the state changed (set_state) or the
-        life did (`life.version`); the output seqs and the uptime are the only fields
-        formatted per call, so a listing of hundreds costs a format each, not an encode."""
+        life did (`life.version`); the state, the output seqs and the uptime are the only
+        fields formatted per call, so a listing of hundreds costs a format each, not an
+        encode."""
         self.warm_json(life)
         return self._json + self._json_tail % (_STATE_JSON[self.state], *map(_LAST_SEQ, self.streams.values()),
                                                max(0.0, (self.ended or now) - self.started))
