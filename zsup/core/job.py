@@ -104,13 +104,13 @@ class Job:
         head = self._head(procs)
         now = time.time()
         return b"".join([encode_json(head)[:-1], b',"config":', self._config_json[1], b',"processes":[',
-                         b",".join([p.info_json(now, getattr(p, "life", None)) for p in procs]), b"]}"])
+                         b",".join([p.info_json(now) for p in procs]), b"]}"])
 
     def warm_info(self) -> None:
         """Bring each process's cached info fragment up to date (Process.warm_json), so
         that the next info_json only joins and formats."""
         for p in self.all_processes():
-            p.warm_json(getattr(p, "life", None))
+            p.warm_json()
 
     def _head(self, procs: list[Process]) -> dict:
         running = self.running()

@@ -91,7 +91,7 @@ class Manager(Supervision):
         self._procs: dict[int, Process] = {}  # every live process, kept-alive or committed
         self._attached = 0  # those of _procs not detached: a stop of all waits for them
         self._exited: OrderedDict[int, Process] = OrderedDict()
-        # drained exits on their way back from the IO thread (Supervision._exit_drained)
+        # drained exits on their way back from the IO thread (zsup/core/exits.py)
         self._drained: deque[Process] = deque()
         self._drained_called = False
         # zsup pids, never reused: zsupd passes one that survives its restarts (daemon/store.py)

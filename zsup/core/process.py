@@ -157,8 +157,9 @@ class Process:
         self.stdin_fd = -1
         self.adopted = False  # a detached process started by a previous zsupd, found again
         self.instance: int | None = None  # slot among the job's kept processes (ZSUP_INSTANCE)
-        # info_json's cache: every field but the output seqs and the uptime, made again when
-        # set_state (the one door for the fields it holds) resets _json_life, or the life changed
+        # info_json's cache: every field but the state, the output seqs and the uptime; made
+        # again when set_state (the one door for the fields it holds) resets _json_life, or
+        # when the life changed
         self._json_life = -1
         self._json = b""
         self._json_tail = b""
@@ -335,18 +336,19 @@ class Process:
         end = self.ended if self.state == ProcessState.EXITED else time.time()
         return max(0.0, end - self.started)
 
-    def info_json(self, now: float, life=None) -> bytes:
-        """`info()`, with `life.info()` merged in when given (zsup/core/lifecycle.py's ProcLife),
-        as JSON: from a fragment made again only when the state changed (set_state) or the
-        life did (`life.version`); the state, the output seqs and the uptime are the only
-        fields formatted per call, so a listing of hundreds costs a format each, not an
+    def info_json(self, now: float) -> bytes:
+        """`info()`, with its `life.info()` merged in when it has one (zsup/core/lifecycle.py's
+        ProcLife), as JSON: from a fragment made again only when the state changed (set_state)
+        or the life did (`life.version`); the state, the output seqs and the uptime are the
+        only fields formatted per call, so a listing of hundreds costs a format each, not an
         encode."""
-        self.warm_json(life)
+        self.warm_json()
         return self._json + self._json_tail % (_STATE_JSON[self.state], *map(_LAST_SEQ, self.streams.values()),
                                                max(0.0, (self.ended or now) - self.started))
 
-    def warm_json(self, life=None) -> None:
+    def warm_json(self) -> None:
         """Make info_json's cached fragment again if the state or the life changed since."""
+        life = getattr(self, "life", None)  # set by the lifecycle before the spawn
         if (0 if life is None else life.version) != self._json_life:
             self._cache_json(life)
 
