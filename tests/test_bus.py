@@ -526,6 +526,26 @@ def test_on_subscribe_first_and_last(tmp_path, servers, closing, raw):
     assert server.has_subscribers("stats.")
 
 
+def test_a_gate_keeps_its_kept_patterns_subscribed(tmp_path, servers):
+    """BusGate.keep: the SUB socket follows the patterns from now on, and a client's
+    subscription to them that ends does not take them back (the gateway keeps `job` and
+    `proc`, so that gaffer's EVENTS subscriptions are live at once)."""
+    from zsup.http.busgate import BusGate
+
+    calls = []
+    server = servers(tmp_path, on_subscribe=lambda prefix, on: calls.append((prefix, on)))
+    gate = BusGate(router(server), pub(server), timeout=T)
+    try:
+        gate.keep(["proc"])
+        wait_for(lambda: ("proc", True) in calls, message="the kept subscribe")
+        gate.subscribe(["proc"]).close()
+        gate.subscribe(["marker"])  # the gate's requests go in order: once it is seen, so was the close
+        wait_for(lambda: ("marker", True) in calls, message="marker subscribe")
+        assert ("proc", False) not in calls and server.has_subscribers("proc")
+    finally:
+        gate.close()
+
+
 def test_on_subscribe_error_does_not_stop_publisher(tmp_path, servers, closing, caplog):
     def broken(prefix, on):
         raise ValueError("callback bug")

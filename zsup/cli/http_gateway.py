@@ -145,6 +145,10 @@ class Gateway:
         from zsup.http.server import Endpoint, HTTPServer
 
         self.gate = BusGate(bus, pub, timeout=timeout)
+        # job and process events are few: followed from the start, a client's subscription
+        # to them (gaffer's EVENTS, JOB:, PROCESS: channels, the event feeds) misses nothing
+        # of what it does right after
+        self.gate.keep(["job", "proc"])
         self.servers: list[HTTPServer] = []
         self.apps: list[GatewayApp] = []
         groups: dict[tuple, list[Endpoint]] = {}
