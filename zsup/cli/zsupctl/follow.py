@@ -36,12 +36,16 @@ PING_TIMEOUT = 2.0  # zsupd answers ping within milliseconds, even while busy
 
 
 def follow(ctl: Ctl, sub: Subscriber, handle: Callable[[Event], None],
-           on_back: Callable[[], None] | None = None) -> int:
-    """Pass every event to `handle`, for ever (Ctrl-C ends it). When zsupd stops answering,
-    say so on stderr and wait for it; when it answers again, say so and call `on_back`."""
+           on_back: Callable[[], None] | None = None, first: Event | None = None) -> int:
+    """Pass `first` (an event already read), then every event, to `handle`, for ever (Ctrl-C
+    ends it). When zsupd stops answering, say so on stderr and wait for it; when it answers
+    again, say so and call `on_back`."""
     last_ping = time.monotonic()
     while True:
-        event = sub.recv(timeout=HEARTBEAT)
+        if first is not None:
+            event, first = first, None
+        else:
+            event = sub.recv(timeout=HEARTBEAT)
         if event is not None:
             try:
                 handle(event)
@@ -273,16 +277,14 @@ class LiveFollower:
                     self._fill(pid, label, last, newest + 1)
 
     def run(self, sub: Subscriber, first: Event | None, name_args: dict) -> int:
-        if first is not None:
-            self.handle(first)
-
         def on_back() -> None:
             try:
                 self.catch_up(self.ctl.call("info", **name_args))
             except NotFound:
                 pass  # not loaded (yet) in this zsupd: its lines come live when it is
 
-        return follow(self.ctl, sub, self.handle, on_back)
+        # `first` goes through follow too: a zsupd gone while it fills a gap is waited for
+        return follow(self.ctl, sub, self.handle, on_back, first)
 
 
 def _wait_live(sub: Subscriber) -> Event | None:
