@@ -93,7 +93,9 @@ def test_a_detached_process_found_again_is_held_to_its_limits(zsupd_factory, tmp
         wait_for(lambda: [p["os_pid"] for p in d.call("info", name="loner")["processes"]] == [os_pid])
         go.write_text("")  # now it grows past max_memory
         wait_for(lambda: not alive(os_pid), timeout=15, message="the adopted process stopped for its memory")
-        info = wait_for(lambda: (i := d.call("info", name="loner"))["processes"] and i, timeout=10)
+        # gone from /proc a moment before zsupd has handled its exit: wait for its replacement
+        info = wait_for(lambda: (i := d.call("info", name="loner"))["processes"]
+                        and i["processes"][0]["os_pid"] != os_pid and i, timeout=10)
         assert info["last_limit"]["limit"] == "max_memory" and info["processes"][0]["os_pid"] != os_pid
     finally:
         go.write_text("")
