@@ -5,6 +5,7 @@ import queue
 import signal
 import threading
 
+import pytest
 from conftest import kill_tree, wait_for
 from test_zsupctl import Streamer, wait_running
 
@@ -79,12 +80,17 @@ def test_followers_say_when_zsupd_goes_away_and_resume_when_it_is_back(zsupd_fac
             f.close()
 
 
-def test_tail_through_a_stalled_zsupd_loses_and_repeats_nothing(zsupd_factory):
+@pytest.mark.parametrize("before", [1, 10], ids=["while-reading-rings", "while-following"])
+def test_tail_through_a_stalled_zsupd_loses_and_repeats_nothing(zsupd_factory, before):
+    """Stopped at the first line shown, zsupd is most often stalled while tail still reads
+    its rings (stdout's printed, stderr's asked for); at the tenth, while it follows."""
     d = zsupd_factory(TALK)
     wait_running(d, "talk", 1)
+    wait_for(lambda: d.call("info", name="talk")["processes"][0]["last_seq"].get("stdout", 0) >= 10,
+             message="lines in the ring")
     tail = Follower(d, "tail", "talk", "-n", "1000")
     try:
-        tail.wait_for(lambda lines: len(lines) >= 10, message="lines before")
+        tail.wait_for(lambda lines: len(lines) >= before, interval=0.001, message="lines before")
         os.kill(d.proc.pid, signal.SIGSTOP)  # alive but not answering: the same processes after
         try:
             tail.wait_error("zsupd is not answering")

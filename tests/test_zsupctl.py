@@ -66,11 +66,11 @@ class Streamer:
             except queue.Empty:
                 return
 
-    def wait_for(self, predicate, timeout=10, message="output"):
+    def wait_for(self, predicate, timeout=10, message="output", interval=0.02):
         def check():
             self._drain()
             return predicate(self.lines)
-        return wait_for(check, timeout=timeout, interval=0.02, message=f"{message}; got {self.lines}")
+        return wait_for(check, timeout=timeout, interval=interval, message=f"{message}; got {self.lines}")
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc.poll() is None:

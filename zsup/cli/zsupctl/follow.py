@@ -294,31 +294,52 @@ def _wait_live(sub: Subscriber) -> Event | None:
 
 
 def cmd_tail(ctl: Ctl) -> int:
-    """The last lines of each running process of a job from the ring buffer, then live output."""
+    """The last lines of each running process of a job from the ring buffer, then live output.
+
+    Once subscribed, a zsupd that stops answering while the rings are read is waited for like
+    one that stops later (`follow`): what was not shown yet comes from the rings when it is
+    back, at most the last `-n` lines of each.
+    """
     info = ctl.call("info", **_name_args(ctl))
     sub = ctl.subscribe([job_io_prefix(info["job"])])  # first: nothing published from now on is missed
     with sub:
         first = _wait_live(sub)
-        info = ctl.call("info", **_name_args(ctl))  # the processes may have changed meanwhile
-        procs = [p for p in info["processes"] if p["state"] != "exited"]
         labels = {ctl.args.label} if ctl.args.label else None
+        try:
+            info = ctl.call("info", **_name_args(ctl))  # the processes may have changed meanwhile
+        except Unavailable:
+            if ctl.args.no_follow:
+                raise
+        procs = [p for p in info["processes"] if p["state"] != "exited"]
         printer = LinePrinter(ctl.json, (p["pid"] for p in procs))
         follower = LiveFollower(ctl, printer, labels)
-        for proc in procs:
-            follower.know(proc["pid"], proc["os_pid"])
-            for label in proc["labels"]:
-                if labels is not None and label not in labels:
-                    continue
-                ring = _read_ring(ctl, proc["pid"], label, ctl.args.lines)
-                for line in ring:
-                    printer.print(proc["pid"], label, line["seq"], line["data"])
-                # Even with -n 0, or an empty ring: nothing up to last_seq is shown live again.
-                follower.seen(proc["pid"], label, proc["last_seq"].get(label, 0))
-                if ring:
-                    follower.seen(proc["pid"], label, ring[-1]["seq"])
+        try:
+            _print_rings(ctl, follower, procs, labels)
+        except Unavailable:
+            if ctl.args.no_follow:
+                raise
         if ctl.args.no_follow:
             return 0
         return follower.run(sub, first, _name_args(ctl))
+
+
+def _print_rings(ctl: Ctl, follower: LiveFollower, procs: list[dict], labels: set[str] | None) -> None:
+    """The last `-n` lines of each process's rings, marked as seen for the live stream."""
+    for proc in procs:
+        follower.know(proc["pid"], proc["os_pid"])
+        for label in proc["labels"]:
+            if labels is not None and label not in labels:
+                continue
+            newest = proc["last_seq"].get(label, 0)
+            # what a catch-up would show if the read below fails: no more than -n lines
+            follower.seen(proc["pid"], label, max(0, newest - max(ctl.args.lines, 0)))
+            ring = _read_ring(ctl, proc["pid"], label, ctl.args.lines)
+            for line in ring:
+                follower.printer.print(proc["pid"], label, line["seq"], line["data"])
+            # Even with -n 0, or an empty ring: nothing up to last_seq is shown live again.
+            follower.seen(proc["pid"], label, newest)
+            if ring:
+                follower.seen(proc["pid"], label, ring[-1]["seq"])
 
 
 def _read_ring(ctl: Ctl, pid: int, label: str, limit: int) -> list[dict]:
@@ -342,8 +363,11 @@ def cmd_logs(ctl: Ctl) -> int:
         records = read_job_logs(found["paths"], args.since, args.lines)
         running: list[dict] = []
         if sub is not None:
-            running = [p for p in ctl.call("info", name=args.name, session=args.session)["processes"]
-                       if p["state"] != "exited"]
+            try:
+                running = [p for p in ctl.call("info", name=args.name, session=args.session)["processes"]
+                           if p["state"] != "exited"]
+            except Unavailable:
+                pass  # stalled since log_paths answered: follow waits for it, then catches up
         printer = LinePrinter(ctl.json, {r.pid for r, _ in records} | {p["pid"] for p in running},
                               args.timestamps)
         labels = {args.label} if args.label else None
