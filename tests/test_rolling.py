@@ -102,7 +102,9 @@ def test_rolling_restart_loses_no_connection(manager, recorder, server):
         new = live_os_pids(manager)
         assert len(new) == 3 and not new & old
         seen = len(client.answers)
-        wait_for(lambda: set(client.answers[seen:]) == new, message="the client reaches every new server")
+        # the last old one may still answer what was queued to it while it drains
+        wait_for(lambda: new <= set(client.answers[seen:]), message="the client reaches every new server")
+        assert set(client.answers[seen:]) <= new | old
     finally:
         client.stop()
     assert client.errors == []

@@ -129,19 +129,15 @@ class Hub:
             source = self.sources.get(key)
             if source is not None and not source.ended:
                 return source
-        # Made outside the lock (it subscribes and reads the ring over the bus); two workers
-        # may make one at once for the first two clients: the first installed is kept.
-        source = LineSource(self, gate, proc, label, delay)
-        with self._sources_lock:
-            known = self.sources.get(key)
-            if known is None or known.ended:
-                self.sources[key] = source
-                self.all_sources.add(source)
-                return source
-        with source.lock:  # never installed: a pump its subscription woke does nothing
-            source.ended = True
-        source.feed.close()
-        return known
+        made = LineSource(self, gate, proc, label, delay)  # outside: it calls the bus
+        with self._sources_lock:  # another worker may have made one meanwhile: first one wins
+            source = self.sources.get(key)
+            if source is None or source.ended:
+                self.sources[key] = source = made
+                self.all_sources.add(made)
+                return made
+        made.discard()
+        return source
 
     def event_source(self, sub, client: Client, delay: Callable[[], float]) -> EventSource:
         source = EventSource(self, sub, client, delay)

@@ -227,6 +227,12 @@ class LineSource(Source):
         self.feed.close()
         self.hub.forget(self)
 
+    def discard(self) -> None:
+        """Free a source that was never installed (a pump its subscription woke does nothing)."""
+        with self.lock:
+            self.ended = True
+        self.feed.close()
+
 
 def lines_of(items: list):
     """(seq, line) of every line of a pump's items (tuples, and whole output events)."""
