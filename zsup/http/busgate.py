@@ -287,8 +287,14 @@ class BusGate(BusCommands):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        prefixes: collections.Counter = collections.Counter()
+        prefixes: collections.Counter = collections.Counter()  # users of each SUB prefix
         by_pattern: dict[str, set[Subscription]] = {}
+
+        def count_in(prefix: str) -> None:
+            if prefixes[prefix] == 0:
+                sock.subscribe(prefix)
+            prefixes[prefix] += 1
+
         last_stall_check = time.monotonic()
         try:
             while not self._closed:
@@ -302,18 +308,13 @@ class BusGate(BusCommands):
                 while self._requests:
                     op, sub = self._requests.popleft()
                     if op == "keep":  # counted once more, never taken back: never unsubscribed
-                        for prefix in {zmq_prefix(pattern) for pattern in sub}:
-                            if prefixes[prefix] == 0:
-                                sock.subscribe(prefix)
-                            prefixes[prefix] += 1
+                        for pattern in sub:  # (a list of patterns, not a Subscription)
+                            count_in(zmq_prefix(pattern))
                     elif op == "add" and not sub.closed:
                         self.subscriptions.add(sub)
                         for pattern in set(sub.patterns):
                             by_pattern.setdefault(pattern, set()).add(sub)
-                            prefix = zmq_prefix(pattern)
-                            if prefixes[prefix] == 0:
-                                sock.subscribe(prefix)
-                            prefixes[prefix] += 1
+                            count_in(zmq_prefix(pattern))
                     elif op == "remove" and sub in self.subscriptions:
                         self.subscriptions.discard(sub)
                         for pattern in set(sub.patterns):

@@ -231,7 +231,7 @@ class LineSource(Source):
         """Free a source that was never installed (a pump its subscription woke does nothing)."""
         with self.lock:
             self.ended = True
-        self.feed.close()
+        self.close()
 
 
 def lines_of(items: list):
